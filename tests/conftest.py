@@ -1,0 +1,19 @@
+"""Shared test settings: two CPU threads, like the machines CI runs on."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """A seeded random generator, so every test is repeatable."""
+    return np.random.default_rng(1234)

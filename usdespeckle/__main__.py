@@ -1,0 +1,5 @@
+import sys
+
+from usdespeckle.cli import main
+
+sys.exit(main())
