@@ -134,10 +134,14 @@ def _beamform_iq(
     probe: str,
     n_angles: int,
     chunk: int = 8192,
+    scatterer_chunk: int = 10_000,
 ) -> np.ndarray:
     """Simulate plane-wave RF with ``pymust.simus`` and beamform the I/Q at (x_grid, z_grid).
 
     Several tilted plane waves are compounded coherently (their beamformed I/Q are averaged).
+    simus is linear in the reflection coefficients, so the scatterers are simulated in groups of
+    ``scatterer_chunk`` (pymust holds a scatterers x elements x sub-elements array per frequency)
+    and their RF signals, which all start at t = 0 and are sampled at ``param.fs``, are summed.
 
     Returns:
         Complex beamformed I/Q, same shape as ``x_grid`` (arbitrary units).
@@ -153,14 +157,20 @@ def _beamform_iq(
         options = pymust.utils.Options()
         options.WaitBar = False
         options.ParPool = False
-        rf, _ = pymust.simus(
-            x_scat.reshape(1, -1),
-            z_scat.reshape(1, -1),
-            amplitude.reshape(1, -1).astype(np.float64),
-            delays,
-            param,
-            options,
-        )
+        rf = np.zeros((0, param.Nelements))
+        for first in range(0, x_scat.size, scatterer_chunk):
+            group = slice(first, first + scatterer_chunk)
+            rf_group, _ = pymust.simus(
+                x_scat[group].reshape(1, -1),
+                z_scat[group].reshape(1, -1),
+                amplitude[group].reshape(1, -1).astype(np.float64),
+                delays,
+                param.copy(),
+                options,
+            )
+            if rf_group.shape[0] > rf.shape[0]:
+                rf = np.pad(rf, ((0, rf_group.shape[0] - rf.shape[0]), (0, 0)))
+            rf[: rf_group.shape[0]] += rf_group
         iq = pymust.rf2iq(rf, param)
         iq_flat = iq.reshape(-1, order="F")
         out = np.empty(x_flat.shape, dtype=np.complex128)
