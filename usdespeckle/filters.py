@@ -43,7 +43,9 @@ _EPS = 1e-8
 def _check_image(image: np.ndarray, name: str) -> np.ndarray:
     """Validate a 2D/3D finite real image and return it as a float64 array (a view or a copy)."""
     arr = np.asarray(image)
-    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+    if arr.dtype == bool or not (
+        np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
+    ):
         raise ValueError(f"despeckle_{name}: expected a real grey image, got dtype {arr.dtype}")
     if arr.ndim not in (2, 3):
         raise ValueError(
@@ -54,7 +56,9 @@ def _check_image(image: np.ndarray, name: str) -> np.ndarray:
         raise ValueError(f"despeckle_{name}: image has an empty axis, shape {arr.shape}")
     if not np.all(np.isfinite(arr)):
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-        raise ValueError(f"despeckle_{name}: image has {bad} NaN/inf values; replace them (np.nan_to_num) first")
+        raise ValueError(
+            f"despeckle_{name}: image has {bad} NaN/inf values; replace them (np.nan_to_num) first"
+        )
     return arr.astype(np.float64, copy=False)
 
 
@@ -100,7 +104,9 @@ def _local_stats(img: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.maximum(mean_sq - mean * mean, 0.0)
 
 
-def _noise_cv2(img: np.ndarray, mean: np.ndarray, var: np.ndarray, noise_cv: float | None, method: str) -> float:
+def _noise_cv2(
+    img: np.ndarray, mean: np.ndarray, var: np.ndarray, noise_cv: float | None, method: str
+) -> float:
     """Squared speckle coefficient of variation: given, or the median local value (speckle dominates)."""
     if noise_cv is not None:
         return _positive(noise_cv, "noise_cv", method) ** 2
@@ -141,7 +147,9 @@ def despeckle_median(image: np.ndarray, size: int = 5, *, axis: int = 0) -> np.n
 # --------------------------------------------------------------------------------------------------
 # Lee, Kuan, Frost: local-statistics filters (hand-written: no maintained vectorised library has them)
 # --------------------------------------------------------------------------------------------------
-def despeckle_lee(image: np.ndarray, size: int = 7, noise_cv: float | None = None, *, axis: int = 0) -> np.ndarray:
+def despeckle_lee(
+    image: np.ndarray, size: int = 7, noise_cv: float | None = None, *, axis: int = 0
+) -> np.ndarray:
     """Lee's local-statistics (MMSE) filter for multiplicative speckle.
 
     ``out = m + k (x - m)``, ``k = max(0, 1 - Cu^2 / Ci^2)``, with the local mean ``m`` and local
@@ -181,7 +189,9 @@ def despeckle_lee(image: np.ndarray, size: int = 7, noise_cv: float | None = Non
     return _slicewise(run, image, axis, "lee")
 
 
-def despeckle_kuan(image: np.ndarray, size: int = 7, noise_cv: float | None = None, *, axis: int = 0) -> np.ndarray:
+def despeckle_kuan(
+    image: np.ndarray, size: int = 7, noise_cv: float | None = None, *, axis: int = 0
+) -> np.ndarray:
     """Kuan's adaptive (LLMMSE) filter for signal-dependent, multiplicative speckle.
 
     ``out = m + k (x - m)``, ``k = (1 - Cu^2 / Ci^2) / (1 + Cu^2)`` clipped to [0, 1].
@@ -219,9 +229,7 @@ def despeckle_kuan(image: np.ndarray, size: int = 7, noise_cv: float | None = No
     return _slicewise(run, image, axis, "kuan")
 
 
-def despeckle_frost(
-    image: np.ndarray, size: int = 7, damping: float = 2.0, *, axis: int = 0
-) -> np.ndarray:
+def despeckle_frost(image: np.ndarray, size: int = 7, damping: float = 2.0, *, axis: int = 0) -> np.ndarray:
     """Frost's adaptive filter: an exponential kernel whose decay follows the local variation.
 
     ``out(p) = sum_d w(p, d) x(p + d) / sum_d w(p, d)``, ``w = exp(-damping * Ci^2(p) * |d|)``, with
@@ -573,7 +581,9 @@ def despeckle_nlm(
     return _slicewise(run, image, axis, "nlm")
 
 
-def despeckle_tv(image: np.ndarray, weight: float = 0.1, n_iter_max: int = 200, *, axis: int = 0) -> np.ndarray:
+def despeckle_tv(
+    image: np.ndarray, weight: float = 0.1, n_iter_max: int = 200, *, axis: int = 0
+) -> np.ndarray:
     """Total-variation denoising (``skimage.restoration.denoise_tv_chambolle``).
 
     Args:
