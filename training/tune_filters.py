@@ -35,15 +35,15 @@ from usdespeckle import filters, metrics  # noqa: E402
 
 # Small grids: a few values around each paper's recommendation.
 GRIDS: dict[str, dict[str, list]] = {
-    "median": {"size": [3, 5, 7, 9]},
-    "lee": {"size": [3, 5, 7], "noise_cv": [None, 0.3, 0.5, 0.7, 1.0]},
-    "kuan": {"size": [3, 5, 7], "noise_cv": [None, 0.3, 0.5, 0.7, 1.0]},
-    "frost": {"size": [5, 7, 9], "damping": [0.1, 0.25, 0.5, 1.0, 2.0]},
+    "median": {"size": [5, 7, 9, 11]},
+    "lee": {"size": [5, 7, 9], "noise_cv": [None, 0.3, 0.5, 0.7, 1.0]},
+    "kuan": {"size": [5, 7, 9], "noise_cv": [None, 0.3, 0.5, 0.7, 1.0]},
+    "frost": {"size": [7, 9, 11], "damping": [0.1, 0.25, 0.5, 1.0]},
     "srad": {"n_iter": [10, 25, 50, 100], "dt": [0.1, 0.2]},
     "obnlm": {"h": [0.1, 0.2, 0.3, 0.5], "block_radius": [1, 2]},
-    "bm3d": {"transform": ["log", "sqrt", "none"], "sigma_scale": [1.0, 1.5, 2.0]},
-    "nlm": {"h_scale": [0.6, 0.8, 1.0, 1.3], "patch_size": [5, 7]},
-    "tv": {"weight": [0.05, 0.1, 0.15, 0.25, 0.4]},
+    "bm3d": {"transform": ["log", "sqrt", "none"], "sigma_scale": [0.5, 1.0, 1.5]},
+    "nlm": {"h_scale": [0.4, 0.6, 0.8, 1.0, 1.3], "patch_size": [5, 7]},
+    "tv": {"weight": [0.1, 0.2, 0.4, 0.6, 0.8]},
 }
 
 PHOTOS = ("camera", "moon", "coins", "astronaut", "chelsea", "coffee", "brick", "text")
