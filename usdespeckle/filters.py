@@ -482,7 +482,8 @@ def despeckle_bm3d(
     Anscombe-type VST for the ``u = v + sqrt(v) n`` model of log-compressed B-mode), ``"none"``
     filters the image itself. The default "none" scored best in tuning (log-compressed B-mode is
     already in the log domain; log and sqrt were within 0.05 dB). The noise level is estimated on
-    the transformed slice as the median local standard deviation (7x7 windows; robust to correlated speckle) and multiplied by ``sigma_scale``.
+    the transformed slice as the median local standard deviation (7x7 windows; robust to
+    correlated speckle) and multiplied by ``sigma_scale``.
 
     Args:
         image: grey image (H, W) or volume, any finite range.
