@@ -288,7 +288,11 @@ def _mri_extra_images(size: int) -> Iterable[tuple[str, str, np.ndarray]]:
     files = Path(dipy.__file__).parent / "data" / "files"
     coronal = files / "t1_coronal_slice.npy"
     if coronal.is_file():
-        yield "dipy:t1_coronal_slice", "dipy_t1_coronal", _square(_to_unit(np.rot90(np.load(coronal))), size)
+        yield (
+            "dipy:t1_coronal_slice",
+            "dipy_t1_coronal",
+            _square(_to_unit(np.load(coronal)), size),
+        )  # stored superior-up
     volumes = [
         ("dipy:S0_10slices", "dipy_s0", files / "S0_10slices.nii.gz"),
         (
@@ -300,7 +304,8 @@ def _mri_extra_images(size: int) -> Iterable[tuple[str, str, np.ndarray]]:
     for source, name, path in volumes:
         if not path.is_file():
             continue
-        volume = np.asarray(nib.load(str(path)).dataobj, dtype=np.float64)
+        canonical = nib.as_closest_canonical(nib.load(str(path)))  # RAS axes, like the template
+        volume = np.asarray(canonical.dataobj, dtype=np.float64)
         volume = volume.reshape(volume.shape[:3])
         volume = np.clip(volume / max(float(np.percentile(volume, 99.9)), 1e-12), 0.0, 1.0)
         threshold = 0.1 * float(volume.max())
