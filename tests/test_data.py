@@ -23,7 +23,7 @@ from usdespeckle.data import (
 )
 from usdespeckle.speckle import rayleigh_speckle
 
-SMALL = PrepareSettings(seed=3, size=64, mri_step=6, mri_views=2, natural_crops=2, simulator_count=15)
+SMALL = PrepareSettings(seed=3, size=64, mri_step=8, mri_views=2, natural_crops=2, simulator_count=12)
 DATALISTS = (
     "datalist_mri.json",
     "datalist_natural.json",
@@ -132,7 +132,9 @@ def test_same_seed_same_checksums_other_seed_differs(dataset, tmp_path):
     again, written = prepare_dataset(tmp_path / "again", SMALL, bmode_maker=cheap_bmode, progress=False)
     assert written
     assert again["files"] == manifest["files"]
-    other = PrepareSettings(**{**SMALL.__dict__, "seed": 4, "mri_step": 20, "simulator_count": 3})
+    other = PrepareSettings(
+        **{**SMALL.__dict__, "seed": 4, "mri_step": 40, "natural_crops": 1, "simulator_count": 3}
+    )
     different, _ = prepare_dataset(tmp_path / "other", other, bmode_maker=cheap_bmode, progress=False)
     shared = set(different["files"]) & set(manifest["files"])
     changed = [rel for rel in shared if different["files"][rel] != manifest["files"][rel]]

@@ -28,6 +28,7 @@ output folder (``monai.data.load_decathlon_datalist(path, base_dir=out_dir)``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -188,11 +189,13 @@ def _sha256(path: Path) -> str:
 # ----------------------------------------------------------------------------- MRI
 
 
+@functools.lru_cache(maxsize=1)
 def load_mri_volume() -> tuple[np.ndarray, str]:
     """Load nilearn's MNI152 T1 template from the installed package (no network).
 
     Returns:
         (volume scaled to [0, 1] by its 99.9th percentile, float32 (197, 233, 189); path).
+        Cached: the same read-only array is returned on every call.
 
     Raises:
         FileNotFoundError: if nilearn or its template file is missing.
@@ -210,7 +213,9 @@ def load_mri_volume() -> tuple[np.ndarray, str]:
         raise FileNotFoundError(f"MNI152 template not found at {path}; reinstall nilearn (>= 0.10).")
     volume = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
     scale = float(np.percentile(volume, 99.9))
-    return np.clip(volume / scale, 0.0, 1.0), str(path)
+    volume = np.clip(volume / scale, 0.0, 1.0)
+    volume.flags.writeable = False
+    return volume, str(path)
 
 
 def _oriented_slice(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
@@ -320,6 +325,7 @@ def _mri_extra_images(size: int) -> Iterable[tuple[str, str, np.ndarray]]:
 # ----------------------------------------------------------------------------- natural photographs
 
 
+@functools.lru_cache(maxsize=1)
 def load_natural_sources() -> dict[str, np.ndarray]:
     """Grey [0, 1] photographs shipped with scikit-image and scikit-learn (no network).
 
@@ -327,7 +333,8 @@ def load_natural_sources() -> dict[str, np.ndarray]:
     are merged under one source name (:data:`SOURCE_ALIASES`).
 
     Returns:
-        {source name: float64 (H, W) image in [0, 1]}, sorted by name.
+        {source name: float64 (H, W) image in [0, 1]}, sorted by name. Cached: the same read-only
+        arrays are returned on every call.
     """
     import skimage.data
     from skimage.color import rgb2gray, rgba2rgb
@@ -362,6 +369,8 @@ def load_natural_sources() -> dict[str, np.ndarray]:
             sources[f"sklearn:{Path(filename).stem}"] = grey(image)
     except Exception:  # noqa: BLE001 - scikit-learn is optional here
         pass
+    for image in sources.values():
+        image.flags.writeable = False
     return dict(sorted(sources.items()))
 
 
