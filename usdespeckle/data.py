@@ -20,7 +20,9 @@ Everything comes from data shipped inside installed packages; nothing is downloa
 * Simulator B-mode (``datalist_simulator.json``, key ``image``, plus ``echogenicity``): echogenicity
   maps from MRI slices, natural crops and random shapes, turned into B-mode images by a physics
   simulator (``FastBModeSimulator`` in the command line; any callable in the Python API). MRI and
-  natural maps keep the split of their source, so the splits agree across all datalists.
+  natural maps keep the split of their source, so the splits agree across all datalists. The
+  stored ``echogenicity`` PNG is the grey-level map ``g``; the simulator receives the linear
+  amplitude ``10 ** ((g - 1) * C / 20)`` with ``C ~ U(SIMULATOR_CONTRAST_DB)`` decibels (0 stays 0).
 
 Images are 8-bit grey PNG files of ``size x size`` pixels; datalist paths are relative to the
 output folder (``monai.data.load_decathlon_datalist(path, base_dir=out_dir)``).
@@ -52,6 +54,7 @@ __all__ = [
     "NATURAL_TEST",
     "NATURAL_VALIDATION",
     "PrepareSettings",
+    "SIMULATOR_CONTRAST_DB",
     "SPLITS",
     "load_mri_volume",
     "load_natural_sources",
@@ -80,7 +83,8 @@ SOURCE_ALIASES = {"skimage:cat": "skimage:chelsea", "skimage:microaneurysms": "s
 NATURAL_TEST = ("skimage:camera", "skimage:coins", "skimage:moon", "skimage:chelsea", "sklearn:china")
 NATURAL_VALIDATION = ("skimage:astronaut", "skimage:gravel", "skimage:page")
 
-_FORMAT = 1  # bump when the layout or the generation changes in a way that makes old data different
+SIMULATOR_CONTRAST_DB = (20.0, 40.0)  # range of the decibel span given to an echogenicity map's grey levels
+_FORMAT = 2  # bump when the layout or the generation changes in a way that makes old data different
 _OWNED = ("mri", "mri_extra", "natural", "bmode", "echogenicity")
 _DATALISTS = (
     "datalist_mri.json",
@@ -574,8 +578,13 @@ def prepare_dataset(
         else:
             echogenicity = random_shapes_map(size, rng)
             source = f"random-shapes:{split}:{i:05d}"
-        echogenicity = echogenicity ** rng.uniform(0.7, 1.4)  # vary the contrast of the map
-        bmode = np.asarray(bmode_maker(echogenicity.astype(np.float32), rng), dtype=np.float64)  # type: ignore[misc]
+        # The map is a grey-level (log-domain) picture; B-mode grey levels are log-compressed, so
+        # it becomes a linear scatterer amplitude spanning ``contrast_db`` decibels (zero stays
+        # anechoic). A linear use of the grey levels would leave e.g. grey/white matter 2 dB apart,
+        # invisible under speckle.
+        contrast_db = rng.uniform(*SIMULATOR_CONTRAST_DB)
+        amplitude = np.where(echogenicity > 0, 10.0 ** ((echogenicity - 1.0) * contrast_db / 20.0), 0.0)
+        bmode = np.asarray(bmode_maker(amplitude.astype(np.float32), rng), dtype=np.float64)  # type: ignore[misc]
         if bmode.shape != (size, size):
             raise ValueError(f"bmode_maker returned shape {bmode.shape}; expected {(size, size)}.")
         stem = f"{split}_{i:05d}_{kind}"
@@ -593,7 +602,8 @@ def prepare_dataset(
             "mri": template_path,
             "mri_extra_test": sorted({item["source"] for item in datalists["mri_extra_test"]["test"]}),
             "natural": {s: natural_by_split[s] for s in SPLITS},
-            "simulator": "echogenicity maps from MRI slices, natural crops and skimage.draw.random_shapes",
+            "simulator": "echogenicity maps from MRI slices, natural crops and skimage.draw.random_shapes; "
+            f"amplitude 10**((g-1)*C/20), C ~ U{SIMULATOR_CONTRAST_DB} dB",
             "mri_split": f"slabs per orientation, {MRI_SLAB_GAP}-slice gaps between splits",
         },
         "counts": {
