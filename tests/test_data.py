@@ -23,7 +23,7 @@ from usdespeckle.data import (
 )
 from usdespeckle.speckle import rayleigh_speckle
 
-SMALL = PrepareSettings(seed=3, size=64, mri_step=6, mri_views=2, natural_crops=2, simulator_count=15)
+SMALL = PrepareSettings(seed=3, size=64, mri_step=8, mri_views=2, natural_crops=2, simulator_count=12)
 DATALISTS = (
     "datalist_mri.json",
     "datalist_natural.json",
@@ -132,7 +132,9 @@ def test_same_seed_same_checksums_other_seed_differs(dataset, tmp_path):
     again, written = prepare_dataset(tmp_path / "again", SMALL, bmode_maker=cheap_bmode, progress=False)
     assert written
     assert again["files"] == manifest["files"]
-    other = PrepareSettings(**{**SMALL.__dict__, "seed": 4, "mri_step": 20, "simulator_count": 3})
+    other = PrepareSettings(
+        **{**SMALL.__dict__, "seed": 4, "mri_step": 40, "natural_crops": 1, "simulator_count": 3}
+    )
     different, _ = prepare_dataset(tmp_path / "other", other, bmode_maker=cheap_bmode, progress=False)
     shared = set(different["files"]) & set(manifest["files"])
     changed = [rel for rel in shared if different["files"][rel] != manifest["files"][rel]]
@@ -181,3 +183,26 @@ def test_random_shapes_map_range_and_determinism():
     np.testing.assert_array_equal(a, b)
     assert a.shape == (64, 64) and a.min() >= 0 and a.max() <= 1
     assert len(np.unique(a)) >= 2  # at least one shape on the background
+
+
+def test_cli_with_the_physics_simulator(tmp_path, capsys):
+    pytest.importorskip("usdespeckle.simulate", reason="the simulate module is not merged yet")
+    out = tmp_path / "cli"
+    argv = ["prepare-data", str(out), "--size", "64", "--seed", "1", "--mri-step", "30", "--mri-views", "1"]
+    argv += ["--natural-crops", "1", "--simulator-count", "6", "--quiet"]
+    assert cli.main(argv) == 0
+    simulator = _load(out, "datalist_simulator.json")
+    assert sum(len(simulator[s]) for s in SPLITS) == 6
+    for item in simulator["training"]:
+        bmode = np.asarray(Image.open(out / item["image"]), dtype=np.float64)
+        echogenicity = np.asarray(Image.open(out / item["echogenicity"]), dtype=np.float64)
+        assert bmode.shape == (64, 64) and bmode.std() > 0
+        # speckle: the B-mode image varies where the echogenicity map is flat
+        flat = echogenicity == np.median(echogenicity)
+        if flat.sum() > 100:
+            assert bmode[flat].std() > 2
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["command"][:3] == ["usdespeckle", "prepare-data", str(out)]
+    assert "--simulator-count=6" in manifest["command"]
+    assert cli.main(argv) == 0  # the same dataset again: nothing to do
+    assert "already holds this dataset" in capsys.readouterr().out

@@ -20,7 +20,9 @@ Everything comes from data shipped inside installed packages; nothing is downloa
 * Simulator B-mode (``datalist_simulator.json``, key ``image``, plus ``echogenicity``): echogenicity
   maps from MRI slices, natural crops and random shapes, turned into B-mode images by a physics
   simulator (``FastBModeSimulator`` in the command line; any callable in the Python API). MRI and
-  natural maps keep the split of their source, so the splits agree across all datalists.
+  natural maps keep the split of their source, so the splits agree across all datalists. The
+  stored ``echogenicity`` PNG is the grey-level map ``g``; the simulator receives the linear
+  amplitude ``10 ** ((g - 1) * C / 20)`` with ``C ~ U(SIMULATOR_CONTRAST_DB)`` decibels (0 stays 0).
 
 Images are 8-bit grey PNG files of ``size x size`` pixels; datalist paths are relative to the
 output folder (``monai.data.load_decathlon_datalist(path, base_dir=out_dir)``).
@@ -28,6 +30,7 @@ output folder (``monai.data.load_decathlon_datalist(path, base_dir=out_dir)``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -51,6 +54,7 @@ __all__ = [
     "NATURAL_TEST",
     "NATURAL_VALIDATION",
     "PrepareSettings",
+    "SIMULATOR_CONTRAST_DB",
     "SPLITS",
     "load_mri_volume",
     "load_natural_sources",
@@ -79,7 +83,8 @@ SOURCE_ALIASES = {"skimage:cat": "skimage:chelsea", "skimage:microaneurysms": "s
 NATURAL_TEST = ("skimage:camera", "skimage:coins", "skimage:moon", "skimage:chelsea", "sklearn:china")
 NATURAL_VALIDATION = ("skimage:astronaut", "skimage:gravel", "skimage:page")
 
-_FORMAT = 1  # bump when the layout or the generation changes in a way that makes old data different
+SIMULATOR_CONTRAST_DB = (20.0, 40.0)  # range of the decibel span given to an echogenicity map's grey levels
+_FORMAT = 2  # bump when the layout or the generation changes in a way that makes old data different
 _OWNED = ("mri", "mri_extra", "natural", "bmode", "echogenicity")
 _DATALISTS = (
     "datalist_mri.json",
@@ -188,11 +193,13 @@ def _sha256(path: Path) -> str:
 # ----------------------------------------------------------------------------- MRI
 
 
+@functools.lru_cache(maxsize=1)
 def load_mri_volume() -> tuple[np.ndarray, str]:
     """Load nilearn's MNI152 T1 template from the installed package (no network).
 
     Returns:
         (volume scaled to [0, 1] by its 99.9th percentile, float32 (197, 233, 189); path).
+        Cached: the same read-only array is returned on every call.
 
     Raises:
         FileNotFoundError: if nilearn or its template file is missing.
@@ -210,7 +217,9 @@ def load_mri_volume() -> tuple[np.ndarray, str]:
         raise FileNotFoundError(f"MNI152 template not found at {path}; reinstall nilearn (>= 0.10).")
     volume = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
     scale = float(np.percentile(volume, 99.9))
-    return np.clip(volume / scale, 0.0, 1.0), str(path)
+    volume = np.clip(volume / scale, 0.0, 1.0)
+    volume.flags.writeable = False
+    return volume, str(path)
 
 
 def _oriented_slice(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
@@ -288,7 +297,11 @@ def _mri_extra_images(size: int) -> Iterable[tuple[str, str, np.ndarray]]:
     files = Path(dipy.__file__).parent / "data" / "files"
     coronal = files / "t1_coronal_slice.npy"
     if coronal.is_file():
-        yield "dipy:t1_coronal_slice", "dipy_t1_coronal", _square(_to_unit(np.rot90(np.load(coronal))), size)
+        yield (
+            "dipy:t1_coronal_slice",
+            "dipy_t1_coronal",
+            _square(_to_unit(np.load(coronal)), size),
+        )  # stored superior-up
     volumes = [
         ("dipy:S0_10slices", "dipy_s0", files / "S0_10slices.nii.gz"),
         (
@@ -300,7 +313,8 @@ def _mri_extra_images(size: int) -> Iterable[tuple[str, str, np.ndarray]]:
     for source, name, path in volumes:
         if not path.is_file():
             continue
-        volume = np.asarray(nib.load(str(path)).dataobj, dtype=np.float64)
+        canonical = nib.as_closest_canonical(nib.load(str(path)))  # RAS axes, like the template
+        volume = np.asarray(canonical.dataobj, dtype=np.float64)
         volume = volume.reshape(volume.shape[:3])
         volume = np.clip(volume / max(float(np.percentile(volume, 99.9)), 1e-12), 0.0, 1.0)
         threshold = 0.1 * float(volume.max())
@@ -315,6 +329,7 @@ def _mri_extra_images(size: int) -> Iterable[tuple[str, str, np.ndarray]]:
 # ----------------------------------------------------------------------------- natural photographs
 
 
+@functools.lru_cache(maxsize=1)
 def load_natural_sources() -> dict[str, np.ndarray]:
     """Grey [0, 1] photographs shipped with scikit-image and scikit-learn (no network).
 
@@ -322,7 +337,8 @@ def load_natural_sources() -> dict[str, np.ndarray]:
     are merged under one source name (:data:`SOURCE_ALIASES`).
 
     Returns:
-        {source name: float64 (H, W) image in [0, 1]}, sorted by name.
+        {source name: float64 (H, W) image in [0, 1]}, sorted by name. Cached: the same read-only
+        arrays are returned on every call.
     """
     import skimage.data
     from skimage.color import rgb2gray, rgba2rgb
@@ -357,6 +373,8 @@ def load_natural_sources() -> dict[str, np.ndarray]:
             sources[f"sklearn:{Path(filename).stem}"] = grey(image)
     except Exception:  # noqa: BLE001 - scikit-learn is optional here
         pass
+    for image in sources.values():
+        image.flags.writeable = False
     return dict(sorted(sources.items()))
 
 
@@ -560,8 +578,13 @@ def prepare_dataset(
         else:
             echogenicity = random_shapes_map(size, rng)
             source = f"random-shapes:{split}:{i:05d}"
-        echogenicity = echogenicity ** rng.uniform(0.7, 1.4)  # vary the contrast of the map
-        bmode = np.asarray(bmode_maker(echogenicity.astype(np.float32), rng), dtype=np.float64)  # type: ignore[misc]
+        # The map is a grey-level (log-domain) picture; B-mode grey levels are log-compressed, so
+        # it becomes a linear scatterer amplitude spanning ``contrast_db`` decibels (zero stays
+        # anechoic). A linear use of the grey levels would leave e.g. grey/white matter 2 dB apart,
+        # invisible under speckle.
+        contrast_db = rng.uniform(*SIMULATOR_CONTRAST_DB)
+        amplitude = np.where(echogenicity > 0, 10.0 ** ((echogenicity - 1.0) * contrast_db / 20.0), 0.0)
+        bmode = np.asarray(bmode_maker(amplitude.astype(np.float32), rng), dtype=np.float64)  # type: ignore[misc]
         if bmode.shape != (size, size):
             raise ValueError(f"bmode_maker returned shape {bmode.shape}; expected {(size, size)}.")
         stem = f"{split}_{i:05d}_{kind}"
@@ -579,7 +602,8 @@ def prepare_dataset(
             "mri": template_path,
             "mri_extra_test": sorted({item["source"] for item in datalists["mri_extra_test"]["test"]}),
             "natural": {s: natural_by_split[s] for s in SPLITS},
-            "simulator": "echogenicity maps from MRI slices, natural crops and skimage.draw.random_shapes",
+            "simulator": "echogenicity maps from MRI slices, natural crops and skimage.draw.random_shapes; "
+            f"amplitude 10**((g-1)*C/20), C ~ U{SIMULATOR_CONTRAST_DB} dB",
             "mri_split": f"slabs per orientation, {MRI_SLAB_GAP}-slice gaps between splits",
         },
         "counts": {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 HELP = "Build training, validation and test data (MRI slices, photographs, simulated B-mode) offline."
@@ -22,6 +21,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--force", action="store_true", help="replace a different dataset in OUT_DIR")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _command_line(args: argparse.Namespace) -> list[str]:
+    """The full command that reproduces this dataset (every content setting spelled out)."""
+    return [
+        "usdespeckle",
+        "prepare-data",
+        str(args.out_dir),
+        f"--seed={args.seed}",
+        f"--size={args.size}",
+        f"--mri-step={args.mri_step}",
+        f"--mri-views={args.mri_views}",
+        f"--natural-crops={args.natural_crops}",
+        f"--simulator-count={args.simulator_count}",
+    ]
 
 
 def main(args: argparse.Namespace) -> int:
@@ -57,7 +71,7 @@ def main(args: argparse.Namespace) -> int:
             settings,
             bmode_maker=bmode_maker,
             force=args.force,
-            command=["usdespeckle", *sys.argv[1:]] if sys.argv else None,
+            command=_command_line(args),
             progress=not args.quiet,
         )
     except (ValueError, FileNotFoundError) as err:
