@@ -134,3 +134,23 @@ def test_help_names_the_axis_convention():
     )
     assert out.returncode == 0
     assert "GetArrayFromImage" in out.stdout and "--progress" in out.stdout
+
+
+def test_demo_writes_input_output_and_png(tmp_path, bundle, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    assert "despeckled with denoiser" in capsys.readouterr().out
+    before = sitk.ReadImage(str(tmp_path / "demo" / "input.nii.gz"))
+    after = sitk.ReadImage(str(tmp_path / "demo" / "output.nii.gz"))
+    assert before.GetSize() == after.GetSize() and before.GetDimension() == 3
+    assert before.GetSpacing() == after.GetSpacing()
+    png = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "demo" / "side_by_side.png")))
+    assert png.dtype == np.uint8 and png.shape[1] > 2 * before.GetSize()[0]
+
+
+def test_demo_without_weights_falls_back_with_a_notice(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("USDESPECKLE_BUNDLE", str(tmp_path / "empty"))
+    pytest.importorskip("usdespeckle.filters")
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    captured = capsys.readouterr()
+    assert "notice: no denoiser weights" in captured.err
+    assert "despeckled with median" in captured.out
