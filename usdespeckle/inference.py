@@ -53,7 +53,7 @@ MIN_SLICE_SIZE = 8
 #: Model files inside the bundle, per backend.
 MODEL_FILES = {"torch": "models/model.ts", "onnx": "models/model.onnx"}
 #: Largest number of values used to estimate the percentiles (a strided sample beyond that).
-_PERCENTILE_SAMPLE = 4_000_000
+_PERCENTILE_SAMPLE = 1_000_000
 
 Progress = Callable[[int, int], None]
 Cancel = Callable[[], bool] | threading.Event
