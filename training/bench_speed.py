@@ -1,0 +1,238 @@
+"""Speed and memory benchmark of despeckle_array: denoiser (torch, ONNX Runtime) vs classical filters.
+
+Measures slices per second at 256x256 and 512x512 (one timed run after one warm-up call, 2 threads)
+and the peak memory of a 512x512x300 volume through ``despeckle_array`` (in a subprocess, with
+resident memory from ``/proc/self/status`` and ``tracemalloc`` for numpy allocations). Writes
+``reports/speed.md``.
+
+If the bundle ships no weights yet, a randomly initialised generator of the bundle's size
+(``usdespeckle.networks.Pix2PixUNetGenerator``, ngf=64, num_downs=8) is exported into a temporary
+bundle; speed does not depend on the weights' values. The report says which was used.
+
+Usage::
+
+    python training/bench_speed.py                 # full run, writes reports/speed.md
+    python training/bench_speed.py --quick --out /tmp/speed.md   # fewer slices, smaller volume
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+import argparse  # noqa: E402
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from usdespeckle.inference import CLASSICAL_METHODS, default_bundle_root, despeckle_array, load_denoiser  # noqa: E402
+
+NGF, NUM_DOWNS = 64, 8  # the bundle's generator size (monai_bundle/configs/train.json)
+
+_MEMORY_SCRIPT = r"""
+import os, sys, json, tracemalloc, time
+os.environ.setdefault("OMP_NUM_THREADS", "{threads}")
+sys.path.insert(0, {repo!r})
+import numpy as np, torch
+torch.set_num_threads({threads})
+from usdespeckle.inference import despeckle_array, load_denoiser
+
+def status(key):  # resident memory from /proc, bytes (ru_maxrss would count the parent's peak too)
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+
+load_denoiser({bundle!r}, backend={backend!r})
+volume = np.random.default_rng(0).uniform(0, 255, size=({slices}, {size}, {size})).astype(np.float32)
+despeckle_array(volume[:1], bundle_root={bundle!r}, backend={backend!r})  # warm-up: runtime buffers
+try:  # reset the peak (VmHWM) to the current resident size, Linux >= 4.0
+    open("/proc/self/clear_refs", "w").write("5")
+except OSError:
+    pass
+base = status("VmRSS")
+tracemalloc.start()
+t = time.perf_counter()
+out = despeckle_array(volume, bundle_root={bundle!r}, backend={backend!r}, batch_size={batch})
+seconds = time.perf_counter() - t
+_, traced = tracemalloc.get_traced_memory()
+peak = status("VmHWM")
+print(json.dumps(dict(base=base, peak=peak, traced=traced, seconds=seconds, volume=volume.nbytes)))
+"""
+
+
+def export_random_bundle(root: Path) -> Path:
+    """Export a randomly initialised generator of the bundle's size as a TorchScript + ONNX bundle."""
+    from usdespeckle.networks import Pix2PixUNetGenerator
+
+    torch.manual_seed(0)
+    generator = Pix2PixUNetGenerator(
+        spatial_dims=2, in_channels=1, out_channels=1, num_downs=NUM_DOWNS, ngf=NGF
+    ).eval()
+    divisor = 2**NUM_DOWNS
+    example = torch.rand(1, 1, divisor, divisor)
+    (root / "models").mkdir(parents=True)
+    (root / "configs").mkdir()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.jit.trace(generator, example).save(str(root / "models" / "model.ts"))
+        torch.onnx.export(
+            generator,
+            (example,),
+            str(root / "models" / "model.onnx"),
+            input_names=["image"],
+            output_names=["pred"],
+            dynamic_axes={"image": {0: "batch", 2: "h", 3: "w"}, "pred": {0: "batch", 2: "h", 3: "w"}},
+            dynamo=False,
+        )
+    files = ("models/model.ts", "models/model.onnx")
+    metadata = {
+        "network_data_format": {"inputs": {"image": {"spatial_shape": [f"{divisor}*n", f"{divisor}*n"]}}},
+        "weights_sha256": {f: hashlib.sha256((root / f).read_bytes()).hexdigest() for f in files},
+    }
+    (root / "configs" / "metadata.json").write_text(json.dumps(metadata))
+    return root
+
+
+def slices_per_second(method: str, size: int, slices: int, **kwargs) -> float:
+    """One warm-up call on one slice, then one timed run over ``slices`` slices of ``size``x``size``."""
+    volume = np.random.default_rng(size).uniform(0, 255, size=(slices, size, size)).astype(np.float32)
+    despeckle_array(volume[:1], method, **kwargs)
+    start = time.perf_counter()
+    despeckle_array(volume, method, **kwargs)
+    return slices / (time.perf_counter() - start)
+
+
+def measure_memory(bundle: Path, backend: str, slices: int, size: int, batch: int, threads: int) -> dict:
+    """Run the 3D volume through despeckle_array in a fresh process; returns bytes and seconds."""
+    script = _MEMORY_SCRIPT.format(
+        threads=threads,
+        repo=str(REPO),
+        bundle=str(bundle),
+        backend=backend,
+        slices=slices,
+        size=size,
+        batch=batch,
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO / "reports" / "speed.md")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer slices and a 512x512x30 volume (a smoke test)"
+    )
+    parser.add_argument("--memory-slices", type=int, default=300, help="slices of the 512x512 memory volume")
+    parser.add_argument("--memory-backends", nargs="+", choices=("torch", "onnx"), default=["torch", "onnx"])
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    bundle = default_bundle_root()
+    weights = "the shipped weights"
+    tmp = None
+    try:
+        load_denoiser(bundle, "torch")
+        load_denoiser(bundle, "onnx")
+    except (FileNotFoundError, ValueError) as err:
+        tmp = tempfile.TemporaryDirectory()
+        bundle = export_random_bundle(Path(tmp.name) / "bundle")
+        weights = (
+            f"a randomly initialised generator of the bundle's size (ngf={NGF}, num_downs={NUM_DOWNS}), "
+            f"because the shipped weights could not be loaded ({type(err).__name__}). Speed does not depend on "
+            "the weights' values; re-run with the real weights to confirm"
+        )
+        print(f"note: using {weights}", file=sys.stderr)
+
+    counts = {256: (2, 1), 512: (2, 1)} if args.quick else {256: (16, 2), 512: (8, 1)}
+    rows = []
+    for backend in ("torch", "onnx"):
+        speeds = [
+            slices_per_second("denoiser", size, n, backend=backend, bundle_root=bundle, batch_size=args.batch)
+            for size, (n, _) in counts.items()
+        ]
+        rows.append((f"denoiser ({'TorchScript' if backend == 'torch' else 'ONNX Runtime'})", *speeds))
+        print(rows[-1], file=sys.stderr)
+    for method in CLASSICAL_METHODS:
+        try:
+            speeds = [slices_per_second(method, size, n) for size, (_, n) in counts.items()]
+        except ValueError as err:
+            rows.append((method, None, None, str(err)))
+        else:
+            rows.append((method, *speeds))
+        print(rows[-1], file=sys.stderr)
+
+    memory_slices = 30 if args.quick else args.memory_slices
+    memory = {
+        backend: measure_memory(bundle, backend, memory_slices, 512, args.batch, args.threads)
+        for backend in args.memory_backends
+    }
+    if tmp is not None:
+        tmp.cleanup()
+
+    mib = 1 / 2**20
+    lines = [
+        "# Inference speed and memory",
+        "",
+        f"Written by `training/bench_speed.py{' --quick' if args.quick else ''}` on "
+        f"{time.strftime('%Y-%m-%d')}: {platform.machine()}, {os.cpu_count()} cores visible, "
+        f"{args.threads} threads, torch {torch.__version__}, onnxruntime "
+        f"{__import__('onnxruntime').__version__}, Python {platform.python_version()}.",
+        "",
+        f"Denoiser: {weights}.",
+        "",
+        "Slices per second through `despeckle_array` (intensity mapping, reflection padding to the "
+        f"divisor, batch {args.batch} for the denoiser, one slice at a time for classical filters with "
+        "their default parameters), one timed run after a warm-up; "
+        + ", ".join(f"{size}x{size}: {n} denoiser / {c} classical slices" for size, (n, c) in counts.items())
+        + ". Other processes shared the machine, so treat these as rough.",
+        "",
+        "| method | 256x256 slices/s | 512x512 slices/s |",
+        "|---|---:|---:|",
+    ]
+    for row in rows:
+        if row[1] is None:
+            lines.append(f"| {row[0]} | n/a | n/a ({row[3]}) |")
+        else:
+            lines.append(f"| {row[0]} | {row[1]:.2f} | {row[2]:.2f} |")
+    lines += [
+        "",
+        f"## Peak memory, 512x512x{memory_slices} float32 volume (batch {args.batch})",
+        "",
+        "Measured in a fresh process after importing, loading the denoiser, allocating the input and a "
+        "one-slice warm-up: resident memory (`VmRSS`) before, and its peak (`VmHWM`, reset before the "
+        "run) during `despeckle_array`; both count the whole process (Python, torch, the model, the input). The increase during "
+        "`despeckle_array` should be near output + one batch. `tracemalloc` counts numpy allocations "
+        "only (not torch's or ONNX Runtime's).",
+        "",
+        "| backend | input MiB | RSS before MiB | RSS peak MiB | increase MiB | numpy peak (tracemalloc) MiB | seconds |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for backend, m in memory.items():
+        lines.append(
+            f"| {backend} | {m['volume'] * mib:.0f} | {m['base'] * mib:.0f} | {m['peak'] * mib:.0f} | "
+            f"{(m['peak'] - m['base']) * mib:.0f} | {m['traced'] * mib:.0f} | {m['seconds']:.1f} |"
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
