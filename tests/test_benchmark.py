@@ -173,3 +173,32 @@ def test_compose_grid_places_tiles_and_checks_shapes():
         compose_grid([[black, white]], ["a"])
     with pytest.raises(ValueError, match="one shape"):
         compose_grid([[black, np.zeros((4, 4))]], ["a", "b"])
+
+
+def test_shipped_denoiser_runs_as_a_method(monkeypatch, tmp_path):
+    """A bundle with weights makes ``denoiser`` available; here a TorchScript 5x5 mean filter stands in."""
+    import hashlib
+
+    import torch
+
+    bundle = tmp_path / "bundle"
+    (bundle / "models").mkdir(parents=True)
+    (bundle / "configs").mkdir()
+    smoother = torch.nn.AvgPool2d(5, stride=1, padding=2, count_include_pad=False)
+    torch.jit.script(smoother).save(str(bundle / "models" / "model.ts"))
+    digest = hashlib.sha256((bundle / "models" / "model.ts").read_bytes()).hexdigest()
+    metadata = {
+        "weights_sha256": {"models/model.ts": digest},
+        "network_data_format": {"inputs": {"image": {"spatial_shape": ["16*n", "16*n"]}}},
+    }
+    (bundle / "configs" / "metadata.json").write_text(json.dumps(metadata))
+    monkeypatch.setenv("USDESPECKLE_BUNDLE", str(bundle))
+
+    chosen, skipped = resolve_methods(None)
+    assert "denoiser" in chosen and "denoiser" not in skipped
+    result = run_benchmark(
+        ["denoiser"], ["rayleigh_mild"], data_dir=None, out_dir=tmp_path / "out", seed=0, **SMALL
+    )
+    table = result["sets"]["rayleigh_mild"]["metrics"]
+    assert table["denoiser"]["psnr_affine"]["mean"] > table[INPUT]["psnr_affine"]["mean"] + 0.5
+    assert "denoiser" in result["timing_ms"]

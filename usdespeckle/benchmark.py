@@ -101,32 +101,22 @@ def _classical_methods() -> dict[str, Method]:
 
 
 def _denoiser_method() -> tuple[Method | None, str]:
-    """The trained denoiser as a method, or ``(None, why it is skipped)``."""
+    """The shipped denoiser as a method, or ``(None, why it is skipped)``."""
     try:
         from usdespeckle import inference
     except ImportError as err:
         return None, f"usdespeckle.inference is not importable ({err})"
-    weights = _denoiser_weights(inference)
-    if weights is None or not weights.is_file():
-        return None, f"no trained weights at {weights} (the integrator ships them after training)"
+    try:
+        inference.load_denoiser()  # checks the weights exist and match the bundle's metadata
+    except (FileNotFoundError, ValueError) as err:
+        return None, str(err)
 
     def run_denoiser(image: np.ndarray) -> np.ndarray:
-        return np.asarray(inference.despeckle_array(image, method="denoiser"), dtype=np.float32)
+        # The test images are already in [0, 1]: map them as they are, not by robust percentiles.
+        return inference.despeckle_array(image, method="denoiser", intensity_range=(0.0, 1.0))
 
-    return Method("denoiser", run_denoiser, f"trained pix2pix denoiser ({weights.name})"), ""
-
-
-def _denoiser_weights(inference_module: Any) -> Path | None:
-    """Where the shipped denoiser lives: ask the inference module, else the bundle's default path."""
-    for attr in ("default_model_path", "DEFAULT_MODEL", "DEFAULT_MODEL_PATH"):
-        value = getattr(inference_module, attr, None)
-        if value is None:
-            continue
-        try:
-            return Path(value() if callable(value) else value)
-        except (FileNotFoundError, ValueError):
-            return None
-    return Path(__file__).resolve().parent.parent / "monai_bundle" / "models" / "model.ts"
+    where = inference.default_bundle_root() / inference.MODEL_FILES["torch"]
+    return Method("denoiser", run_denoiser, f"the shipped pix2pix denoiser ({where})"), ""
 
 
 def available_methods() -> tuple[dict[str, Method], dict[str, str]]:
