@@ -316,7 +316,7 @@ _PHANTOM_PROBE = "L11-5v"
 
 
 def _load_phantoms(data_dir: Path | None, limit: int | None, seed: int, size: int) -> LoadedSet:
-    from usdespeckle.simulate import FastBModeSimulator, make_cyst_phantom
+    from usdespeckle.simulate import FastBModeSimulator, log_compress, make_cyst_phantom
 
     simulator = FastBModeSimulator(probe=_PHANTOM_PROBE, shape=(size, size))
     count = _PHANTOM_COUNT if limit is None else limit
@@ -325,19 +325,26 @@ def _load_phantoms(data_dir: Path | None, limit: int | None, seed: int, size: in
         rng = _case_rng(seed, "phantom", index)
         echogenicity, masks = make_cyst_phantom((size, size), rng, contrasts_db=_PHANTOM_CONTRASTS_DB)
         image = np.asarray(simulator.simulate(echogenicity, rng), dtype=np.float32)
-        masks = {k: np.asarray(v, dtype=bool) for k, v in masks.items()}
-        cysts = [k for k in masks if k != "background"]
-        if len(cysts) != len(_PHANTOM_CONTRASTS_DB):
+        # make_cyst_phantom names one "cyst_<c>dB" mask per contrast, in the order of contrasts_db.
+        cysts = [k for k in masks if k.startswith("cyst_")]
+        if len(cysts) != len(_PHANTOM_CONTRASTS_DB) or "background" not in masks:
             raise ValueError(
-                f"make_cyst_phantom returned {len(cysts)} cyst masks ({cysts}) for "
-                f"{len(_PHANTOM_CONTRASTS_DB)} contrasts; the benchmark pairs them in order."
+                f"make_cyst_phantom returned masks {list(masks)} for contrasts {_PHANTOM_CONTRASTS_DB}; "
+                "the benchmark needs 'background' and one 'cyst_*' mask per contrast, in order."
             )
         contrasts = dict(zip(cysts, _PHANTOM_CONTRASTS_DB, strict=True))
-        reference = np.asarray(echogenicity, dtype=np.float32)
+        masks = {k: np.asarray(masks[k], dtype=bool) for k in ["background", *cysts]}
+        # The reference is the speckle-free display of the echogenicity map: the same log compression
+        # as the simulator, so a perfect despeckler's output and the reference share one grey scale.
+        reference = log_compress(
+            echogenicity, dynamic_range_db=simulator.dynamic_range_db, headroom_db=simulator.headroom_db
+        )
         cases.append(Case(f"phantom_{index:03d}", image, reference, masks, contrasts))
     notes = [
         f"FastBModeSimulator(probe={_PHANTOM_PROBE!r}, shape=({size}, {size})); cysts of "
-        f"{', '.join(f'{c:+g}' for c in _PHANTOM_CONTRASTS_DB)} dB; reference = echogenicity map",
+        f"{', '.join(f'{c:+g}' for c in _PHANTOM_CONTRASTS_DB)} dB in a background of echogenicity 0.5",
+        "reference (EPI, PSNR/SSIM aff.) = the echogenicity map log-compressed as the simulator does, "
+        f"without speckle ({simulator.dynamic_range_db:g} dB range)",
         f"weakest = the cyst of smallest |contrast| ({min(_PHANTOM_CONTRASTS_DB, key=abs):+g} dB)",
     ]
     return LoadedSet(cases, notes)
