@@ -110,7 +110,7 @@ def test_prepared_data_is_used(tmp_path, rng):
         seed=0,
         **SMALL,
     )
-    assert result["sets"]["rayleigh_mild"]["cases"] == ["n0", "n1"]  # --limit 2 of the test split
+    assert result["sets"]["rayleigh_mild"]["cases"] == ["n0", "n2"]  # --limit 2, spread over the split
     assert "FALLBACK" not in " ".join(result["sets"]["rayleigh_mild"]["notes"])
     assert result["sets"]["mri_sim"]["n"] == 2
     # the input row of mri_sim compares the stored B-mode with the stored MRI slice

@@ -221,6 +221,13 @@ def _read_grey(path: Path) -> np.ndarray:
     return (arr.astype(np.float64) / maxval).astype(np.float32)
 
 
+def _spread(entries: list, limit: int | None) -> list:
+    """``limit`` entries evenly spaced over the list (datalists group crops of one source together)."""
+    if limit is None or limit >= len(entries):
+        return list(entries)
+    return [entries[int(i)] for i in np.round(np.linspace(0, len(entries) - 1, limit))]
+
+
 def _datalist_split(data_dir: Path | None, filename: str, split: str) -> list[dict] | None:
     """The entries of ``split`` in ``data_dir/filename``, or None if the file or split is absent."""
     if data_dir is None:
@@ -255,7 +262,7 @@ def _natural_references(data_dir: Path | None, limit: int | None, size: int) -> 
     entries = _datalist_split(data_dir, "datalist_natural.json", "test")
     refs = []
     if entries is not None:
-        for entry in entries[:limit]:
+        for entry in _spread(entries, limit):
             path = Path(data_dir) / entry["label"]
             refs.append((path.stem, _to_size(_read_grey(path), size)))
         notes.append(f"clean photographs: test split of {Path(data_dir) / 'datalist_natural.json'}")
@@ -298,7 +305,7 @@ def _pairs_loader(filenames: Sequence[tuple[str, str]]) -> Callable[..., LoadedS
             if entries is None:
                 continue
             cases = []
-            for entry in entries[:limit]:
+            for entry in _spread(entries, limit):
                 image = _to_size(_read_grey(Path(data_dir) / entry["image"]), size)
                 label = _to_size(_read_grey(Path(data_dir) / entry["label"]), size)
                 cases.append(Case(Path(entry["image"]).stem, image, label))
