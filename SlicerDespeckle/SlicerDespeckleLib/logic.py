@@ -295,14 +295,21 @@ class DespeckleJob:
         self.cleanup()
 
     def error_text(self) -> str:
-        """The last non-empty lines the process wrote to stderr (its error message)."""
+        """The process's error message from stderr: its ``error:`` lines, else its last lines.
+
+        ``usdespeckle`` reports problems as one ``usdespeckle <command>: error: ...`` line (argparse
+        does the same after a usage text), so those lines are the message worth showing.
+        """
         try:
             lines = [
-                line for line in self.stderr_path.read_text("utf-8", "replace").splitlines() if line.strip()
+                line.strip()
+                for line in self.stderr_path.read_text("utf-8", "replace").splitlines()
+                if line.strip()
             ]
         except FileNotFoundError:
             return ""
-        return "\n".join(lines[-5:])
+        errors = [line for line in lines if "error:" in line.lower()]
+        return " ".join(errors[-3:] if errors else lines[-5:])
 
     def cleanup(self) -> None:
         """Delete the temporary folder."""

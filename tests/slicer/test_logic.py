@@ -138,7 +138,9 @@ def test_bad_method_raises_clear_error_and_adds_nothing(scene, volume, project_p
     with pytest.raises(DespeckleProcessError) as err:
         DespeckleLogic(project_python).process(volume, method="nosuchmethod")
     message = str(err.value)
-    assert "nosuchmethod" in message and "exit status" in message
+    assert "exit status 2" in message
+    first_line = message.splitlines()[0]  # the command's own error, not the echoed command line
+    assert "argument --method" in first_line and "nosuchmethod" in first_line
     assert scene.GetNumberOfNodes() == nodes
 
 
