@@ -1,0 +1,1 @@
+"""Helpers of the SlicerDespeckle module that need neither Qt nor the Slicer application."""

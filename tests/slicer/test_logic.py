@@ -1,0 +1,238 @@
+"""The module's Logic against real MRML (slicer-core) and the real ``usdespeckle run`` command."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import slicer
+import slicer.util
+from SlicerDespeckleLib.logic import (
+    OUTPUT_SUFFIX,
+    PREVIEW_SUFFIX,
+    DespeckleCancelled,
+    DespeckleLogic,
+    DespeckleProcessError,
+    despeckle_command,
+    ijk_to_ras_array,
+    missing_requirements,
+    parse_progress,
+    slice_index_at_ras,
+)
+
+
+def _rotation(angles: tuple[float, float, float]) -> np.ndarray:
+    ax, ay, az = angles
+    rx = np.array([[1, 0, 0], [0, math.cos(ax), -math.sin(ax)], [0, math.sin(ax), math.cos(ax)]])
+    ry = np.array([[math.cos(ay), 0, math.sin(ay)], [0, 1, 0], [-math.sin(ay), 0, math.cos(ay)]])
+    rz = np.array([[math.cos(az), -math.sin(az), 0], [math.sin(az), math.cos(az), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+@pytest.fixture
+def volume(scene):
+    """A speckled (k, j, i) = (9, 24, 20) int16 volume with oblique, anisotropic geometry."""
+    rng = np.random.default_rng(7)
+    k, j, i = np.meshgrid(np.arange(9), np.arange(24), np.arange(20), indexing="ij")
+    structure = (
+        400.0 + 300.0 * ((j - 12) ** 2 + (i - 9) ** 2 < 30) + 20.0 * k
+    )  # an inclusion, changing with k
+    array = (structure * rng.rayleigh(1.0, structure.shape)).astype(np.int16)
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "phantom")
+    slicer.util.updateVolumeFromArray(node, array)
+    node.SetSpacing(0.3, 0.55, 1.7)
+    node.SetOrigin(12.5, -7.25, 31.0)
+    directions = _rotation((0.2, -0.35, 0.6))
+    node.SetIJKToRASDirections(*directions.ravel())
+    return node
+
+
+def _reference(python: str, array: np.ndarray, method: str, axis: int, tmp_path: Path) -> np.ndarray:
+    """What the library's own function gives for this array (the command's code path, no MRML)."""
+    src, dst = tmp_path / f"ref_in_{axis}.npy", tmp_path / f"ref_out_{axis}.npy"
+    np.save(src, array)
+    code = (
+        "import sys, numpy as np; from usdespeckle.inference import despeckle_array; "
+        "np.save(sys.argv[2], despeckle_array(np.load(sys.argv[1]), sys.argv[3], axis=int(sys.argv[4])))"
+    )
+    subprocess.run(
+        [python, "-c", code, str(src), str(dst), method, str(axis)], check=True, timeout=300, cwd=tmp_path
+    )
+    return np.load(dst)
+
+
+def test_parse_progress_and_command():
+    assert parse_progress("progress: 3/12") == (3, 12)
+    assert parse_progress("  progress: 12/12 \n") == (12, 12)
+    assert parse_progress("wrote out.nrrd") is None
+    assert parse_progress("progress: x/12") is None
+    command = despeckle_command(
+        "py", "a.nrrd", "b.nrrd", method="median", axis=2, strength=0.5, backend="onnx", device="cpu"
+    )
+    assert command[:4] == ["py", "-m", "usdespeckle", "run"]
+    options = dict(zip(command[6::2], command[7::2], strict=False))
+    assert options["--axis"] == "2" and float(options["--strength"]) == 0.5 and options["--backend"] == "onnx"
+    assert command[-3:] == ["--progress", "lines", "--force"]
+
+
+def test_median_keeps_geometry_and_input_and_honours_axis(scene, volume, project_python, tmp_path):
+    before = np.array(slicer.util.arrayFromVolume(volume))
+    geometry = ijk_to_ras_array(volume)
+    nodes = scene.GetNumberOfNodes()
+    logic = DespeckleLogic(python_executable=project_python)
+    seen: list[tuple[int, int]] = []
+    results = {}
+    for axis in (0, 2):
+        output = logic.process(volume, method="median", axis=axis, progress=lambda d, t: seen.append((d, t)))
+        results[axis] = np.array(slicer.util.arrayFromVolume(output))
+        assert output.GetName() == "phantom" + OUTPUT_SUFFIX
+        np.testing.assert_allclose(ijk_to_ras_array(output), geometry, atol=1e-9)
+        assert results[axis].shape == before.shape
+        display = output.GetDisplayNode()
+        assert display is not None and display.GetWindow() > 0
+    # two runs, two new nodes (plus their display nodes); the input is untouched
+    assert scene.GetNumberOfNodes() > nodes
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(volume), before)
+    np.testing.assert_allclose(ijk_to_ras_array(volume), geometry, atol=0)
+    assert seen and seen[-1][0] == seen[-1][1]  # progress reached the end
+    # each axis matches the library on that axis, and not on the other one
+    references = {axis: _reference(project_python, before, "median", axis, tmp_path) for axis in (0, 2)}
+    for axis, other in ((0, 2), (2, 0)):
+        np.testing.assert_allclose(results[axis], references[axis], rtol=1e-5, atol=1e-3)
+        assert np.abs(results[axis] - references[other]).mean() > 1.0
+
+
+def test_strength_zero_and_chosen_output_node(scene, volume, project_python):
+    chosen = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "my output")
+    output = DespeckleLogic(project_python).process(volume, chosen, method="median", axis=1, strength=0.0)
+    assert output is chosen and output.GetName() == "my output"
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(output), slicer.util.arrayFromVolume(volume))
+
+
+def test_preview_slice_is_one_slice_in_place(scene, volume, project_python, tmp_path):
+    logic = DespeckleLogic(project_python)
+    preview = logic.process(volume, method="median", axis=0, slice_index=5)
+    assert preview.GetName() == "phantom" + PREVIEW_SUFFIX
+    array = slicer.util.arrayFromVolume(preview)
+    assert array.shape == (1, 24, 20)
+    expected_origin = ijk_to_ras_array(volume) @ np.array([0, 0, 5, 1.0])
+    np.testing.assert_allclose(ijk_to_ras_array(preview)[:3, 3], expected_origin[:3], atol=1e-9)
+    source = np.array(slicer.util.arrayFromVolume(volume))[5:6]
+    np.testing.assert_allclose(
+        array, _reference(project_python, source, "median", 0, tmp_path), rtol=1e-5, atol=1e-3
+    )
+    again = logic.process(volume, method="median", axis=0, slice_index=2)
+    assert again.GetID() == preview.GetID()  # the preview node is reused, not multiplied
+
+
+def test_bad_method_raises_clear_error_and_adds_nothing(scene, volume, project_python):
+    nodes = scene.GetNumberOfNodes()
+    with pytest.raises(DespeckleProcessError) as err:
+        DespeckleLogic(project_python).process(volume, method="nosuchmethod")
+    message = str(err.value)
+    assert "exit status 2" in message
+    first_line = message.splitlines()[0]  # the command's own error, not the echoed command line
+    assert "argument --method" in first_line and "nosuchmethod" in first_line
+    assert scene.GetNumberOfNodes() == nodes
+
+
+def test_invalid_settings_raise_value_error(scene, volume):
+    logic = DespeckleLogic(sys.executable)
+    with pytest.raises(ValueError, match="strength"):
+        logic.start(volume, strength=1.5)
+    with pytest.raises(ValueError, match="axis"):
+        logic.start(volume, axis=3)
+    with pytest.raises(ValueError, match="input volume"):
+        logic.start(None)
+    with pytest.raises(ValueError, match="differ"):
+        logic.start(volume, volume)
+    with pytest.raises(FileNotFoundError, match="interpreter"):
+        DespeckleLogic("/no/such/python").start(volume, method="median")
+
+
+FAKE_CLI = textwrap.dedent(
+    """
+    import os, subprocess, sys, time
+    # a stand-in for the real command: starts a grandchild, reports progress, then works for a long time
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    with open(os.environ["FAKE_PID_FILE"], "w") as f:
+        f.write(f"{os.getpid()} {child.pid}")
+    print("progress: 1/10", flush=True)
+    time.sleep(120)
+    """
+)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead too
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(os.name == "nt", reason="process checks use POSIX signals")
+def test_cancel_kills_process_tree_and_leaves_scene(scene, volume, tmp_path):
+    package = tmp_path / "fake" / "usdespeckle"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "__main__.py").write_text(FAKE_CLI)
+    pid_file = tmp_path / "pids.txt"
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "fake"), FAKE_PID_FILE=str(pid_file))
+    logic = DespeckleLogic(sys.executable, environment=env)
+    nodes = scene.GetNumberOfNodes()
+    job = logic.start(volume, method="median")
+    deadline = time.monotonic() + 60
+    while job.done == 0 and time.monotonic() < deadline:
+        assert not job.poll(), job.error_text()
+        time.sleep(0.05)
+    assert (job.done, job.total) == (1, 10) and job.fraction == pytest.approx(0.1)
+    parent, grandchild = (int(v) for v in pid_file.read_text().split())
+    assert _alive(parent) and _alive(grandchild)
+    job.cancel()
+    time.sleep(0.2)
+    assert not _alive(parent) and not _alive(grandchild)
+    assert not job.temp_dir.exists()
+    with pytest.raises(DespeckleCancelled):
+        logic.finish(job)
+    assert scene.GetNumberOfNodes() == nodes
+    # the synchronous path: cancel() asked on the first poll
+    with pytest.raises(DespeckleCancelled):
+        logic.process(volume, method="median", cancel=lambda: True)
+    assert scene.GetNumberOfNodes() == nodes
+
+
+def test_slice_index_at_ras(volume):
+    matrix = ijk_to_ras_array(volume)
+    for i, j, k in ((0, 0, 0), (19, 23, 8), (4, 11, 6)):
+        ras = matrix @ np.array([i, j, k, 1.0])
+        assert [slice_index_at_ras(volume, ras[:3], axis) for axis in (0, 1, 2)] == [k, j, i]
+    far = matrix @ np.array([0, 0, 50, 1.0])
+    assert slice_index_at_ras(volume, far[:3], 0) == 8  # clipped into the volume
+
+
+def test_missing_requirements(tmp_path):
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("# comment\nnumpy>=1.20\n\nno-such-package-for-slicerdespeckle==1.0  # why\n")
+    assert missing_requirements(requirements) == ["no-such-package-for-slicerdespeckle==1.0"]
+
+
+def test_shipped_requirements_file_is_parsable():
+    path = Path(__file__).resolve().parents[2] / "SlicerDespeckle" / "Resources" / "requirements.txt"
+    names = [line.split("#")[0].strip() for line in path.read_text().splitlines()]
+    names = [n for n in names if n]
+    assert any(n.startswith("usdespeckle") for n in names) and any(n.startswith("monai") for n in names)
+    assert not any(n.startswith("torch") for n in names), "torch comes from SlicerPyTorch, not pip"
+    json.dumps(missing_requirements(path))  # runs without error

@@ -1,0 +1,99 @@
+"""The panel's .ui file loads offscreen and has every widget and parameter the module code uses."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+MODULE_DIR = Path(__file__).resolve().parents[2] / "SlicerDespeckle"
+UI_PATH = MODULE_DIR / "Resources" / "UI" / "SlicerDespeckle.ui"
+MODULE_PATH = MODULE_DIR / "SlicerDespeckle.py"
+
+
+@pytest.fixture(scope="module")
+def panel():
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from PySide6.QtCore import QFile
+    from PySide6.QtUiTools import QUiLoader
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    ui_file = QFile(str(UI_PATH))
+    assert ui_file.open(QFile.ReadOnly)
+    # Slicer's own classes (qMRMLNodeComboBox, ctkSliderWidget, ...) are unknown to plain Qt:
+    # the loader builds the base class each <customwidget> names, keeping names and properties.
+    widget = QUiLoader().load(ui_file)
+    ui_file.close()
+    assert widget is not None, "QUiLoader could not load the .ui file"
+    yield widget
+    widget.deleteLater()
+    app.processEvents()
+
+
+def _ui_names_used_by_module() -> set[str]:
+    return set(re.findall(r"self\.ui\.(\w+)", MODULE_PATH.read_text()))
+
+
+def _parameter_names() -> set[str]:
+    tree = ast.parse(MODULE_PATH.read_text())
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == "SlicerDespeckleParameterNode":
+            return {item.target.id for item in node.body if isinstance(item, ast.AnnAssign)}
+    raise AssertionError("SlicerDespeckleParameterNode not found in SlicerDespeckle.py")
+
+
+def test_every_widget_the_module_uses_exists(panel):
+    from PySide6.QtWidgets import QWidget
+
+    used = _ui_names_used_by_module()
+    assert {"applyButton", "cancelButton", "previewButton", "progressBar", "statusLabel"} <= used
+    present = {w.objectName() for w in panel.findChildren(QWidget)}
+    missing = sorted(used - present)
+    assert not missing, f"widgets used in SlicerDespeckle.py but absent from the .ui: {missing}"
+
+
+def test_every_parameter_has_a_bound_widget(panel):
+    from PySide6.QtWidgets import QWidget
+
+    bound = {
+        w.property("SlicerParameterName"): w.objectName()
+        for w in panel.findChildren(QWidget)
+        if w.property("SlicerParameterName")
+    }
+    parameters = _parameter_names()
+    assert parameters == {"inputVolume", "outputVolume", "method", "axis", "strength", "device", "backend"}
+    assert set(bound) == parameters, f"parameters {parameters} vs widgets bound in the .ui {bound}"
+
+
+def test_panel_widgets_have_the_expected_kinds(panel):
+    from PySide6.QtWidgets import QComboBox, QLabel, QProgressBar, QPushButton
+
+    def kind(name, cls):
+        widget = panel.findChild(cls, name)
+        assert widget is not None, f"{name} is not a {cls.__name__}"
+        return widget
+
+    for name in ("methodComboBox", "axisComboBox", "deviceComboBox", "backendComboBox"):
+        kind(name, QComboBox)
+    assert kind("previewButton", QPushButton).text() == "Preview current slice"
+    assert not kind("cancelButton", QPushButton).isEnabled()  # nothing runs yet
+    kind("progressBar", QProgressBar)
+    kind("statusLabel", QLabel)
+    with open(UI_PATH) as f:
+        text = f.read()
+    # Slicer's classes the module relies on, declared so Slicer's loader builds the real widgets
+    for cls in ("qMRMLNodeComboBox", "ctkSliderWidget", "qMRMLWidget"):
+        assert f"<class>{cls}</class>" in text
+    assert text.count("setMRMLScene(vtkMRMLScene*)") == 2  # both node selectors get the scene
+
+
+def test_panel_renders_offscreen(panel, tmp_path):
+    panel.resize(320, 480)
+    image = panel.grab().toImage()
+    assert image.width() == 320 and image.height() == 480
+    assert image.save(str(tmp_path / "panel.png"))
