@@ -1,0 +1,156 @@
+"""``usdespeckle run``: end to end on small files, one-line errors and non-zero exits."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from test_inference import make_bundle
+
+from usdespeckle.cli import main
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+
+
+@pytest.fixture
+def bundle(tmp_path, monkeypatch):
+    root = make_bundle(tmp_path / "bundle", onnx=True)
+    monkeypatch.setenv("USDESPECKLE_BUNDLE", str(root))
+    return root
+
+
+@pytest.fixture
+def volume_path(tmp_path, rng):
+    image = sitk.GetImageFromArray(rng.uniform(0, 255, size=(10, 20, 24)).astype(np.float32))
+    image.SetSpacing((0.2, 0.3, 1.0))
+    image.SetOrigin((1.0, -2.0, 3.0))
+    path = tmp_path / "in.nii.gz"
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("usdespeckle run: error: ")
+    return err
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_run_volume_lines_progress(tmp_path, bundle, volume_path, capsys, backend):
+    out = tmp_path / "out.nrrd"
+    code = main(
+        ["run", str(volume_path), str(out), "--backend", backend, "--batch", "4", "--progress", "lines"]
+    )
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["progress: 4/10", "progress: 8/10", "progress: 10/10"]
+    src, res = sitk.ReadImage(str(volume_path)), sitk.ReadImage(str(out))
+    assert res.GetSpacing() == src.GetSpacing() and res.GetOrigin() == src.GetOrigin()
+    assert not np.allclose(sitk.GetArrayFromImage(res), sitk.GetArrayFromImage(src))
+
+
+def test_run_axis_and_strength_zero(tmp_path, bundle, volume_path):
+    out = tmp_path / "same.nii.gz"
+    assert (
+        main(["run", str(volume_path), str(out), "--axis", "2", "--strength", "0", "--progress", "none"]) == 0
+    )
+    np.testing.assert_array_equal(
+        sitk.GetArrayFromImage(sitk.ReadImage(str(out))),
+        sitk.GetArrayFromImage(sitk.ReadImage(str(volume_path))),
+    )
+
+
+def test_run_png_to_png(tmp_path, bundle, rng):
+    src = tmp_path / "in.png"
+    sitk.WriteImage(sitk.GetImageFromArray(rng.integers(0, 255, size=(40, 50)).astype(np.uint8)), str(src))
+    assert main(["run", str(src), str(tmp_path / "out.png")]) == 0
+    assert sitk.ReadImage(str(tmp_path / "out.png")).GetPixelID() == sitk.sitkUInt8
+
+
+def test_errors_are_one_line_and_non_zero(tmp_path, bundle, volume_path, capsys, rng):
+    out = tmp_path / "out.nii.gz"
+    assert main(["run", str(tmp_path / "missing.nii.gz"), str(out)]) == 1
+    assert "no such file" in one_line_error(capsys)
+
+    corrupt = tmp_path / "corrupt.nii.gz"
+    corrupt.write_bytes(b"not an image at all" * 10)
+    assert main(["run", str(corrupt), str(out)]) == 1
+    assert "cannot be read" in one_line_error(capsys)
+
+    four_d = tmp_path / "4d.nii"
+    sitk.WriteImage(sitk.GetImageFromArray(rng.uniform(size=(2, 3, 20, 20)), isVector=False), str(four_d))
+    assert main(["run", str(four_d), str(out)]) == 1
+    assert "4D" in one_line_error(capsys)
+
+    nan = rng.uniform(size=(20, 20))
+    nan[0, 0] = np.nan
+    sitk.WriteImage(sitk.GetImageFromArray(nan), str(tmp_path / "nan.nrrd"))
+    assert main(["run", str(tmp_path / "nan.nrrd"), str(out)]) == 1
+    assert "NaN" in one_line_error(capsys)
+
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((20, 20), np.uint8)), str(tmp_path / "flat.png"))
+    assert main(["run", str(tmp_path / "flat.png"), str(out)]) == 1
+    assert "constant" in one_line_error(capsys)
+
+    sitk.WriteImage(
+        sitk.GetImageFromArray(np.arange(25, dtype=np.uint8).reshape(5, 5)), str(tmp_path / "tiny.png")
+    )
+    assert main(["run", str(tmp_path / "tiny.png"), str(out)]) == 1
+    assert "too small" in one_line_error(capsys)
+
+    assert main(["run", str(volume_path), str(volume_path), "--force"]) == 1
+    assert "is the input" in one_line_error(capsys)
+
+    out.write_bytes(b"old")
+    assert main(["run", str(volume_path), str(out), "--progress", "none"]) == 1
+    assert "--force" in one_line_error(capsys)
+    assert out.read_bytes() == b"old"
+    assert main(["run", str(volume_path), str(out), "--progress", "none", "--force"]) == 0
+
+    assert main(["run", str(volume_path), str(tmp_path / "v.png"), "--progress", "none"]) == 1
+    assert "3D" in one_line_error(capsys)
+
+
+def test_missing_weights_error_says_how_to_train(tmp_path, volume_path, capsys, monkeypatch):
+    monkeypatch.setenv("USDESPECKLE_BUNDLE", str(tmp_path / "empty"))
+    assert main(["run", str(volume_path), str(tmp_path / "o.nii.gz")]) == 1
+    assert "training/" in one_line_error(capsys)
+
+
+def test_bad_strength_is_a_usage_error(tmp_path, volume_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", str(volume_path), str(tmp_path / "o.nii.gz"), "--strength", "2"])
+    assert exit_info.value.code == 2
+    assert "strength" in capsys.readouterr().err
+
+
+def test_help_names_the_axis_convention():
+    out = subprocess.run(
+        [sys.executable, "-m", "usdespeckle", "run", "--help"], capture_output=True, text=True
+    )
+    assert out.returncode == 0
+    assert "GetArrayFromImage" in out.stdout and "--progress" in out.stdout
+
+
+def test_demo_writes_input_output_and_png(tmp_path, bundle, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    assert "despeckled with denoiser" in capsys.readouterr().out
+    before = sitk.ReadImage(str(tmp_path / "demo" / "input.nii.gz"))
+    after = sitk.ReadImage(str(tmp_path / "demo" / "output.nii.gz"))
+    assert before.GetSize() == after.GetSize() and before.GetDimension() == 3
+    assert before.GetSpacing() == after.GetSpacing()
+    png = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "demo" / "side_by_side.png")))
+    assert png.dtype == np.uint8 and png.shape[1] > 2 * before.GetSize()[0]
+
+
+def test_demo_without_weights_falls_back_with_a_notice(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("USDESPECKLE_BUNDLE", str(tmp_path / "empty"))
+    pytest.importorskip("usdespeckle.filters")
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    captured = capsys.readouterr()
+    assert "notice: no denoiser weights" in captured.err
+    assert "despeckled with median" in captured.out

@@ -1,0 +1,230 @@
+"""Slice-wise despeckling: padding, axes, strength, streaming, cancellation, bundle checks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from usdespeckle import inference
+from usdespeckle.inference import DespeckleCancelled, despeckle_array, despeckle_image, load_denoiser
+
+DIVISOR = 16
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+
+
+class SquareDenoiser(torch.nn.Module):
+    """A stand-in denoiser with a known answer (x**2) that insists on the bundle's divisor."""
+
+    def __init__(self, divisor: int = DIVISOR) -> None:
+        super().__init__()
+        self.divisor = divisor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[2] % self.divisor != 0 or x.shape[3] % self.divisor != 0:
+            raise RuntimeError("input size is not a multiple of the divisor")
+        return torch.clamp(x * x, 0.0, 1.0)
+
+
+def make_bundle(root: Path, *, onnx: bool = False, divisor: int = DIVISOR) -> Path:
+    """Write a tiny bundle (TorchScript, optionally ONNX, and metadata.json with sha256) in ``root``."""
+    (root / "models").mkdir(parents=True, exist_ok=True)
+    (root / "configs").mkdir(exist_ok=True)
+    module = SquareDenoiser(divisor)
+    torch.jit.script(module).save(str(root / "models" / "model.ts"))
+    files = ["models/model.ts"]
+    if onnx:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module,
+                (torch.rand(2, 1, divisor, divisor),),
+                str(root / "models" / "model.onnx"),
+                input_names=["image"],
+                output_names=["pred"],
+                dynamic_axes={"image": {0: "batch", 2: "h", 3: "w"}, "pred": {0: "batch", 2: "h", 3: "w"}},
+                dynamo=False,
+            )
+        files.append("models/model.onnx")
+    metadata = {
+        "network_data_format": {"inputs": {"image": {"spatial_shape": [f"{divisor}*n", f"{divisor}*n"]}}},
+        "weights_sha256": {f: hashlib.sha256((root / f).read_bytes()).hexdigest() for f in files},
+    }
+    (root / "configs" / "metadata.json").write_text(json.dumps(metadata))
+    return root
+
+
+def expected_square(array: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """What the SquareDenoiser bundle gives through despeckle_array's intensity mapping."""
+    mapped = np.clip((array.astype(np.float32) - lo) / (hi - lo), 0, 1)
+    return mapped**2 * (hi - lo) + lo
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    return make_bundle(tmp_path_factory.mktemp("bundle"), onnx=True)
+
+
+def test_2d_known_answer_with_padding_and_crop(bundle, rng):
+    image = rng.uniform(10, 200, size=(37, 50)).astype(np.float32)  # not multiples of 16
+    out = despeckle_array(image, bundle_root=bundle)
+    lo, hi = inference.robust_range(image)
+    assert out.dtype == np.float32 and out.shape == image.shape
+    np.testing.assert_allclose(out, expected_square(image, lo, hi), rtol=1e-5, atol=1e-3)
+    # back in the input's range, and really changed
+    assert out.min() >= lo - 1e-3 and out.max() <= hi + 1e-3
+    assert np.abs(out - image).mean() > 1.0
+
+
+def test_onnx_matches_torch(bundle, rng):
+    volume = rng.uniform(0, 1, size=(5, 20, 33)).astype(np.float32)
+    a = despeckle_array(volume, bundle_root=bundle, backend="torch", batch_size=2)
+    b = despeckle_array(volume, bundle_root=bundle, backend="onnx", batch_size=3)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_axis_equals_per_slice_processing(bundle, rng, axis):
+    volume = rng.uniform(0, 255, size=(9, 12, 14)).astype(np.float32)  # distinct sizes per axis
+    rng_lo_hi = inference.robust_range(volume)
+    out = despeckle_array(volume, bundle_root=bundle, axis=axis, batch_size=4, intensity_range=rng_lo_hi)
+    for k in range(volume.shape[axis]):
+        one = despeckle_array(np.take(volume, k, axis=axis), bundle_root=bundle, intensity_range=rng_lo_hi)
+        np.testing.assert_allclose(np.take(out, k, axis=axis), one, atol=1e-5)
+
+
+def test_axis_matters_for_a_spatial_filter(tmp_path, rng):
+    """With a 3x3 smoothing denoiser, slicing along different axes gives different volumes."""
+
+    class Smooth(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+
+    root = tmp_path / "smooth"
+    make_bundle(root)
+    torch.jit.script(Smooth()).save(str(root / "models" / "model.ts"))
+    meta = json.loads((root / "configs" / "metadata.json").read_text())
+    meta["weights_sha256"]["models/model.ts"] = hashlib.sha256(
+        (root / "models/model.ts").read_bytes()
+    ).hexdigest()
+    (root / "configs" / "metadata.json").write_text(json.dumps(meta))
+    volume = rng.uniform(0, 1, size=(10, 12, 14)).astype(np.float32)
+    a0 = despeckle_array(volume, bundle_root=root, axis=0)
+    a2 = despeckle_array(volume, bundle_root=root, axis=2)
+    assert np.abs(a0 - a2).mean() > 0.01
+
+
+def test_strength_zero_returns_input_and_blends_linearly(bundle, rng):
+    image = rng.integers(0, 4000, size=(24, 30)).astype(np.int16)
+    np.testing.assert_array_equal(despeckle_array(image, bundle_root=bundle, strength=0.0), image)
+    full = despeckle_array(image, bundle_root=bundle, strength=1.0)
+    half = despeckle_array(image, bundle_root=bundle, strength=0.5)
+    np.testing.assert_allclose(half, 0.5 * image + 0.5 * full, rtol=1e-5, atol=1e-2)
+
+
+def test_input_is_not_modified(bundle, rng):
+    volume = rng.uniform(0, 1, size=(10, 16, 16)).astype(np.float32)
+    before = volume.copy()
+    despeckle_array(volume, bundle_root=bundle, axis=1)
+    np.testing.assert_array_equal(volume, before)
+
+
+def test_progress_and_cancel(bundle, rng):
+    volume = rng.uniform(0, 1, size=(10, 16, 16)).astype(np.float32)
+    calls: list[tuple[int, int]] = []
+    despeckle_array(volume, bundle_root=bundle, batch_size=4, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(4, 10), (8, 10), (10, 10)]
+
+    event = threading.Event()
+
+    def stop_after_first(done: int, total: int) -> None:
+        event.set()
+
+    with pytest.raises(DespeckleCancelled):
+        despeckle_array(volume, bundle_root=bundle, batch_size=4, progress=stop_after_first, cancel=event)
+    with pytest.raises(DespeckleCancelled):
+        despeckle_array(volume, bundle_root=bundle, cancel=lambda: True)
+
+
+def test_despeckle_image_keeps_geometry_and_metadata(bundle, rng):
+    image = sitk.GetImageFromArray(rng.uniform(0, 100, size=(4, 20, 24)).astype(np.float32))
+    image.SetSpacing((0.2, 0.3, 1.5))
+    image.SetOrigin((-3.0, 4.0, 10.5))
+    image.SetDirection((0, 1, 0, 1, 0, 0, 0, 0, -1))
+    image.SetMetaData("Modality", "US")
+    out = despeckle_image(image, bundle_root=bundle)
+    assert out.GetSpacing() == image.GetSpacing()
+    assert out.GetOrigin() == image.GetOrigin()
+    assert out.GetDirection() == image.GetDirection()
+    assert out.GetMetaData("Modality") == "US"
+    assert out.GetPixelID() == sitk.sitkFloat32
+
+
+def test_classical_method_or_clear_error(rng):
+    image = rng.uniform(0, 1, size=(32, 32)).astype(np.float32)
+    try:
+        from usdespeckle.filters import FILTERS
+    except ImportError:
+        FILTERS = {}
+    if "median" in FILTERS:
+        out = despeckle_array(image, "median")
+        assert out.shape == image.shape and out.std() < image.std()
+    else:
+        with pytest.raises(ValueError, match="median"):
+            despeckle_array(image, "median")
+    with pytest.raises(ValueError, match="not one of"):
+        despeckle_array(image, "wiener")
+
+
+def test_bad_arguments(bundle, rng):
+    image = rng.uniform(0, 1, size=(16, 16)).astype(np.float32)
+    with pytest.raises(ValueError, match="strength"):
+        despeckle_array(image, bundle_root=bundle, strength=1.5)
+    with pytest.raises(ValueError, match="axis"):
+        despeckle_array(image[None].repeat(3, 0), bundle_root=bundle, axis=3)
+    with pytest.raises(ValueError, match="2D"):
+        despeckle_array(image[None, None], bundle_root=bundle)
+    bad = image.copy()
+    bad[3, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        despeckle_array(bad, bundle_root=bundle)
+    with pytest.raises(ValueError, match="constant"):
+        despeckle_array(np.ones((16, 16)), bundle_root=bundle)
+    with pytest.raises(ValueError, match="another axis"):
+        despeckle_array(rng.uniform(size=(3, 32, 32)), bundle_root=bundle, axis=1)
+
+
+def test_missing_weights_say_how_to_get_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("USDESPECKLE_BUNDLE", str(tmp_path / "nowhere"))
+    assert inference.default_bundle_root() == tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError, match="training/"):
+        load_denoiser()
+    with pytest.raises(FileNotFoundError, match="training/"):
+        despeckle_array(np.arange(256.0).reshape(16, 16))
+
+
+def test_sha256_mismatch_is_refused(tmp_path):
+    root = make_bundle(tmp_path / "b")
+    meta_path = root / "configs" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["weights_sha256"]["models/model.ts"] = "0" * 64
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="sha256"):
+        load_denoiser(root)
+    del meta["weights_sha256"]["models/model.ts"]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="weights_sha256"):
+        load_denoiser(root)
+
+
+def test_loaded_model_is_cached(bundle):
+    assert load_denoiser(bundle) is load_denoiser(bundle)
+    assert load_denoiser(bundle, backend="onnx") is not load_denoiser(bundle)
+    assert load_denoiser(bundle).divisor == DIVISOR

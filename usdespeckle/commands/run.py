@@ -1,0 +1,139 @@
+"""``usdespeckle run INPUT OUTPUT``: despeckle one image or volume with the denoiser or a classical filter."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from usdespeckle.cli import UserError
+
+HELP = "Despeckle an image or volume (any format SimpleITK reads, or a DICOM folder) into OUTPUT."
+
+_METHODS = ("denoiser", "median", "lee", "frost", "kuan", "srad", "obnlm", "bm3d", "nlm", "tv")
+
+
+def _strength(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"strength must be a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"strength must be in [0, 1], got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``run`` options to ``parser``."""
+    parser.add_argument(
+        "input", metavar="INPUT", help="image file (.nii.gz, .nrrd, .mha, .png, .dcm, ...) or DICOM folder"
+    )
+    parser.add_argument("output", metavar="OUTPUT", help="output file; its extension names the format")
+    parser.add_argument(
+        "--method",
+        choices=_METHODS,
+        default="denoiser",
+        help="'denoiser' (the shipped pix2pix model, default) or a classical filter with its defaults",
+    )
+    parser.add_argument(
+        "--axis",
+        type=int,
+        choices=(0, 1, 2),
+        default=0,
+        help="volumes are processed slice by slice along this numpy axis of SimpleITK's "
+        "GetArrayFromImage, ordered (k, j, i): 0 = slices of constant k (frames of a cine loop or "
+        "multi-frame DICOM; axial for a usual volume), 1 = constant j, 2 = constant i (default 0)",
+    )
+    parser.add_argument(
+        "--backend", choices=("torch", "onnx"), default="torch", help="denoiser runtime (default torch)"
+    )
+    parser.add_argument(
+        "--batch", type=_positive, default=8, metavar="N", help="slices per model call (default 8)"
+    )
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="denoiser device (default cpu)"
+    )
+    parser.add_argument(
+        "--strength",
+        type=_strength,
+        default=1.0,
+        metavar="S",
+        help="blend in [0, 1]: output = (1 - S) * input + S * despeckled (default 1)",
+    )
+    parser.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
+    parser.add_argument(
+        "--progress",
+        choices=("bar", "lines", "none"),
+        default="bar",
+        help="'bar': a progress bar on stderr for volumes; 'lines': 'progress: i/n' lines on stdout "
+        "(for programs that read them); 'none' (default bar)",
+    )
+
+
+def _progress_callback(
+    mode: str, slices: int
+) -> tuple[Callable[[int, int], None] | None, Callable[[], None]]:
+    """Return (callback, close) for the chosen progress display."""
+    if mode == "lines":
+
+        def lines(done: int, total: int) -> None:
+            print(f"progress: {done}/{total}", flush=True)
+
+        return lines, lambda: None
+    if mode == "bar" and slices > 1:
+        from tqdm import tqdm
+
+        bars: list[tqdm] = []  # made at the first update, so errors before any work print no bar
+
+        def update(done: int, total: int) -> None:
+            if not bars:
+                bars.append(tqdm(total=total, unit="slice", file=sys.stderr, leave=False))
+            bars[0].update(done - bars[0].n)
+
+        return update, lambda: [bar.close() for bar in bars]
+    return None, lambda: None
+
+
+def main(args: argparse.Namespace) -> int:
+    """Read INPUT, despeckle it, write OUTPUT atomically; returns 0 on success."""
+    from usdespeckle.inference import despeckle_image, load_denoiser
+    from usdespeckle.io import check_output_path, read_image, write_image
+
+    try:
+        check_output_path(args.output, force=args.force, source=args.input)
+        image = read_image(args.input)
+        if image.GetDimension() == 2 and args.axis != 0:
+            raise ValueError(f"--axis {args.axis} needs a volume; {args.input} is a 2D image")
+        if args.method == "denoiser":  # fail on missing or bad weights before any work
+            load_denoiser(backend=args.backend, device=args.device)
+        slices = 1 if image.GetDimension() == 2 else image.GetSize()[::-1][args.axis]
+        callback, close = _progress_callback(args.progress, slices)
+        try:
+            result = despeckle_image(
+                image,
+                args.method,
+                axis=args.axis,
+                batch_size=args.batch,
+                strength=args.strength,
+                device=args.device,
+                backend=args.backend,
+                progress=callback,
+            )
+        finally:
+            close()
+        write_image(result, args.output, force=args.force, source=args.input)
+    except (ValueError, FileNotFoundError) as err:
+        raise UserError(" ".join(str(err).split())) from None  # one line
+    if args.progress != "none":
+        print(f"wrote {args.output}", file=sys.stderr)
+    return 0
