@@ -1,7 +1,7 @@
 """The ``simulate`` infer task: the trained simulator turns an MRI volume into a synthetic B-mode.
 
-Each slice becomes its low-level map (:func:`usdespeckle.lowlevel.low_level_map`), which the
-simulator's generator translates into a B-mode image in [0, 1]. The result is a float32 image with
+Each slice becomes its low-level map, which the simulator's generator translates into a B-mode
+image in [0, 1] (:func:`usdespeckle.pairs.simulate_bmode_from_mri`). The result is a float32 image with
 the input's geometry.
 """
 
@@ -17,8 +17,6 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
-from usdespeckle.inference import default_bundle_root
-from usdespeckle.lowlevel import low_level_map
 
 from lib.infers.common import (
     DEVICES,
@@ -31,6 +29,8 @@ from lib.infers.common import (
     run_timed,
     write_result,
 )
+from usdespeckle.inference import default_bundle_root
+from usdespeckle.pairs import simulate_bmode_from_mri
 
 logger = logging.getLogger(__name__)
 
@@ -94,11 +94,13 @@ def simulate_array(
 ) -> np.ndarray:
     """Run the simulator slice by slice on an MRI array.
 
-    Hand-written loop (the library's slice loop serves only the denoiser): slices are low-level
-    mapped, padded by reflection to multiples of ``divisor``, translated, and cropped back.
+    Batches of slices are padded by reflection to multiples of ``divisor``, rendered by
+    :func:`usdespeckle.pairs.simulate_bmode_from_mri` (low-level map, then the simulator), and
+    cropped back.
 
     Args:
-        array: 2D ``(H, W)`` or 3D array, finite.
+        array: 2D ``(H, W)`` or 3D array, finite, any intensity range (the low-level map
+            normalises each slice).
         model: the simulator's generator, ``(B, 1, H, W)`` in [0, 1] to the same.
         divisor: H and W of the model input must be multiples of this, pixels.
         axis: numpy axis of a 3D array to slice along (0, 1 or 2).
@@ -115,16 +117,14 @@ def simulate_array(
     out_view = output[np.newaxis] if array.ndim == 2 else np.moveaxis(output, axis, 0)
     n, h, w = volume.shape
     ph, pw = (-h) % divisor, (-w) % divisor
-    pads = ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2))
+    top, left = ph // 2, pw // 2
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
-        maps = np.stack([low_level_map(s) for s in volume[start:stop]])
-        padded = np.pad(maps, pads, mode="reflect")[:, np.newaxis]
+        batch = np.asarray(volume[start:stop], dtype=np.float32)
+        padded = np.pad(batch, ((0, 0), (top, ph - top), (left, pw - left)), mode="reflect")
         with torch.inference_mode():
-            result = model(torch.from_numpy(np.ascontiguousarray(padded)).to(device)).float().cpu().numpy()
-        out_view[start:stop] = np.clip(
-            result[:, 0, pads[1][0] : pads[1][0] + h, pads[2][0] : pads[2][0] + w], 0, 1
-        )
+            result = simulate_bmode_from_mri(model, padded, device=device)
+        out_view[start:stop] = result[:, top : top + h, left : left + w]
     return output
 
 
