@@ -1,0 +1,118 @@
+"""The ``despeckle`` infer task: the shipped denoiser (or a classical filter) on an ultrasound image.
+
+The result is a float32 image, not a label map, with the input's size, spacing, origin and
+direction; :func:`usdespeckle.inference.despeckle_image` does all the work.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
+from usdespeckle.inference import METHODS, despeckle_image
+
+from lib.infers.common import (
+    DEVICES,
+    RESULT_EXTENSIONS,
+    describe,
+    get_choice,
+    get_float,
+    get_int,
+    http_errors,
+    read_request_image,
+    run_timed,
+    write_result,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class DespeckleInferTask(InferTask):
+    """Despeckle a 2D image or 3D volume slice by slice; returns a float32 image.
+
+    Request parameters (the ``params`` JSON of ``POST /infer/despeckle``), all optional:
+    ``method`` (``"denoiser"`` or a classical filter name), ``axis`` (numpy axis of the
+    ``(k, j, i)`` array to slice along, 0-2), ``strength`` (blend with the input, [0, 1]),
+    ``batch_size`` (slices per model call, 1-256), ``backend`` (``"torch"`` or ``"onnx"``),
+    ``device`` (``"cpu"`` or ``"cuda"``), ``result_extension`` (``.nii.gz``, ``.nii``, ``.nrrd``,
+    ``.mha``).
+
+    Args:
+        bundle_root: the MONAI bundle folder holding the denoiser; None uses the library's default
+            (``$USDESPECKLE_BUNDLE`` or the repository's ``monai_bundle/``).
+        device: default device, ``"cpu"`` or ``"cuda"``.
+        backend: default backend, ``"torch"`` or ``"onnx"``.
+    """
+
+    def __init__(self, bundle_root: str | None = None, device: str = "cpu", backend: str = "torch") -> None:
+        super().__init__(
+            type=InferType.OTHERS,
+            labels=None,
+            dimension=3,
+            description="Ultrasound despeckling (pix2pix denoiser); returns a float32 image with the input's geometry",
+            config={
+                "method": "denoiser",
+                "axis": 0,
+                "strength": 1.0,
+                "batch_size": 8,
+                "backend": backend,
+                "device": device,
+                "result_extension": ".nii.gz",
+            },
+        )
+        self.bundle_root = bundle_root
+
+    def is_valid(self) -> bool:
+        """Always listed; a request without weights on the server gets HTTP 503 with the reason."""
+        return True
+
+    def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """Run the task on ``request["image"]`` (a file path) and write the result.
+
+        Returns:
+            The result file's path and a JSON-serialisable dict (parameters used, output geometry
+            and range, seconds).
+
+        Raises:
+            HTTPException: 400 for a bad image or parameter, 503 when the denoiser's weights are
+                missing on the server.
+        """
+        params = copy.deepcopy(self._config)
+        params.update(request)
+        method = get_choice(params, "method", "denoiser", METHODS)
+        axis = get_int(params, "axis", 0, 0, 2)
+        strength = get_float(params, "strength", 1.0, 0.0, 1.0)
+        batch_size = get_int(params, "batch_size", 8, 1, 256)
+        backend = get_choice(params, "backend", "torch", ("torch", "onnx"))
+        device = get_choice(params, "device", "cpu", DEVICES)
+        extension = get_choice(params, "result_extension", ".nii.gz", RESULT_EXTENSIONS)
+
+        image = read_request_image(request, "despeckle")
+        with http_errors("despeckle"):
+            result, seconds = run_timed(
+                lambda: despeckle_image(
+                    image,
+                    method,
+                    axis=axis,
+                    batch_size=batch_size,
+                    strength=strength,
+                    device=device,
+                    backend=backend,
+                    bundle_root=self.bundle_root,
+                )
+            )
+        path = write_result(result, extension)
+        logger.info("despeckle: %s -> %s in %.2f s", image.GetSize(), path, seconds)
+        return path, {
+            "task": "despeckle",
+            "method": method,
+            "axis": axis,
+            "strength": strength,
+            "batch_size": batch_size,
+            "backend": backend,
+            "device": device,
+            "seconds": round(seconds, 3),
+            "output": describe(result),
+        }
