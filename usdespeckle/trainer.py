@@ -25,14 +25,18 @@ from monai.utils.enums import CommonKeys
 from torch import nn
 from torch.optim.optimizer import Optimizer
 
-__all__ = ["ConstantThenLinearDecay", "Pix2PixTrainer", "gan_loss"]
+__all__ = ["Pix2PixTrainer", "constant_then_linear_decay", "gan_loss"]
 
 GAN_MODES = ("lsgan", "vanilla")
 
 
 def _unwrap(network: nn.Module) -> nn.Module:
     """The module inside DistributedDataParallel/DataParallel, or the network itself."""
-    return network.module if isinstance(network, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else network
+    return (
+        network.module
+        if isinstance(network, (nn.parallel.DistributedDataParallel, nn.DataParallel))
+        else network
+    )
 
 
 def _logits(output: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
@@ -63,32 +67,33 @@ def gan_loss(logits: torch.Tensor, target_is_real: bool, gan_mode: str = "lsgan"
     raise ValueError(f"gan_mode must be one of {GAN_MODES}, got {gan_mode!r}.")
 
 
-class ConstantThenLinearDecay:
-    """LR multiplier for ``torch.optim.lr_scheduler.LambdaLR``: constant, then linear decay to zero.
+def constant_then_linear_decay(constant_steps: int, decay_steps: int) -> Callable[[int], float]:
+    """LR multiplier for ``torch.optim.lr_scheduler.LambdaLR``: constant, then linear decay.
 
     pix2pix's "linear" policy: the factor is 1 for ``constant_steps`` scheduler steps (epochs when the
-    scheduler is stepped per epoch), then falls linearly, reaching ``1 / (decay_steps + 1)`` at the
-    last step. A callable object (not a lambda) so that LambdaLR's ``state_dict`` can be checkpointed.
+    scheduler is stepped per epoch), then falls linearly to ``1 / (decay_steps + 1)`` at the last step,
+    and stays at 0 beyond. A plain function, so that LambdaLR's ``state_dict`` does not store it: a
+    resumed run takes the schedule from its config, and the step count from the checkpoint.
 
     Args:
         constant_steps: steps at the initial learning rate, >= 0.
         decay_steps: steps of linear decay, >= 0.
 
+    Returns:
+        ``factor(step) -> float`` in [0, 1].
+
     Raises:
         ValueError: a negative number of steps.
     """
+    if constant_steps < 0 or decay_steps < 0:
+        raise ValueError(
+            f"constant_steps and decay_steps must be >= 0, got {constant_steps} and {decay_steps}."
+        )
 
-    def __init__(self, constant_steps: int, decay_steps: int) -> None:
-        if constant_steps < 0 or decay_steps < 0:
-            raise ValueError(
-                f"constant_steps and decay_steps must be >= 0, got {constant_steps} and {decay_steps}."
-            )
-        self.constant_steps = int(constant_steps)
-        self.decay_steps = int(decay_steps)
+    def factor(step: int) -> float:
+        return max(0.0, 1.0 - max(0, step + 1 - constant_steps) / float(decay_steps + 1))
 
-    def __call__(self, step: int) -> float:
-        """The learning-rate factor in (0, 1] after ``step`` scheduler steps."""
-        return 1.0 - max(0, step + 1 - self.constant_steps) / float(self.decay_steps + 1)
+    return factor
 
 
 class Pix2PixTrainer(Trainer):
@@ -208,7 +213,9 @@ class Pix2PixTrainer(Trainer):
         """
         if batchdata is None:
             raise ValueError("must provide batch data for the current iteration, got None.")
-        image, label = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        image, label = engine.prepare_batch(
+            batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs
+        )
         engine.g_network.train()
         engine.d_network.train()
 
