@@ -82,14 +82,20 @@ def test_bad_arguments_raise(kwargs: dict) -> None:
 
 def test_pix2pix_initialisation_and_dropout_layout() -> None:
     net = Pix2PixUNetGenerator(num_downs=8, ngf=16)
-    conv_w = torch.cat([m.weight.flatten() for m in net.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)])
+    conv_w = torch.cat(
+        [m.weight.flatten() for m in net.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)]
+    )
     bn_w = torch.cat([m.weight.flatten() for m in net.modules() if isinstance(m, nn.BatchNorm2d)])
     assert abs(float(conv_w.mean())) < 1e-3 and float(conv_w.std()) == pytest.approx(0.02, rel=0.05)
-    assert float(bn_w.mean()) == pytest.approx(1.0, abs=0.01) and float(bn_w.std()) == pytest.approx(0.02, rel=0.2)
+    assert float(bn_w.mean()) == pytest.approx(1.0, abs=0.01) and float(bn_w.std()) == pytest.approx(
+        0.02, rel=0.2
+    )
     dropouts = [m for m in net.modules() if isinstance(m, nn.Dropout)]
     assert len(dropouts) == 8 - 5 and all(m.p == 0.5 for m in dropouts)
     # batch norm: convolutions without bias except the last up convolution; instance norm: with bias
-    assert sum(m.bias is not None for m in net.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)) == 1
+    assert (
+        sum(m.bias is not None for m in net.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)) == 1
+    )
     inst = Pix2PixUNetGenerator(num_downs=5, ngf=4, norm="INSTANCE")
     assert all(m.bias is not None for m in inst.modules() if isinstance(m, nn.Conv2d))
 

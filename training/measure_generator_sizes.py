@@ -104,7 +104,10 @@ def main() -> None:
             )
             print(lines[-1], flush=True)
     disc = PatchDiscriminator(spatial_dims=2, channels=64, in_channels=2, num_layers_d=3)
-    lines += ["", f"Discriminator (70x70 PatchGAN, ndf=64, 2 input channels): {count_parameters(disc):,} parameters."]
+    lines += [
+        "",
+        f"Discriminator (70x70 PatchGAN, ndf=64, 2 input channels): {count_parameters(disc):,} parameters.",
+    ]
 
     if not args.skip_training:
         lines += [
