@@ -1,0 +1,285 @@
+"""Tests of the MONAI bundle: tiny trainings through the bundle runner, resume, DDP, inference, exports."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Events
+from monai.bundle import ConfigWorkflow
+from PIL import Image
+
+from usdespeckle import bundle_utils
+from usdespeckle.networks import Pix2PixUNetGenerator
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "monai_bundle"
+CONFIGS = BUNDLE / "configs"
+PYTHON = sys.executable
+# a tiny network and crop so that a run takes seconds on two cores
+TINY = {
+    "ngf": 8,
+    "num_downs": 4,
+    "ndf": 8,
+    "crop_size": 32,
+    "batch_size": 2,
+    "num_workers": 0,
+    "num_threads": 2,
+}
+
+
+def _png(path: Path, rng: np.random.Generator) -> None:
+    y, x = np.mgrid[:64, :64]
+    img = 128 + 80 * np.sin(x / 5 + rng.uniform(0, 6)) * np.cos(y / 7) + rng.normal(0, 10, (64, 64))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(path)
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Datalists laid out as `usdespeckle prepare-data` and the pairs recipe write them, 64x64 PNGs."""
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(7)
+    lists: dict[str, dict] = {"simulator": {}, "natural": {}, "mri_pairs": {}}
+    for split, n in (("training", 4), ("validation", 1)):
+        lists["simulator"][split] = [{"image": f"bmode/{split}{i}.png"} for i in range(n)]
+        lists["natural"][split] = [{"label": f"natural/{split}{i}.png"} for i in range(n)]
+        lists["mri_pairs"][split] = [
+            {"image": f"mri_pairs/{split}{i}_us.png", "label": f"mri/{split}{i}.png"} for i in range(n)
+        ]
+        for items in (lists[k][split] for k in lists):
+            for item in items:
+                for rel in item.values():
+                    _png(root / rel, rng)
+    for name, content in lists.items():
+        (root / f"datalist_{name}.json").write_text(json.dumps(content))
+    return root
+
+
+def _workflow(config: str | list[str], bundle_root: Path, dataset_dir: Path, **overrides) -> ConfigWorkflow:
+    files = [str(CONFIGS / c) for c in ([config] if isinstance(config, str) else config)]
+    wf = ConfigWorkflow(
+        config_file=files if len(files) > 1 else files[0],
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        workflow_type="train",
+        run_id="training",
+        bundle_root=str(bundle_root),
+        dataset_dir=str(dataset_dir),
+        **{**TINY, **overrides},
+    )
+    wf.initialize()
+    return wf
+
+
+def _run_counting_iterations(wf: ConfigWorkflow) -> list[int]:
+    iterations: list[int] = []
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: iterations.append(e.state.iteration))
+    wf.run()
+    wf.finalize()
+    return iterations
+
+
+@pytest.mark.slow  # 30-40 s on a loaded 2-core machine, about 10 s idle
+def test_denoiser_training_checkpoints_and_resumes(tmp_path: Path, dataset_dir: Path) -> None:
+    wf = _workflow("train.json", tmp_path, dataset_dir, num_epochs_constant=1, num_epochs_decay=0)
+    assert not wf.check_properties()  # no missing required bundle property
+    first = _run_counting_iterations(wf)
+    # 4 MRI pairs + 4 natural images, batch 2, drop_last: 4 iterations per epoch
+    assert first == [1, 2, 3, 4]
+    models = tmp_path / "models"
+    ckpt = bundle_utils.latest_checkpoint(models, "denoiser")
+    assert ckpt is not None and ckpt.endswith("denoiser_checkpoint_epoch=1.pt")
+    weights = torch.load(models / "model.pt", weights_only=True)
+    Pix2PixUNetGenerator(ngf=8, num_downs=4).load_state_dict(weights)  # a plain generator state dict
+
+    # "interrupted" after epoch 1: a longer run picks up at iteration 5 from the saved states
+    second = _run_counting_iterations(
+        _workflow("train.json", tmp_path, dataset_dir, num_epochs_constant=1, num_epochs_decay=1)
+    )
+    assert second == [5, 6, 7, 8]
+    state = torch.load(bundle_utils.latest_checkpoint(models, "denoiser"), weights_only=True)
+    assert state["trainer"]["iteration"] == 8 and state["g_lr_scheduler"]["last_epoch"] == 2
+    assert state["g_lr_scheduler"]["_last_lr"][0] == pytest.approx(0.0002 * 0.0)  # decayed to 0 at the end
+
+
+def test_simulator_training_uses_low_level_maps(tmp_path: Path, dataset_dir: Path) -> None:
+    wf = _workflow("train_simulator.json", tmp_path, dataset_dir, num_epochs_constant=1, num_epochs_decay=0)
+    assert not wf.check_properties()
+    item = wf.parser.get_parsed_content("train#dataset")[0]
+    assert len(torch.unique(item["image"])) <= 8  # the quantised low-level map
+    assert len(torch.unique(item["label"])) > 8  # the B-mode itself
+    assert _run_counting_iterations(wf) == [1, 2]
+    assert (tmp_path / "models" / "simulator.pt").is_file()
+    assert bundle_utils.latest_checkpoint(tmp_path / "models", "simulator") is not None
+
+
+def test_train_configs_share_hyperparameters() -> None:
+    denoiser = json.loads((CONFIGS / "train.json").read_text())
+    simulator = json.loads((CONFIGS / "train_simulator.json").read_text())
+    model_specific = {"model_name", "best_model_filename", "last_model_filename", "imports"}
+    model_specific |= {"pairs_datalist", "natural_datalist", "datalist", "train", "validate"}
+    shared = (set(denoiser) | set(simulator)) - model_specific
+    assert {k for k in shared if denoiser.get(k) != simulator.get(k)} == set()
+    for section in ("train", "validate"):
+        for key in set(denoiser[section]) & set(simulator[section]):
+            if "preprocessing" not in key and key != "dataset":
+                assert denoiser[section][key] == simulator[section][key], f"{section}#{key} differs"
+
+
+@pytest.mark.slow
+def test_bundle_run_command_as_pasted(tmp_path: Path, dataset_dir: Path) -> None:
+    cmd = [PYTHON, "-m", "monai.bundle", "run", "training", "--bundle_root", str(tmp_path)]
+    cmd += ["--config_file", str(CONFIGS / "train.json"), "--dataset_dir", str(dataset_dir)]
+    cmd += ["--num_epochs_constant", "1", "--num_epochs_decay", "0"]
+    for key, value in TINY.items():
+        cmd += [f"--{key}", str(value)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "models" / "model.pt").is_file()
+
+
+@pytest.mark.slow
+def test_multi_gpu_config_runs_with_torchrun_on_cpu(tmp_path: Path, dataset_dir: Path) -> None:
+    configs = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
+    cmd = [
+        PYTHON,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+    ]
+    cmd += ["--bundle_root", str(tmp_path), "--config_file", configs, "--dataset_dir", str(dataset_dir)]
+    cmd += ["--num_epochs_constant", "1", "--num_epochs_decay", "0", "--num_threads", "1"]
+    for key, value in TINY.items():
+        if key != "num_threads":
+            cmd += [f"--{key}", str(value)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = torch.load(bundle_utils.latest_checkpoint(tmp_path / "models", "denoiser"), weights_only=True)
+    assert state["trainer"]["iteration"] == 2  # 8 samples over 2 ranks, batch 2: 2 iterations each
+    assert not any(k.startswith("module.") for k in state["generator"])
+
+
+def _tiny_torchscript(bundle_root: Path) -> torch.nn.Module:
+    torch.manual_seed(0)
+    net = Pix2PixUNetGenerator(ngf=8, num_downs=4).eval()
+    (bundle_root / "models").mkdir(parents=True)
+    torch.jit.script(net).save(str(bundle_root / "models" / "model.ts"))
+    return net
+
+
+@pytest.mark.slow  # 30-40 s on a loaded 2-core machine, about 10 s idle
+def test_inference_config_needs_only_monai_and_keeps_geometry(tmp_path: Path) -> None:
+    bundle_root, data, out = tmp_path / "bundle", tmp_path / "volumes", tmp_path / "out"
+    net = _tiny_torchscript(bundle_root)
+    data.mkdir()
+    rng = np.random.default_rng(3)
+    affine = np.array([[0.3, 0, 0, 10.0], [0, 0.4, 0, -5.0], [0, 0, 0.5, 2.0], [0, 0, 0, 1]])
+    divisible = rng.uniform(0, 255, (32, 48, 3)).astype(np.float32)
+    odd = rng.uniform(0, 255, (21, 37, 4)).astype(np.float32)
+    nib.save(nib.Nifti1Image(divisible, affine), data / "a.nii.gz")
+    nib.save(nib.Nifti1Image(odd, affine), data / "b.nii.gz")
+    cmd = [PYTHON, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "inference.json")]
+    cmd += ["--bundle_root", str(bundle_root), "--dataset_dir", str(data), "--output_dir", str(out)]
+    cmd += ["--num_downs", "4"]
+    # no PYTHONPATH and a working directory outside the repository: usdespeckle is not importable
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "2"}
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name, volume in (("a", divisible), ("b", odd)):
+        result = nib.load(out / f"{name}_despeckled.nii.gz")
+        assert result.shape == volume.shape
+        np.testing.assert_allclose(result.affine, affine, atol=1e-5)
+        assert result.get_data_dtype() == np.float32
+    # without padding, each output slice is the network applied to the [0, 1]-scaled slice
+    scaled = (divisible - divisible.min()) / (divisible.max() - divisible.min())
+    slices = torch.from_numpy(np.moveaxis(scaled, 2, 0))[:, None]
+    with torch.no_grad():
+        expected = np.moveaxis(net(slices)[:, 0].numpy(), 0, 2)
+    np.testing.assert_allclose(nib.load(out / "a_despeckled.nii.gz").get_fdata(), expected, atol=1e-4)
+
+
+def test_inference_workflow_has_required_properties(tmp_path: Path) -> None:
+    _tiny_torchscript(tmp_path)
+    wf = ConfigWorkflow(
+        config_file=str(CONFIGS / "inference.json"),
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        workflow_type="infer",
+        bundle_root=str(tmp_path),
+        dataset_dir=str(tmp_path),
+    )
+    wf.initialize()
+    assert not wf.check_properties()
+
+
+def test_export_and_verify_net_in_out(tmp_path: Path) -> None:
+    from monai.bundle import ckpt_export, verify_net_in_out
+
+    torch.manual_seed(0)
+    net = Pix2PixUNetGenerator(ngf=8, num_downs=4).eval()
+    (tmp_path / "models").mkdir()
+    torch.save(net.state_dict(), tmp_path / "models" / "model.pt")
+    common = {
+        "meta_file": str(CONFIGS / "metadata.json"),
+        "config_file": str(CONFIGS / "train.json"),
+        "bundle_root": str(tmp_path),
+        "ngf": 8,
+        "num_downs": 4,
+    }
+    ckpt_export(
+        "network_def",
+        filepath=str(tmp_path / "models" / "model.ts"),
+        ckpt_file=str(tmp_path / "models" / "model.pt"),
+        **common,
+    )
+    exported = torch.jit.load(str(tmp_path / "models" / "model.ts"))
+    x = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x), net(x))
+    verify_net_in_out("network_def", **common)  # raises on a shape or dtype mismatch with metadata.json
+
+
+def test_checksums_detect_changes(tmp_path: Path) -> None:
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "metadata.json").write_text((CONFIGS / "metadata.json").read_text())
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "model.pt").write_bytes(b"weights v1")
+    sums = bundle_utils.update_checksums(tmp_path)
+    assert sums["models/model.pt"] == bundle_utils.sha256_file(tmp_path / "models" / "model.pt")
+    assert sums["models/model.ts"] is None
+    assert bundle_utils.verify_checksums(tmp_path)["models/model.pt"] == "ok"
+    (tmp_path / "models" / "model.pt").write_bytes(b"weights v2")
+    with pytest.raises(ValueError, match="sha256"):
+        bundle_utils.verify_checksums(tmp_path)
+    (tmp_path / "models" / "model.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="model.pt"):
+        bundle_utils.verify_checksums(tmp_path, require_all=True)
+    with pytest.raises(FileNotFoundError, match="metadata"):
+        bundle_utils.verify_checksums(tmp_path / "models")
+
+
+def test_shipped_weights_load_and_match_metadata() -> None:
+    present = [rel for rel in bundle_utils.WEIGHT_FILES if (BUNDLE / rel).is_file()]
+    if not present:
+        pytest.skip("no trained weights in monai_bundle/models yet (the integrator adds them)")
+    status = bundle_utils.verify_checksums(BUNDLE, require_all=True)
+    assert all(status[rel] == "ok" for rel in present), status
+    for rel in present:
+        if rel.endswith(".pt"):
+            state = torch.load(BUNDLE / rel, weights_only=True)
+            assert isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())

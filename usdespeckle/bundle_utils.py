@@ -1,0 +1,120 @@
+"""Helpers the MONAI bundle configs call where JSON cannot express it: resume files and checksums."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+__all__ = [
+    "WEIGHT_FILES",
+    "latest_checkpoint",
+    "sha256_file",
+    "update_checksums",
+    "verify_checksums",
+]
+
+# The shipped files whose sha256 metadata.json records, relative to the bundle root.
+WEIGHT_FILES = ("models/model.pt", "models/model.ts", "models/model.onnx", "models/simulator.pt")
+_CHECKSUM_KEY = "weights_sha256"
+
+
+def latest_checkpoint(directory: str | Path, prefix: str) -> str | None:
+    """The newest resumable checkpoint MONAI's CheckpointSaver wrote with ``file_prefix=prefix``.
+
+    CheckpointSaver names interval checkpoints ``{prefix}_checkpoint_epoch={n}.pt`` (or
+    ``..._iteration={n}.pt``); the one with the largest ``n`` is returned.
+
+    Args:
+        directory: folder of the checkpoints (it may not exist yet).
+        prefix: the saver's ``file_prefix`` (e.g. "denoiser" or "simulator").
+
+    Returns:
+        The path as a string, or None when there is none (a fresh run).
+    """
+    folder = Path(directory)
+    if not folder.is_dir():
+        return None
+    pattern = re.compile(rf"^{re.escape(prefix)}_checkpoint_(?:epoch|iteration)=(\d+)\.pt$")
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := pattern.match(p.name))]
+    return str(max(found)[1]) if found else None
+
+
+def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks of ``chunk_bytes`` bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _metadata_path(bundle_root: str | Path) -> Path:
+    path = Path(bundle_root) / "configs" / "metadata.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no metadata at {path}; pass the bundle folder (the one holding configs/).")
+    return path
+
+
+def update_checksums(bundle_root: str | Path) -> dict[str, str | None]:
+    """Write the sha256 of each weight file present into ``configs/metadata.json``.
+
+    Files of :data:`WEIGHT_FILES` that are absent are recorded as null.
+
+    Args:
+        bundle_root: the bundle folder.
+
+    Returns:
+        The ``{relative path: sha256 or None}`` mapping written under ``"weights_sha256"``.
+
+    Raises:
+        FileNotFoundError: no ``configs/metadata.json`` under bundle_root.
+    """
+    meta_path = _metadata_path(bundle_root)
+    meta = json.loads(meta_path.read_text())
+    sums: dict[str, str | None] = {}
+    for rel in WEIGHT_FILES:
+        path = Path(bundle_root) / rel
+        sums[rel] = sha256_file(path) if path.is_file() else None
+    meta[_CHECKSUM_KEY] = sums
+    meta_path.write_text(json.dumps(meta, indent=4) + "\n")
+    return sums
+
+
+def verify_checksums(bundle_root: str | Path, require_all: bool = False) -> dict[str, str]:
+    """Check the weight files against the sha256 recorded in ``configs/metadata.json``.
+
+    Args:
+        bundle_root: the bundle folder.
+        require_all: also fail when a file with a recorded checksum is missing.
+
+    Returns:
+        ``{relative path: "ok" | "absent" | "unrecorded"}`` for each file of :data:`WEIGHT_FILES`.
+
+    Raises:
+        FileNotFoundError: no metadata, or (require_all) a recorded file is missing.
+        ValueError: a file's sha256 differs from the recorded one.
+    """
+    meta = json.loads(_metadata_path(bundle_root).read_text())
+    recorded = meta.get(_CHECKSUM_KEY) or {}
+    result: dict[str, str] = {}
+    for rel in WEIGHT_FILES:
+        path = Path(bundle_root) / rel
+        expected = recorded.get(rel)
+        if not path.is_file():
+            if require_all and expected:
+                raise FileNotFoundError(f"{path} is missing but metadata.json records sha256 {expected}.")
+            result[rel] = "absent"
+        elif not expected:
+            result[rel] = "unrecorded"
+        else:
+            actual = sha256_file(path)
+            if actual != expected:
+                raise ValueError(
+                    f"{path} has sha256 {actual}, metadata.json records {expected}; the file changed or is "
+                    "corrupt. Restore it, or run usdespeckle.bundle_utils.update_checksums if the change "
+                    "is intended."
+                )
+            result[rel] = "ok"
+    return result
