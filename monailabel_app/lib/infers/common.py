@@ -18,6 +18,7 @@ from typing import Any
 
 import SimpleITK as sitk
 from fastapi import HTTPException
+
 from usdespeckle.io import read_image, write_image
 
 logger = logging.getLogger(__name__)

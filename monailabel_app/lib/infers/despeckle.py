@@ -11,7 +11,6 @@ import logging
 from typing import Any
 
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
-from usdespeckle.inference import METHODS, despeckle_image
 
 from lib.infers.common import (
     DEVICES,
@@ -25,6 +24,7 @@ from lib.infers.common import (
     run_timed,
     write_result,
 )
+from usdespeckle.inference import METHODS, despeckle_image
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,36 @@
+"""Recipe stage 5: export the trained denoiser to TorchScript and ONNX and record every checksum.
+
+python training/export_bundle.py --bundle_root monai_bundle
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from monai.bundle import ckpt_export, onnx_export
+
+from usdespeckle.bundle_utils import update_checksums, verify_checksums
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--bundle_root", type=Path, default=Path("monai_bundle"))
+    args = ap.parse_args()
+    root = args.bundle_root
+    common = {
+        "net_id": "network_def",
+        "ckpt_file": str(root / "models" / "model.pt"),
+        "meta_file": str(root / "configs" / "metadata.json"),
+        "config_file": str(root / "configs" / "train.json"),
+        "bundle_root": str(root),
+    }
+    ckpt_export(filepath=str(root / "models" / "model.ts"), **common)
+    onnx_export(filepath=str(root / "models" / "model.onnx"), input_shape=[1, 1, 256, 256], **common)
+    for name, digest in update_checksums(root).items():
+        print(f"{digest or 'absent':64s}  {name}")
+    verify_checksums(root, require_all=True)
+
+
+if __name__ == "__main__":
+    main()
