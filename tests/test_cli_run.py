@@ -154,3 +154,25 @@ def test_demo_without_weights_falls_back_with_a_notice(tmp_path, monkeypatch, ca
     captured = capsys.readouterr()
     assert "notice: no denoiser weights" in captured.err
     assert "despeckled with median" in captured.out
+
+
+def test_run_via_unreachable_server_fails_with_one_line(tmp_path, capsys):
+    import socket
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    from usdespeckle.cli import main
+
+    image = tmp_path / "in.nrrd"
+    sitk.WriteImage(
+        sitk.GetImageFromArray(np.random.default_rng(0).random((4, 32, 32)).astype(np.float32)), image
+    )
+    with socket.socket() as s:  # a free loopback port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = main(["run", str(image), str(tmp_path / "out.nrrd"), "--server", f"http://127.0.0.1:{port}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert len(err) == 1 and err[0].startswith("usdespeckle run: error:")
+    assert not (tmp_path / "out.nrrd").exists()

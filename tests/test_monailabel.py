@@ -47,7 +47,8 @@ def _load(name: str, path: Path):
     return module
 
 
-client = _load("usdespeckle_monailabel_client", ROOT / "monailabel_app" / "client.py")
+from usdespeckle import client  # noqa: E402  (the same client the CLI and Slicer use)
+
 tiny_bundle = _load("usdespeckle_tiny_bundle", ROOT / "tests" / "monailabel" / "tiny_bundle.py")
 
 

@@ -26,7 +26,21 @@ def main() -> None:
         "bundle_root": str(root),
     }
     ckpt_export(filepath=str(root / "models" / "model.ts"), **common)
-    onnx_export(filepath=str(root / "models" / "model.onnx"), input_shape=[1, 1, 256, 256], **common)
+    # Traced with dynamic batch, height and width, so ONNX Runtime runs any slice size the
+    # generator accepts (multiples of 2**num_downs); the exporter's default fixes the example shape.
+    axes = {0: "batch", 2: "height", 3: "width"}
+    onnx_export(
+        filepath=str(root / "models" / "model.onnx"),
+        input_shape=[1, 1, 256, 256],
+        use_trace=True,
+        converter_kwargs={
+            "input_names": ["image"],
+            "output_names": ["pred"],
+            "dynamic_axes": {"image": axes, "pred": axes},
+            "dynamo": False,
+        },
+        **common,
+    )
     for name, digest in update_checksums(root).items():
         print(f"{digest or 'absent':64s}  {name}")
     verify_checksums(root, require_all=True)

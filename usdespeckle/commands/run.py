@@ -72,6 +72,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
     parser.add_argument(
+        "--server",
+        metavar="URL",
+        help="run on a MONAI Label server serving monailabel_app (e.g. http://127.0.0.1:8000) "
+        "instead of on this machine; --device and --backend then name the server's",
+    )
+    parser.add_argument(
         "--progress",
         choices=("bar", "lines", "none"),
         default="bar",
@@ -106,6 +112,8 @@ def _progress_callback(
 
 def main(args: argparse.Namespace) -> int:
     """Read INPUT, despeckle it, write OUTPUT atomically; returns 0 on success."""
+    if args.server:
+        return _main_via_server(args)
     from usdespeckle.inference import despeckle_image, load_denoiser
     from usdespeckle.io import check_output_path, read_image, write_image
 
@@ -136,4 +144,30 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(" ".join(str(err).split())) from None  # one line
     if args.progress != "none":
         print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def _main_via_server(args: argparse.Namespace) -> int:
+    """Send INPUT to a MONAI Label server's ``despeckle`` task and write its answer to OUTPUT."""
+    from usdespeckle.client import ServerError, despeckle_via_server
+    from usdespeckle.io import check_output_path
+
+    try:
+        check_output_path(args.output, force=args.force, source=args.input)
+        despeckle_via_server(
+            args.server,
+            args.input,
+            args.output,
+            force=args.force,
+            method=args.method,
+            axis=args.axis,
+            strength=args.strength,
+            batch_size=args.batch,
+            backend=args.backend,
+            device=args.device,
+        )
+    except (ValueError, FileNotFoundError, ServerError) as err:
+        raise UserError(" ".join(str(err).split())) from None
+    if args.progress != "none":
+        print(f"wrote {args.output} (from {args.server})", file=sys.stderr)
     return 0

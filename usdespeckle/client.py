@@ -1,11 +1,11 @@
-"""A standard-library client for the app's MONAI Label server (``usdespeckle run --server URL``, Slicer).
+"""A standard-library client for the app's MONAI Label server (``usdespeckle run --server URL``, the Slicer module).
 
 Only ``urllib`` and a hand-written multipart/form-data body (the standard library has no multipart
 encoder), so it runs in any Python, Slicer's included, with no extra package.
 
 Example::
 
-    from monailabel_app.client import despeckle_via_server
+    from usdespeckle.client import despeckle_via_server
     despeckle_via_server("http://127.0.0.1:8000", "in.nii.gz", "out.nii.gz", strength=0.8)
 """
 
