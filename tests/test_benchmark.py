@@ -15,7 +15,7 @@ from usdespeckle.cli import main
 
 METHODS = ["median", "tv"]
 SETS = ["rayleigh_mild", "rayleigh_strong", "phantom"]
-SMALL = {"limit": 2, "image_size": 64, "progress": False, "time_repeats": 1, "figure_rows": 2}
+SMALL = {"limit": 2, "image_size": 96, "progress": False, "time_repeats": 1, "figure_rows": 2}
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_prepared_data_is_used(tmp_path, rng):
         data_dir=data,
         out_dir=tmp_path / "out",
         seed=0,
-        **SMALL,
+        **{**SMALL, "image_size": 64},  # the size of the images written above
     )
     assert result["sets"]["rayleigh_mild"]["cases"] == ["n0", "n2"]  # --limit 2, spread over the split
     assert "FALLBACK" not in " ".join(result["sets"]["rayleigh_mild"]["notes"])
