@@ -32,6 +32,7 @@ TINY = {
     "batch_size": 2,
     "num_workers": 0,
     "num_threads": 2,
+    "epoch_length": "$None",  # one pass over the tiny dataset per epoch (train.json caps it for the real run)
 }
 
 
