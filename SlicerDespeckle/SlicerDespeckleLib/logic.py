@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,11 @@ PREVIEW_SUFFIX = " despeckle preview"
 
 _PROGRESS = re.compile(r"^\s*progress:\s*(\d+)\s*/\s*(\d+)\s*$")
 
+# Requirements needed only to despeckle on this computer. With a MONAI Label server the local
+# process runs only ``usdespeckle run --server`` (standard-library client, SimpleITK for the files):
+# the network and its runtimes are on the server.
+LOCAL_ONLY_REQUIREMENTS: frozenset[str] = frozenset({"torch", "monai", "onnxruntime"})
+
 
 class DespeckleCancelled(Exception):
     """The despeckling process was cancelled; the scene was left unchanged."""
@@ -82,6 +88,7 @@ def despeckle_command(
     strength: float,
     backend: str,
     device: str,
+    server_url: str = "",
 ) -> list[str]:
     """Return the ``usdespeckle run`` command line (progress as ``progress: i/n`` lines on stdout).
 
@@ -94,10 +101,14 @@ def despeckle_command(
         strength: blend in [0, 1].
         backend: ``"torch"`` or ``"onnx"``.
         device: ``"cpu"`` or ``"cuda"``.
+        server_url: a MONAI Label server serving ``monailabel_app`` (already checked with
+            :func:`validate_server_url`); when set, ``--server URL`` sends the work there and
+            ``backend`` and ``device`` name the server's. Empty: run on this computer.
 
     Returns:
         The argument list for ``subprocess.Popen``.
     """
+    server = ["--server", str(server_url)] if server_url else []
     return [
         str(python_executable),
         "-m",
@@ -115,6 +126,7 @@ def despeckle_command(
         str(backend),
         "--device",
         str(device),
+        *server,
         "--progress",
         "lines",
         "--force",
@@ -125,6 +137,42 @@ def parse_progress(line: str) -> tuple[int, int] | None:
     """Parse one ``progress: i/n`` line; returns ``(i, n)`` or None for any other line."""
     match = _PROGRESS.match(line)
     return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def validate_server_url(url: str) -> str:
+    """Check a MONAI Label server address typed in the panel; returns it cleaned, or "" for none.
+
+    Surrounding whitespace and trailing slashes are removed and the scheme is lower-cased, so
+    ``" HTTP://host:8000/ "`` becomes ``"http://host:8000"``.
+
+    Args:
+        url: ``http://host[:port][/path]`` or ``https://...``; empty or blank means no server.
+
+    Returns:
+        The cleaned URL, or ``""`` to despeckle on this computer.
+
+    Raises:
+        ValueError: the text is not an http(s) URL with a host and a valid port; the message shows
+            the expected form.
+    """
+    text = (url or "").strip()
+    if not text:
+        return ""
+    hint = f"Server URL {text!r} is not valid: use http://host:port, for example http://127.0.0.1:8000"
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ValueError(f"{hint} (it must start with http:// or https://)")
+    if not parts.hostname:
+        raise ValueError(f"{hint} (the host name is missing)")
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(f"{hint} (the port must be a number from 1 to 65535)")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{hint} (without '?' or '#' parts)")
+    return urllib.parse.urlunsplit((parts.scheme.lower(), parts.netloc, parts.path.rstrip("/"), "", ""))
 
 
 def validate_parameters(method: str, axis: int, strength: float, backend: str, device: str) -> None:
@@ -357,6 +405,7 @@ class DespeckleLogic:
         backend: str = "torch",
         device: str = "cpu",
         slice_index: int | None = None,
+        server_url: str = "",
     ) -> DespeckleJob:
         """Write the input to a temporary NRRD and start ``usdespeckle run`` on it.
 
@@ -368,15 +417,19 @@ class DespeckleLogic:
                 the (k, j, i) array, 0 = K).
             slice_index: when set, only this slice along ``axis`` is despeckled (preview); the
                 result goes to a ``"<input> despeckle preview"`` node at the slice's position.
+            server_url: a MONAI Label server (``http://host:port``) to despeckle on, through
+                ``usdespeckle run --server``; empty: on this computer.
 
         Returns:
             The running job.
 
         Raises:
-            ValueError: no input, a non-scalar volume, output equal to input, bad settings.
+            ValueError: no input, a non-scalar volume, output equal to input, bad settings or
+                server URL.
             FileNotFoundError: the Python interpreter does not exist.
         """
         validate_parameters(method, axis, strength, backend, device)
+        server_url = validate_server_url(server_url)
         if input_volume is None or input_volume.GetImageData() is None:
             raise ValueError("select an input volume that holds image data")
         if not input_volume.IsA("vtkMRMLScalarVolumeNode") or input_volume.IsA("vtkMRMLLabelMapVolumeNode"):
@@ -421,6 +474,7 @@ class DespeckleLogic:
                 strength=strength,
                 backend=backend,
                 device=device,
+                server_url=server_url,
             )
             group = (
                 {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
@@ -471,11 +525,16 @@ class DespeckleLogic:
             job.poll()
             if returncode != 0:
                 detail = job.error_text() or "(no message)"
+                hint = (
+                    "Check that the MONAI Label server is running at that URL and serves the "
+                    "despeckling app (monailabel_app), or clear the server URL to run on this computer."
+                    if "--server" in job.command
+                    else "Check the method and device settings; if usdespeckle is missing, install the "
+                    "module's dependencies (Resources/requirements.txt)."
+                )
                 raise DespeckleProcessError(
                     f"despeckling failed (exit status {returncode}): {detail}\n"
-                    f"Command: {subprocess.list2cmdline(job.command)}\n"
-                    "Check the method and device settings; if usdespeckle is missing, install the "
-                    "module's dependencies (Resources/requirements.txt)."
+                    f"Command: {subprocess.list2cmdline(job.command)}\n{hint}"
                 )
             array, _ = read_nrrd(job.output_path)
         finally:
@@ -515,6 +574,7 @@ class DespeckleLogic:
         backend: str = "torch",
         device: str = "cpu",
         slice_index: int | None = None,
+        server_url: str = "",
         progress: Callable[[int, int], None] | None = None,
         cancel: Callable[[], bool] | None = None,
         poll_interval: float = 0.1,
@@ -522,8 +582,8 @@ class DespeckleLogic:
         """Despeckle and wait: :meth:`start`, poll, :meth:`finish`.
 
         Args:
-            input_volume, output_volume, method, axis, strength, backend, device, slice_index:
-                as :meth:`start`.
+            input_volume, output_volume, method, axis, strength, backend, device, slice_index,
+                server_url: as :meth:`start`.
             progress: called as ``progress(done, total)`` in slices whenever it changes (a GUI can
                 process its events here).
             cancel: polled every ``poll_interval`` seconds; returning True kills the process.
@@ -545,6 +605,7 @@ class DespeckleLogic:
             backend=backend,
             device=device,
             slice_index=slice_index,
+            server_url=server_url,
         )
         last = (-1, -1)
         try:
@@ -564,13 +625,15 @@ class DespeckleLogic:
         return self.finish(job)
 
 
-def missing_requirements(requirements_file: str | os.PathLike) -> list[str]:
+def missing_requirements(requirements_file: str | os.PathLike, *, server: bool = False) -> list[str]:
     """Requirement lines of a requirements.txt whose distribution is not installed here.
 
     Only names are checked (versions are left to pip). Comments and blank lines are skipped.
 
     Args:
         requirements_file: path of the module's ``Resources/requirements.txt``.
+        server: the work runs on a MONAI Label server: skip :data:`LOCAL_ONLY_REQUIREMENTS`
+            (``usdespeckle`` itself stays required, since it runs the ``usdespeckle run`` client).
 
     Returns:
         The requirement lines to install, in file order.
@@ -583,6 +646,8 @@ def missing_requirements(requirements_file: str | os.PathLike) -> list[str]:
         if not line:
             continue
         name = re.split(r"[\s<>=!~;\[]", line, maxsplit=1)[0]
+        if server and name.lower().replace("_", "-") in LOCAL_ONLY_REQUIREMENTS:
+            continue
         try:
             metadata.distribution(name)
         except metadata.PackageNotFoundError:

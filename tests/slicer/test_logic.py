@@ -16,6 +16,7 @@ import pytest
 import slicer
 import slicer.util
 from SlicerDespeckleLib.logic import (
+    LOCAL_ONLY_REQUIREMENTS,
     OUTPUT_SUFFIX,
     PREVIEW_SUFFIX,
     DespeckleCancelled,
@@ -26,6 +27,7 @@ from SlicerDespeckleLib.logic import (
     missing_requirements,
     parse_progress,
     slice_index_at_ras,
+    validate_server_url,
 )
 
 
@@ -81,6 +83,61 @@ def test_parse_progress_and_command():
     options = dict(zip(command[6::2], command[7::2], strict=False))
     assert options["--axis"] == "2" and float(options["--strength"]) == 0.5 and options["--backend"] == "onnx"
     assert command[-3:] == ["--progress", "lines", "--force"]
+    assert "--server" not in command  # no server: despeckle on this computer
+
+
+def test_command_sends_work_to_server_only_when_set():
+    common = dict(method="denoiser", axis=0, strength=1.0, backend="torch", device="cpu")
+    assert "--server" not in despeckle_command("py", "a.nrrd", "b.nrrd", server_url="", **common)
+    command = despeckle_command("py", "a.nrrd", "b.nrrd", server_url="http://10.0.0.5:8000", **common)
+    assert command[:6] == ["py", "-m", "usdespeckle", "run", "a.nrrd", "b.nrrd"]
+    assert command.count("--server") == 1
+    assert command[command.index("--server") + 1] == "http://10.0.0.5:8000"
+    assert command[-3:] == ["--progress", "lines", "--force"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", ""),
+        ("   ", ""),
+        ("http://127.0.0.1:8000", "http://127.0.0.1:8000"),
+        ("  http://127.0.0.1:8000/  ", "http://127.0.0.1:8000"),
+        ("HTTPS://Server.example.org", "https://Server.example.org"),
+        ("http://localhost:8000/monailabel/", "http://localhost:8000/monailabel"),
+        ("http://[::1]:8000", "http://[::1]:8000"),
+    ],
+)
+def test_validate_server_url_accepts_and_cleans(text, expected):
+    assert validate_server_url(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("ftp://127.0.0.1:8000", "http:// or https://"),
+        ("localhost:8000", "http:// or https://"),
+        ("127.0.0.1:8000", "http:// or https://"),
+        ("http://", "host name is missing"),
+        ("http://:8000", "host name is missing"),
+        ("http://host:port", "port"),
+        ("http://host:0", "port"),
+        ("http://host:8000/?x=1", "'?'"),
+    ],
+)
+def test_validate_server_url_rejects_with_the_expected_form(text, reason):
+    with pytest.raises(ValueError) as err:
+        validate_server_url(text)
+    message = str(err.value)
+    assert f"Server URL {text.strip()!r} is not valid" in message
+    assert "http://127.0.0.1:8000" in message and reason in message
+
+
+def test_start_rejects_bad_server_url_before_any_work(scene, volume):
+    nodes = scene.GetNumberOfNodes()
+    with pytest.raises(ValueError, match="Server URL 'localhost:8000' is not valid"):
+        DespeckleLogic(sys.executable).start(volume, method="median", server_url="localhost:8000")
+    assert scene.GetNumberOfNodes() == nodes
 
 
 def test_median_keeps_geometry_and_input_and_honours_axis(scene, volume, project_python, tmp_path):
@@ -227,6 +284,21 @@ def test_missing_requirements(tmp_path):
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("# comment\nnumpy>=1.20\n\nno-such-package-for-slicerdespeckle==1.0  # why\n")
     assert missing_requirements(requirements) == ["no-such-package-for-slicerdespeckle==1.0"]
+
+
+def test_server_mode_needs_usdespeckle_but_not_the_network_runtimes(tmp_path):
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text(
+        "no-such-usdespeckle-stand-in\nmonai>=1.3\nonnxruntime>=1.18\ntorch\nno-such-package-xyz\n"
+    )
+    local = missing_requirements(requirements)
+    assert "no-such-usdespeckle-stand-in" in local and "no-such-package-xyz" in local
+    server = missing_requirements(requirements, server=True)
+    assert server == ["no-such-usdespeckle-stand-in", "no-such-package-xyz"]
+    # from the shipped file a server needs at most usdespeckle (it runs `usdespeckle run --server`)
+    assert "usdespeckle" not in LOCAL_ONLY_REQUIREMENTS
+    shipped = Path(__file__).resolve().parents[2] / "SlicerDespeckle" / "Resources" / "requirements.txt"
+    assert set(missing_requirements(shipped, server=True)) <= {"usdespeckle"}
 
 
 def test_shipped_requirements_file_is_parsable():
