@@ -40,6 +40,7 @@ from SlicerDespeckleLib.logic import (
     ijk_to_ras_array,
     missing_requirements,
     slice_index_at_ras,
+    validate_server_url,
 )
 
 DEMO_SAMPLE_NAME = "SlicerDespeckleDemo"
@@ -140,6 +141,7 @@ class SlicerDespeckleParameterNode:
     strength - blend in [0, 1] between the input (0) and the despeckled result (1).
     device - "cpu" or "cuda" (network only).
     backend - "torch" or "onnx" (network only).
+    serverUrl - a MONAI Label server (http://host:port) to despeckle on; empty: on this computer.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -149,6 +151,7 @@ class SlicerDespeckleParameterNode:
     strength: Annotated[float, WithinRange(0.0, 1.0)] = 1.0
     device: Annotated[str, Choice(list(DEVICES))] = "cpu"
     backend: Annotated[str, Choice(list(BACKENDS))] = "torch"
+    serverUrl: str = ""
 
 
 #
@@ -254,13 +257,16 @@ class SlicerDespeckleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             "strength": p.strength,
             "backend": p.backend,
             "device": p.device,
+            "server_url": p.serverUrl,
         }
 
     def onApplyButton(self) -> None:
         """Start despeckling the whole volume; the panel polls the process until it ends."""
         with slicer.util.tryWithErrorDisplay(_("Failed to start despeckling."), waitCursor=True):
             if not self.logic.ensureDependencies(
-                self.resourcePath("requirements.txt"), self._parameterNode.method
+                self.resourcePath("requirements.txt"),
+                self._parameterNode.method,
+                serverUrl=self._parameterNode.serverUrl,
             ):
                 return
             p = self._parameterNode
@@ -270,7 +276,9 @@ class SlicerDespeckleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Despeckle only the slice through the centre of the Red view, along the chosen axis."""
         with slicer.util.tryWithErrorDisplay(_("Failed to start the preview."), waitCursor=True):
             if not self.logic.ensureDependencies(
-                self.resourcePath("requirements.txt"), self._parameterNode.method
+                self.resourcePath("requirements.txt"),
+                self._parameterNode.method,
+                serverUrl=self._parameterNode.serverUrl,
             ):
                 return
             p = self._parameterNode
@@ -284,9 +292,15 @@ class SlicerDespeckleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.setValue(0)
         self.ui.progressBar.visible = True
         what = _("slice preview") if job.preview else _("volume")
-        self.ui.statusLabel.text = _("Despeckling {what} with {method}...").format(
-            what=what, method=self._parameterNode.method
-        )
+        server = validate_server_url(self._parameterNode.serverUrl)
+        if server:
+            self.ui.statusLabel.text = _("Despeckling {what} with {method} on {server}...").format(
+                what=what, method=self._parameterNode.method, server=server
+            )
+        else:
+            self.ui.statusLabel.text = _("Despeckling {what} with {method}...").format(
+                what=what, method=self._parameterNode.method
+            )
         self._checkCanApply()
         self._timer.start()
 
@@ -354,17 +368,23 @@ class SlicerDespeckleLogic(ScriptedLoadableModuleLogic, DespeckleLogic):
     def getParameterNode(self):
         return SlicerDespeckleParameterNode(super().getParameterNode())
 
-    def ensureDependencies(self, requirementsFile: str, method: str = "denoiser") -> bool:
+    def ensureDependencies(
+        self, requirementsFile: str, method: str = "denoiser", serverUrl: str = ""
+    ) -> bool:
         """Install missing Python packages after asking; returns False if the user declined.
 
         Runs just before the first use, never at import. PyTorch comes from the PyTorch extension
-        (SlicerPyTorch), which chooses a build matching the computer's GPU.
+        (SlicerPyTorch), which chooses a build matching the computer's GPU. With a server URL the
+        network runs on the server, so PyTorch, MONAI and ONNX Runtime are not needed here; only
+        ``usdespeckle``, whose ``usdespeckle run --server`` sends the volume.
 
         Raises:
-            ValueError: PyTorch is needed but the PyTorch extension is not installed.
+            ValueError: PyTorch is needed but the PyTorch extension is not installed, or the server
+                URL is not valid.
         """
-        missing = missing_requirements(requirementsFile)
-        needTorch = importlib.util.find_spec("torch") is None
+        server = bool(validate_server_url(serverUrl))
+        missing = missing_requirements(requirementsFile, server=server)
+        needTorch = not server and importlib.util.find_spec("torch") is None
         if not missing and not needTorch:
             return True
         packages = ", ".join(missing + (["torch (through the PyTorch extension)"] if needTorch else []))

@@ -66,12 +66,22 @@ def test_every_parameter_has_a_bound_widget(panel):
         if w.property("SlicerParameterName")
     }
     parameters = _parameter_names()
-    assert parameters == {"inputVolume", "outputVolume", "method", "axis", "strength", "device", "backend"}
+    assert parameters == {
+        "inputVolume",
+        "outputVolume",
+        "method",
+        "axis",
+        "strength",
+        "device",
+        "backend",
+        "serverUrl",
+    }
     assert set(bound) == parameters, f"parameters {parameters} vs widgets bound in the .ui {bound}"
+    assert bound["serverUrl"] == "serverUrlLineEdit"
 
 
 def test_panel_widgets_have_the_expected_kinds(panel):
-    from PySide6.QtWidgets import QComboBox, QLabel, QProgressBar, QPushButton
+    from PySide6.QtWidgets import QComboBox, QLabel, QLineEdit, QProgressBar, QPushButton
 
     def kind(name, cls):
         widget = panel.findChild(cls, name)
@@ -82,6 +92,10 @@ def test_panel_widgets_have_the_expected_kinds(panel):
         kind(name, QComboBox)
     assert kind("previewButton", QPushButton).text() == "Preview current slice"
     assert not kind("cancelButton", QPushButton).isEnabled()  # nothing runs yet
+    server = kind("serverUrlLineEdit", QLineEdit)
+    assert server.text() == ""  # empty by default: despeckle on this computer
+    assert server.placeholderText() == "http://127.0.0.1:8000 (empty: run on this computer)"
+    assert "MONAI Label" in server.toolTip() and "empty" in server.toolTip()
     kind("progressBar", QProgressBar)
     kind("statusLabel", QLabel)
     with open(UI_PATH) as f:
