@@ -7,6 +7,10 @@
 # Stages: 1 datasets (usdespeckle prepare-data), 2 the simulator (train_simulator.json),
 # 3 the denoiser's MRI pairs rendered by the simulator, 4 the denoiser (train.json),
 # 5 TorchScript and ONNX exports and checksums in metadata.json.
+# A model's stage is skipped when its shipped weights exist (models/simulator.pt, models/model.pt,
+# both written when its training completes): delete them to retrain. Like pix2pix, each model ships
+# its generator after the last epoch (the end of the learning-rate decay); the one with the best
+# validation PSNR is kept beside it as simulator_best.pt / model_best.pt.
 # Sizes, epochs and learning rates are the configs' values; override them by appending
 # "--key value" pairs to the monai.bundle lines below.
 set -euo pipefail
@@ -33,7 +37,7 @@ if [ ! -f "$DATA/datalist_mri_pairs.json" ] || [ "$BUNDLE/models/simulator.pt" -
   $PY training/make_mri_pairs.py --data "$DATA" --bundle_root "$BUNDLE"
 fi
 
-if [ ! -f "$BUNDLE/models/model_last.pt" ]; then
+if [ ! -f "$BUNDLE/models/model.pt" ]; then
   echo "$(stamp) stage 4: denoiser"
   $PY -m monai.bundle run training --bundle_root "$BUNDLE" \
     --config_file "$BUNDLE/configs/train.json" --dataset_dir "$DATA" 2>&1 | tee -a "$LOG/denoiser.log"
