@@ -176,3 +176,20 @@ def test_run_via_unreachable_server_fails_with_one_line(tmp_path, capsys):
     assert code == 1
     assert len(err) == 1 and err[0].startswith("usdespeckle run: error:")
     assert not (tmp_path / "out.nrrd").exists()
+
+
+@pytest.mark.slow  # the README's main command with the shipped weights: about 20 s
+def test_demo_with_the_shipped_bundle_renders_with_the_simulator(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("USDESPECKLE_BUNDLE", raising=False)
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    captured = capsys.readouterr()
+    assert "made with the simulator" in captured.out and "despeckled with denoiser" in captured.out
+    assert "notice" not in captured.err
+    before = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "demo" / "input.nii.gz")))
+    after = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "demo" / "output.nii.gz")))
+    # despeckling smooths: less pixel-to-pixel variation inside the head than in the input
+    head = before > 0.2
+    assert (
+        np.abs(np.diff(after, axis=2))[head[:, :, 1:]].mean()
+        < np.abs(np.diff(before, axis=2))[head[:, :, 1:]].mean()
+    )

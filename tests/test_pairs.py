@@ -56,3 +56,43 @@ def test_pairs_keep_splits_and_hold_simulator_output(tmp_path, rng):
 def test_pairs_need_prepared_data(tmp_path):
     with pytest.raises(FileNotFoundError, match="prepare-data"):
         make_mri_pairs(tmp_path, Invert())
+
+
+def test_simulated_bmode_keeps_shapes_the_generator_cannot_take_directly():
+    from usdespeckle.networks import Pix2PixUNetGenerator
+    from usdespeckle.pairs import simulate_bmode_from_mri
+
+    torch.manual_seed(0)
+    generator = Pix2PixUNetGenerator(ngf=4, num_downs=4).eval()  # needs multiples of 16
+    slices = np.random.default_rng(1).random((2, 21, 37)).astype(np.float32)
+    out = simulate_bmode_from_mri(generator, slices)
+    assert out.shape == (2, 21, 37) and out.dtype == np.float32
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    # same answer as running the generator on a reflection-padded 32x48 map and cropping back
+    maps = np.stack([low_level_map(s) for s in slices])
+    padded = np.pad(maps, ((0, 0), (5, 6), (5, 6)), mode="reflect")
+    with torch.no_grad():
+        direct = generator(torch.from_numpy(padded[:, None]))[:, 0, 5:26, 5:42].clamp(0, 1).numpy()
+    np.testing.assert_allclose(out, direct, atol=1e-6)
+
+
+def test_load_simulator_checks_the_shipped_weights(tmp_path):
+    import shutil
+
+    from usdespeckle.inference import default_bundle_root
+    from usdespeckle.pairs import load_simulator
+
+    shipped = default_bundle_root()
+    simulator = load_simulator(shipped)
+    assert not simulator.training
+    with torch.no_grad():
+        assert simulator(torch.zeros(1, 1, 128, 128)).shape == (1, 1, 128, 128)
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(shipped / "configs", copy / "configs")
+    with pytest.raises(FileNotFoundError, match="no simulator weights"):
+        load_simulator(copy)
+    (copy / "models").mkdir()
+    (copy / "models" / "simulator.pt").write_bytes(b"not the shipped weights")
+    with pytest.raises(ValueError, match="sha256"):
+        load_simulator(copy)

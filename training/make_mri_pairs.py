@@ -8,22 +8,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-from monai.bundle import ConfigParser
 from tqdm import tqdm
 
-from usdespeckle.pairs import make_mri_pairs
-
-
-def load_simulator(bundle_root: Path) -> torch.nn.Module:
-    """The simulator's generator, built from train_simulator.json and loaded from models/simulator.pt."""
-    parser = ConfigParser()
-    parser.read_config(bundle_root / "configs" / "train_simulator.json")
-    parser["bundle_root"] = str(bundle_root)
-    simulator = parser.get_parsed_content("network_def")
-    state = torch.load(bundle_root / "models" / "simulator.pt", map_location="cpu", weights_only=True)
-    simulator.load_state_dict(state.get("model", state))
-    return simulator.eval()
+from usdespeckle.pairs import load_simulator, make_mri_pairs
 
 
 def main() -> None:

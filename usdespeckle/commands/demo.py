@@ -10,9 +10,7 @@ import numpy as np
 
 from usdespeckle.cli import UserError
 
-HELP = (
-    "Make a demo B-mode volume (speckled MNI152 slices from nilearn), despeckle it, write input/output/PNG."
-)
+HELP = "Make a demo B-mode volume (MNI152 slices from nilearn rendered by the shipped simulator), despeckle it, write input/output/PNG."
 
 _METHODS = ("denoiser", "median", "lee", "frost", "kuan", "srad", "obnlm", "bm3d", "nlm", "tv")
 #: Classical method used when no denoiser weights are shipped yet.
@@ -48,22 +46,14 @@ def _template_path() -> Path:
     return path
 
 
-def _speckle(clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Speckle one clean slice in [0, 1] with the method's Rayleigh model."""
-    try:
-        from usdespeckle.speckle import rayleigh_speckle
-    except ImportError:  # older checkout without speckle.py: a plain multiplicative Rayleigh model
-        # Hand-written stand-in: unit-mean Rayleigh multiplicative noise, log-compressed to [0, 1].
-        envelope = (0.05 + clean) * rng.rayleigh(scale=np.sqrt(2 / np.pi), size=clean.shape)
-        return np.clip(np.log1p(20 * envelope) / np.log1p(20 * 2.0), 0, 1).astype(np.float32)
-    return rayleigh_speckle(clean, rng)
-
-
-def make_demo_volume(rng: np.random.Generator):
-    """Build the demo volume: 8 axial MNI152 slices, each speckled like B-mode.
+def make_demo_volume(rng: np.random.Generator, simulator=None):
+    """Build the demo volume: 8 axial MNI152 slices rendered as B-mode.
 
     Args:
-        rng: random generator for the speckle.
+        rng: random generator for the Rayleigh speckle (used without a simulator).
+        simulator: the bundle's simulator (:func:`usdespeckle.pairs.load_simulator`), which renders
+            each slice's low-level map as B-mode, as in the denoiser's MRI training pairs; None
+            speckles the slices with the method's Rayleigh model instead.
 
     Returns:
         A float32 SimpleITK image in [0, 1], 197 x 233 x 8 voxels of 1 mm, with the template's geometry.
@@ -73,8 +63,15 @@ def make_demo_volume(rng: np.random.Generator):
     template = sitk.ReadImage(str(_template_path()))[:, :, SLICES]
     clean = sitk.GetArrayFromImage(template).astype(np.float32)
     clean = (clean - clean.min()) / (clean.max() - clean.min())
-    speckled = np.stack([_speckle(s, rng) for s in clean])
-    image = sitk.GetImageFromArray(speckled.astype(np.float32))
+    if simulator is not None:
+        from usdespeckle.pairs import simulate_bmode_from_mri
+
+        bmode = simulate_bmode_from_mri(simulator, clean)
+    else:
+        from usdespeckle.speckle import rayleigh_speckle
+
+        bmode = np.stack([rayleigh_speckle(s, rng) for s in clean])
+    image = sitk.GetImageFromArray(bmode.astype(np.float32))
     image.CopyInformation(template)
     return image
 
@@ -107,7 +104,15 @@ def main(args: argparse.Namespace) -> int:
             )
             method = FALLBACK_METHOD
     try:
-        image = make_demo_volume(np.random.default_rng(args.seed))
+        from usdespeckle.pairs import load_simulator
+
+        simulator = load_simulator()
+        source = "the simulator"
+    except (FileNotFoundError, ValueError) as err:
+        print(f"notice: {err}; speckling the demo with the Rayleigh model instead.", file=sys.stderr)
+        simulator, source = None, "the Rayleigh model"
+    try:
+        image = make_demo_volume(np.random.default_rng(args.seed), simulator)
         result = despeckle_image(image, method)
         write_image(image, out / "input.nii.gz", force=True)
         write_image(result, out / "output.nii.gz", force=True)
@@ -121,6 +126,6 @@ def main(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as err:
         raise UserError(" ".join(str(err).split())) from None
     print(
-        f"despeckled with {method}; wrote {out / 'input.nii.gz'}, {out / 'output.nii.gz'}, {out / 'side_by_side.png'}"
+        f"demo B-mode made with {source} from MNI152 slices; despeckled with {method}; wrote {out / 'input.nii.gz'}, {out / 'output.nii.gz'}, {out / 'side_by_side.png'}"
     )
     return 0
