@@ -39,6 +39,7 @@ __all__ = [
     "despeckle_array",
     "despeckle_image",
     "load_denoiser",
+    "pad_to_multiple",
     "robust_range",
 ]
 
@@ -280,7 +281,7 @@ def _classical(method: str) -> Callable[[np.ndarray], np.ndarray]:
     return FILTERS[method]
 
 
-def _pad_to_multiple(batch: np.ndarray, divisor: int) -> tuple[np.ndarray, tuple[slice, slice]]:
+def pad_to_multiple(batch: np.ndarray, divisor: int) -> tuple[np.ndarray, tuple[slice, slice]]:
     """Pad ``(B, H, W)`` by reflection, symmetrically, to multiples of ``divisor``.
 
     numpy's ``reflect`` mode repeats the reflection for pads wider than the image, which torch's
@@ -391,7 +392,7 @@ def despeckle_array(
         src = volume[start:stop].astype(np.float32)  # one batch copy
         mapped = np.clip((src - np.float32(lo)) / np.float32(scale), 0.0, 1.0)
         if method == "denoiser":
-            padded, (rows, cols) = _pad_to_multiple(mapped, denoiser.divisor)
+            padded, (rows, cols) = pad_to_multiple(mapped, denoiser.divisor)
             result = denoiser(padded[:, np.newaxis])[:, 0, rows, cols]
         else:
             result = np.stack([np.asarray(despeckle_slice(s), dtype=np.float32) for s in mapped])

@@ -89,10 +89,10 @@ def simulate_bmode_from_mri(
     Returns:
         float32 array (B, H, W) in [0, 1].
     """
-    from usdespeckle.inference import _pad_to_multiple
+    from usdespeckle.inference import pad_to_multiple
 
     maps = np.stack([low_level_map(s) for s in slices])
-    padded, crop = _pad_to_multiple(maps, 2 ** int(getattr(simulator, "num_downs", 0)))
+    padded, crop = pad_to_multiple(maps, 2 ** int(getattr(simulator, "num_downs", 0)))
     out = simulator(torch.from_numpy(np.ascontiguousarray(padded[:, None])).to(device))
     return out[:, 0, crop[0], crop[1]].clamp(0, 1).cpu().numpy().astype(np.float32)
 
