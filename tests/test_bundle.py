@@ -23,6 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "monai_bundle"
 CONFIGS = BUNDLE / "configs"
 PYTHON = sys.executable
+DENOISER_NORM = json.loads((CONFIGS / "train.json").read_text())[
+    "norm"
+]  # the shipped denoiser's normalisation
 # a tiny network and crop so that a run takes seconds on two cores
 TINY = {
     "ngf": 8,
@@ -50,7 +53,10 @@ def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rng = np.random.default_rng(7)
     lists: dict[str, dict] = {"simulator": {}, "natural": {}, "mri_pairs": {}}
     for split, n in (("training", 4), ("validation", 1)):
-        lists["simulator"][split] = [{"image": f"bmode/{split}{i}.png"} for i in range(n)]
+        lists["simulator"][split] = [
+            {"image": f"bmode/{split}{i}.png", "echogenicity": f"echogenicity/{split}{i}.png"}
+            for i in range(n)
+        ]
         lists["natural"][split] = [{"label": f"natural/{split}{i}.png"} for i in range(n)]
         lists["mri_pairs"][split] = [
             {"image": f"mri_pairs/{split}{i}_us.png", "label": f"mri/{split}{i}.png"} for i in range(n)
@@ -94,22 +100,56 @@ def test_denoiser_training_checkpoints_and_resumes(tmp_path: Path, dataset_dir: 
     wf = _workflow("train.json", tmp_path, dataset_dir, num_epochs_constant=1, num_epochs_decay=0)
     assert not wf.check_properties()  # no missing required bundle property
     first = _run_counting_iterations(wf)
-    # 4 MRI pairs + 4 natural images, batch 2, drop_last: 4 iterations per epoch
-    assert first == [1, 2, 3, 4]
+    # 4 MRI pairs + 4 natural images + 4 physics B-mode pairs, batch 2, drop_last: 6 iterations per epoch
+    assert first == [1, 2, 3, 4, 5, 6]
     models = tmp_path / "models"
     ckpt = bundle_utils.latest_checkpoint(models, "denoiser")
     assert ckpt is not None and ckpt.endswith("denoiser_checkpoint_epoch=1.pt")
     weights = torch.load(models / "model.pt", weights_only=True)
-    Pix2PixUNetGenerator(ngf=8, num_downs=4).load_state_dict(weights)  # a plain generator state dict
+    Pix2PixUNetGenerator(ngf=8, num_downs=4, norm=DENOISER_NORM).load_state_dict(
+        weights
+    )  # a plain generator state dict
 
-    # "interrupted" after epoch 1: a longer run picks up at iteration 5 from the saved states
+    # "interrupted" after epoch 1: a longer run picks up at iteration 7 from the saved states
     second = _run_counting_iterations(
         _workflow("train.json", tmp_path, dataset_dir, num_epochs_constant=1, num_epochs_decay=1)
     )
-    assert second == [5, 6, 7, 8]
+    assert second == [7, 8, 9, 10, 11, 12]
     state = torch.load(bundle_utils.latest_checkpoint(models, "denoiser"), weights_only=True)
-    assert state["trainer"]["iteration"] == 8 and state["g_lr_scheduler"]["last_epoch"] == 2
+    assert state["trainer"]["iteration"] == 12 and state["g_lr_scheduler"]["last_epoch"] == 2
     assert state["g_lr_scheduler"]["_last_lr"][0] == pytest.approx(0.0002 * 0.0)  # decayed to 0 at the end
+
+
+def test_denoiser_learns_physics_pairs_and_evaluates_on_them(tmp_path: Path, dataset_dir: Path) -> None:
+    wf = _workflow("train.json", tmp_path, dataset_dir, num_epochs_constant=1, num_epochs_decay=0)
+    # third kind of pairs: physics-simulated B-mode in, the echogenicity map it was made from out
+    physics = wf.parser.get_parsed_content("train#physics_data")
+    assert [(Path(d["image"]).parent.name, Path(d["label"]).parent.name) for d in physics] == [
+        ("bmode", "echogenicity")
+    ] * 4
+    item = wf.parser.get_parsed_content("train#physics_dataset")[0]
+    assert item["image"].shape == item["label"].shape == (1, 32, 32)
+    assert not torch.equal(item["image"], item["label"])
+    wf.run()
+    wf.finalize()
+
+    files = [str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")]
+    evaluation = ConfigWorkflow(
+        config_file=files,
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        workflow_type="eval",
+        run_id="evaluating",
+        bundle_root=str(tmp_path),
+        dataset_dir=str(dataset_dir),
+        eval_split="validation",
+        **TINY,
+    )
+    evaluation.initialize()
+    evaluation.run()
+    evaluation.finalize()
+    rows = (tmp_path / "eval" / "val_psnr_raw.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 3  # header + one validation image of each kind (MRI pair, photograph, physics)
 
 
 def test_simulator_training_uses_low_level_maps(tmp_path: Path, dataset_dir: Path) -> None:
@@ -127,11 +167,21 @@ def test_train_configs_share_hyperparameters() -> None:
     denoiser = json.loads((CONFIGS / "train.json").read_text())
     simulator = json.loads((CONFIGS / "train_simulator.json").read_text())
     model_specific = {"model_name", "best_model_filename", "last_model_filename", "imports"}
-    model_specific |= {"pairs_datalist", "natural_datalist", "datalist", "train", "validate"}
+    model_specific |= {
+        "pairs_datalist",
+        "natural_datalist",
+        "physics_datalist",
+        "datalist",
+        "train",
+        "validate",
+    }
     # schedules follow each model's dataset size and training budget
     model_specific |= {"num_epochs_constant", "num_epochs_decay", "epoch_length"}
     # the denoiser's discriminator is narrower (ndf 32): 3.7x cheaper per step on 2 CPU cores
     model_specific |= {"ndf"}
+    # the denoiser (0.3.0) trains with instance norm on whole 256-pixel images, batch 2: no running
+    # statistics to drift during GAN training; the shipped simulator keeps pix2pix's batch norm
+    model_specific |= {"norm", "crop_size", "batch_size", "val_interval"}
     shared = (set(denoiser) | set(simulator)) - model_specific
     assert {k for k in shared if denoiser.get(k) != simulator.get(k)} == set()
     for section in ("train", "validate"):
@@ -175,7 +225,7 @@ def test_multi_gpu_config_runs_with_torchrun_on_cpu(tmp_path: Path, dataset_dir:
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     state = torch.load(bundle_utils.latest_checkpoint(tmp_path / "models", "denoiser"), weights_only=True)
-    assert state["trainer"]["iteration"] == 2  # 8 samples over 2 ranks, batch 2: 2 iterations each
+    assert state["trainer"]["iteration"] == 3  # 12 samples over 2 ranks, batch 2: 3 iterations each
     assert not any(k.startswith("module.") for k in state["generator"])
 
 
@@ -236,7 +286,7 @@ def test_export_and_verify_net_in_out(tmp_path: Path) -> None:
     from monai.bundle import ckpt_export, verify_net_in_out
 
     torch.manual_seed(0)
-    net = Pix2PixUNetGenerator(ngf=8, num_downs=4).eval()
+    net = Pix2PixUNetGenerator(ngf=8, num_downs=4, norm=DENOISER_NORM).eval()
     (tmp_path / "models").mkdir()
     torch.save(net.state_dict(), tmp_path / "models" / "model.pt")
     common = {
