@@ -40,7 +40,9 @@ sys.path.insert(0, str(REPO))
 
 from usdespeckle.inference import CLASSICAL_METHODS, default_bundle_root, despeckle_array, load_denoiser  # noqa: E402
 
-NGF, NUM_DOWNS = 64, 8  # the bundle's generator size (monai_bundle/configs/train.json)
+# the bundle's generator, as train.json builds it (used when the shipped weights cannot be loaded)
+_TRAIN = json.loads((REPO / "monai_bundle" / "configs" / "train.json").read_text())
+NGF, NUM_DOWNS, NORM = _TRAIN["ngf"], _TRAIN["num_downs"], _TRAIN["norm"]
 
 _MEMORY_SCRIPT = r"""
 import os, sys, json, tracemalloc, time
@@ -79,7 +81,7 @@ def export_random_bundle(root: Path) -> Path:
 
     torch.manual_seed(0)
     generator = Pix2PixUNetGenerator(
-        spatial_dims=2, in_channels=1, out_channels=1, num_downs=NUM_DOWNS, ngf=NGF
+        spatial_dims=2, in_channels=1, out_channels=1, num_downs=NUM_DOWNS, ngf=NGF, norm=NORM
     ).eval()
     divisor = 2**NUM_DOWNS
     example = torch.rand(1, 1, divisor, divisor)
