@@ -70,14 +70,21 @@ def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _workflow(config: str | list[str], bundle_root: Path, dataset_dir: Path, **overrides) -> ConfigWorkflow:
+def _workflow(
+    config: str | list[str],
+    bundle_root: Path,
+    dataset_dir: Path,
+    workflow_type: str = "train",
+    run_id: str = "training",
+    **overrides,
+) -> ConfigWorkflow:
     files = [str(CONFIGS / c) for c in ([config] if isinstance(config, str) else config)]
     wf = ConfigWorkflow(
         config_file=files if len(files) > 1 else files[0],
         meta_file=str(CONFIGS / "metadata.json"),
         logging_file=str(CONFIGS / "logging.conf"),
-        workflow_type="train",
-        run_id="training",
+        workflow_type=workflow_type,
+        run_id=run_id,
         bundle_root=str(bundle_root),
         dataset_dir=str(dataset_dir),
         **{**TINY, **overrides},
@@ -133,19 +140,9 @@ def test_denoiser_learns_physics_pairs_and_evaluates_on_them(tmp_path: Path, dat
     wf.run()
     wf.finalize()
 
-    files = [str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")]
-    evaluation = ConfigWorkflow(
-        config_file=files,
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=str(CONFIGS / "logging.conf"),
-        workflow_type="eval",
-        run_id="evaluating",
-        bundle_root=str(tmp_path),
-        dataset_dir=str(dataset_dir),
-        eval_split="validation",
-        **TINY,
+    evaluation = _workflow(
+        ["train.json", "evaluate.json"], tmp_path, dataset_dir, "eval", "evaluating", eval_split="validation"
     )
-    evaluation.initialize()
     evaluation.run()
     evaluation.finalize()
     rows = (tmp_path / "eval" / "val_psnr_raw.csv").read_text().strip().splitlines()
