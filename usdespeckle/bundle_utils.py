@@ -82,15 +82,18 @@ def update_checksums(bundle_root: str | Path) -> dict[str, str | None]:
     return sums
 
 
-def verify_checksums(bundle_root: str | Path, require_all: bool = False) -> dict[str, str]:
+def verify_checksums(
+    bundle_root: str | Path, require_all: bool = False, files: tuple[str, ...] = WEIGHT_FILES
+) -> dict[str, str]:
     """Check the weight files against the sha256 recorded in ``configs/metadata.json``.
 
     Args:
         bundle_root: the bundle folder.
         require_all: also fail when a file with a recorded checksum is missing.
+        files: the files to check, relative to the bundle (default: every shipped weight file).
 
     Returns:
-        ``{relative path: "ok" | "absent" | "unrecorded"}`` for each file of :data:`WEIGHT_FILES`.
+        ``{relative path: "ok" | "absent" | "unrecorded"}`` for each of ``files``.
 
     Raises:
         FileNotFoundError: no metadata, or (require_all) a recorded file is missing.
@@ -99,7 +102,7 @@ def verify_checksums(bundle_root: str | Path, require_all: bool = False) -> dict
     meta = json.loads(_metadata_path(bundle_root).read_text())
     recorded = meta.get(_CHECKSUM_KEY) or {}
     result: dict[str, str] = {}
-    for rel in WEIGHT_FILES:
+    for rel in files:
         path = Path(bundle_root) / rel
         expected = recorded.get(rel)
         if not path.is_file():
@@ -118,3 +121,28 @@ def verify_checksums(bundle_root: str | Path, require_all: bool = False) -> dict
                 )
             result[rel] = "ok"
     return result
+
+
+def echogenicity_pairs(dataset_dir: str | Path, datalist: str, split: str) -> list[dict]:
+    """The physics-simulated B-mode pairs of a simulator datalist, as denoiser training items.
+
+    Each ``{"image": B-mode, "echogenicity": map, ...}`` entry of ``datalist`` (written by
+    ``usdespeckle prepare-data``) becomes ``{"image": B-mode, "label": map, ...}``: the speckle-free
+    map the B-mode was simulated from is the denoiser's target.
+
+    Args:
+        dataset_dir: folder holding the datalist; paths in it are relative to this folder.
+        datalist: file name of the datalist, e.g. ``datalist_simulator.json``.
+        split: ``training``, ``validation`` or ``test``.
+
+    Returns:
+        Items with absolute ``image`` and ``label`` paths and the entries' other keys.
+    """
+    from monai.data import load_decathlon_datalist
+
+    entries = load_decathlon_datalist(
+        str(Path(dataset_dir) / datalist), True, split, base_dir=str(dataset_dir)
+    )
+    return [
+        {**{k: v for k, v in d.items() if k != "echogenicity"}, "label": d["echogenicity"]} for d in entries
+    ]

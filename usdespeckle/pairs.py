@@ -61,7 +61,9 @@ def load_simulator(bundle_root: str | os.PathLike | None = None, device: str = "
             f"no simulator weights at {weights}; train them with train_simulator.json "
             "(training/recipe.sh) or point USDESPECKLE_BUNDLE at a bundle that has them"
         )
-    if verify_checksums(root)[SIMULATOR_WEIGHTS] != "ok":  # raises ValueError on a mismatch
+    if (
+        verify_checksums(root, files=(SIMULATOR_WEIGHTS,))[SIMULATOR_WEIGHTS] != "ok"
+    ):  # ValueError on a mismatch
         raise ValueError(f"{root / 'configs' / 'metadata.json'} records no sha256 for {SIMULATOR_WEIGHTS}")
     parser = ConfigParser()
     parser.read_config(root / "configs" / "train_simulator.json")
