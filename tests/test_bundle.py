@@ -179,6 +179,8 @@ def test_train_configs_share_hyperparameters() -> None:
     # the denoiser (0.3.0) trains with instance norm on whole 256-pixel images, batch 2: no running
     # statistics to drift during GAN training; the shipped simulator keeps pix2pix's batch norm
     model_specific |= {"norm", "crop_size", "batch_size", "val_interval"}
+    # only the denoiser is exported, with its test-time self-ensemble (training/export_bundle.py)
+    model_specific |= {"export_test_time_flips"}
     shared = (set(denoiser) | set(simulator)) - model_specific
     assert {k for k in shared if denoiser.get(k) != simulator.get(k)} == set()
     for section in ("train", "validate"):
@@ -304,6 +306,45 @@ def test_export_and_verify_net_in_out(tmp_path: Path) -> None:
     with torch.no_grad():
         torch.testing.assert_close(exported(x), net(x))
     verify_net_in_out("network_def", **common)  # raises on a shape or dtype mismatch with metadata.json
+
+
+def test_export_script_ships_the_self_ensemble(tmp_path: Path) -> None:
+    """training/export_bundle.py on a tiny bundle: TorchScript and ONNX average the mirrorings."""
+    import shutil
+
+    import onnxruntime as ort
+
+    shutil.copytree(CONFIGS, tmp_path / "configs")
+    train = json.loads((CONFIGS / "train.json").read_text())
+    train.update(ngf=8, num_downs=4)
+    (tmp_path / "configs" / "train.json").write_text(json.dumps(train, indent=4))
+    flips = train["export_test_time_flips"]
+    assert flips > 1, "the shipped denoiser is meant to average mirrorings"
+    torch.manual_seed(0)
+    net = Pix2PixUNetGenerator(ngf=8, num_downs=4, norm=DENOISER_NORM).eval()
+    (tmp_path / "models").mkdir()
+    torch.save(net.state_dict(), tmp_path / "models" / "model.pt")
+    torch.save(Pix2PixUNetGenerator(ngf=4, num_downs=4).state_dict(), tmp_path / "models" / "simulator.pt")
+    run = subprocess.run(
+        [PYTHON, str(REPO / "training" / "export_bundle.py"), "--bundle_root", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    expected_net = Pix2PixUNetGenerator(ngf=8, num_downs=4, norm=DENOISER_NORM, test_time_flips=flips).eval()
+    expected_net.load_state_dict(net.state_dict())
+    x = torch.rand(2, 1, 32, 48)
+    with torch.no_grad():
+        expected = expected_net(x)
+        exported = torch.jit.load(str(tmp_path / "models" / "model.ts"))
+        assert len(exported.mirrorings) == flips
+        torch.testing.assert_close(exported(x), expected)
+        assert float((expected - net(x)).abs().max()) > 1e-4  # differs from the single pass
+    session = ort.InferenceSession(str(tmp_path / "models" / "model.onnx"))
+    onnx_out = session.run(None, {"image": x.numpy()})[0]  # dynamic batch, height and width
+    np.testing.assert_allclose(onnx_out, expected.numpy(), atol=1e-5)
+    assert bundle_utils.verify_checksums(tmp_path, require_all=True)["models/model.onnx"] == "ok"
 
 
 def test_checksums_detect_changes(tmp_path: Path) -> None:

@@ -6,8 +6,9 @@ resident memory from ``/proc/self/status`` and ``tracemalloc`` for numpy allocat
 ``reports/speed.md``.
 
 If the bundle ships no weights yet, a randomly initialised generator of the bundle's size
-(``usdespeckle.networks.Pix2PixUNetGenerator``, ngf=64, num_downs=8) is exported into a temporary
-bundle; speed does not depend on the weights' values. The report says which was used.
+(``usdespeckle.networks.Pix2PixUNetGenerator`` with train.json's size, norm and
+``export_test_time_flips``) is exported into a temporary bundle; speed does not depend on the
+weights' values. The report says which was used.
 
 Usage::
 
@@ -43,6 +44,7 @@ from usdespeckle.inference import CLASSICAL_METHODS, default_bundle_root, despec
 # the bundle's generator, as train.json builds it (used when the shipped weights cannot be loaded)
 _TRAIN = json.loads((REPO / "monai_bundle" / "configs" / "train.json").read_text())
 NGF, NUM_DOWNS, NORM = _TRAIN["ngf"], _TRAIN["num_downs"], _TRAIN["norm"]
+FLIPS = int(_TRAIN.get("export_test_time_flips", 1))  # mirrorings averaged by the exported model
 
 _MEMORY_SCRIPT = r"""
 import os, sys, json, tracemalloc, time
@@ -81,7 +83,13 @@ def export_random_bundle(root: Path) -> Path:
 
     torch.manual_seed(0)
     generator = Pix2PixUNetGenerator(
-        spatial_dims=2, in_channels=1, out_channels=1, num_downs=NUM_DOWNS, ngf=NGF, norm=NORM
+        spatial_dims=2,
+        in_channels=1,
+        out_channels=1,
+        num_downs=NUM_DOWNS,
+        ngf=NGF,
+        norm=NORM,
+        test_time_flips=FLIPS,
     ).eval()
     divisor = 2**NUM_DOWNS
     example = torch.rand(1, 1, divisor, divisor)
@@ -161,7 +169,8 @@ def main() -> int:
         tmp = tempfile.TemporaryDirectory()
         bundle = export_random_bundle(Path(tmp.name) / "bundle")
         weights = (
-            f"a randomly initialised generator of the bundle's size (ngf={NGF}, num_downs={NUM_DOWNS}), "
+            f"a randomly initialised generator of the bundle's size (ngf={NGF}, num_downs={NUM_DOWNS}, "
+            f"{FLIPS} mirrorings averaged), "
             f"because the shipped weights could not be loaded ({type(err).__name__}). Speed does not depend on "
             "the weights' values; re-run with the real weights to confirm"
         )
