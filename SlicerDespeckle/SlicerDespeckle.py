@@ -130,6 +130,19 @@ class SliceAxis(enum.Enum):
         return AXIS_LABELS[self.value]
 
 
+class Passes(enum.Enum):
+    """Mirrorings of each slice the network averages (``usdespeckle run --passes``); 0 = all."""
+
+    ALL = 0
+    FOUR = 4
+    TWO = 2
+    ONE = 1
+
+    def label(self) -> str:
+        """Text shown in the passes combo box."""
+        return {0: "all (8, best)", 4: "4", 2: "2", 1: "1 (fastest)"}[self.value]
+
+
 @parameterNodeWrapper
 class SlicerDespeckleParameterNode:
     """The module's parameters, saved with the scene.
@@ -141,6 +154,7 @@ class SlicerDespeckleParameterNode:
     strength - blend in [0, 1] between the input (0) and the despeckled result (1).
     device - "cpu" or "cuda" (network only).
     backend - "torch" or "onnx" (network only).
+    passes - mirrorings of each slice the network averages; fewer is faster (torch backend only).
     serverUrl - a MONAI Label server (http://host:port) to despeckle on; empty: on this computer.
     """
 
@@ -151,6 +165,7 @@ class SlicerDespeckleParameterNode:
     strength: Annotated[float, WithinRange(0.0, 1.0)] = 1.0
     device: Annotated[str, Choice(list(DEVICES))] = "cpu"
     backend: Annotated[str, Choice(list(BACKENDS))] = "torch"
+    passes: Passes = Passes.ALL
     serverUrl: str = ""
 
 
@@ -258,6 +273,7 @@ class SlicerDespeckleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             "backend": p.backend,
             "device": p.device,
             "server_url": p.serverUrl,
+            "passes": p.passes.value,
         }
 
     def onApplyButton(self) -> None:

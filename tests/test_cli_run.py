@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from test_inference import make_bundle
+from test_inference import make_bundle, make_generator_bundle
 
 from usdespeckle.cli import main
 
@@ -113,6 +113,27 @@ def test_errors_are_one_line_and_non_zero(tmp_path, bundle, volume_path, capsys,
 
     assert main(["run", str(volume_path), str(tmp_path / "v.png"), "--progress", "none"]) == 1
     assert "3D" in one_line_error(capsys)
+
+
+def test_passes_option_reaches_the_model(tmp_path, volume_path, capsys, monkeypatch):
+    root, _ = make_generator_bundle(tmp_path / "gen", test_time_flips=4)
+    monkeypatch.setenv("USDESPECKLE_BUNDLE", str(root))
+    results = {}
+    for passes in (None, "1", "4"):
+        out = tmp_path / f"out_{passes}.nii.gz"
+        args = ["run", str(volume_path), str(out), "--progress", "none"]
+        assert main(args + (["--passes", passes] if passes else [])) == 0
+        results[passes] = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    np.testing.assert_array_equal(results[None], results["4"])  # default: all the model's mirrorings
+    assert np.abs(results["1"] - results["4"]).max() > 1e-3
+    assert main(["run", str(volume_path), str(tmp_path / "x.nii.gz"), "--passes", "8"]) != 0
+    assert "averages 4" in one_line_error(capsys)
+    assert (
+        main(["run", str(volume_path), str(tmp_path / "y.nii.gz"), "--passes", "2", "--backend", "onnx"]) != 0
+    )
+    assert "torch" in one_line_error(capsys)
+    with pytest.raises(SystemExit):
+        main(["run", str(volume_path), str(tmp_path / "z.nii.gz"), "--passes", "3"])
 
 
 def test_missing_weights_error_says_how_to_train(tmp_path, volume_path, capsys, monkeypatch):

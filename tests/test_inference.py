@@ -228,3 +228,59 @@ def test_loaded_model_is_cached(bundle):
     assert load_denoiser(bundle) is load_denoiser(bundle)
     assert load_denoiser(bundle, backend="onnx") is not load_denoiser(bundle)
     assert load_denoiser(bundle).divisor == DIVISOR
+
+
+def make_generator_bundle(root: Path, test_time_flips: int) -> tuple[Path, torch.nn.Module]:
+    """A tiny bundle whose TorchScript is a real generator averaging ``test_time_flips`` mirrorings."""
+    from usdespeckle.networks import Pix2PixUNetGenerator
+
+    torch.manual_seed(0)
+    generator = Pix2PixUNetGenerator(
+        ngf=4, num_downs=4, norm="INSTANCE", test_time_flips=test_time_flips
+    ).eval()
+    (root / "models").mkdir(parents=True)
+    (root / "configs").mkdir()
+    torch.jit.script(generator).save(str(root / "models" / "model.ts"))
+    metadata = {
+        "network_data_format": {"inputs": {"image": {"spatial_shape": [f"{DIVISOR}*n", f"{DIVISOR}*n"]}}},
+        "weights_sha256": {
+            "models/model.ts": hashlib.sha256((root / "models/model.ts").read_bytes()).hexdigest()
+        },
+    }
+    (root / "configs" / "metadata.json").write_text(json.dumps(metadata))
+    return root, generator
+
+
+def test_passes_choose_how_many_mirrorings_are_averaged(tmp_path, rng):
+    from usdespeckle.networks import Pix2PixUNetGenerator
+
+    root, generator = make_generator_bundle(tmp_path / "b", test_time_flips=4)
+    assert load_denoiser(root).passes == 4  # all that the model was exported with
+    batch = rng.uniform(size=(2, 1, 32, 48)).astype(np.float32)
+    for passes in (1, 2, 4):
+        reference = Pix2PixUNetGenerator(ngf=4, num_downs=4, norm="INSTANCE", test_time_flips=passes).eval()
+        reference.load_state_dict(generator.state_dict())
+        with torch.no_grad():
+            expected = reference(torch.from_numpy(batch)).clamp(0, 1).numpy()
+        denoiser = load_denoiser(root, passes=passes)
+        assert denoiser.passes == passes
+        np.testing.assert_allclose(denoiser(batch), expected, atol=1e-5)
+    # one cached model per setting: trimming one does not change another
+    assert load_denoiser(root, passes=1) is not load_denoiser(root)
+    assert len(load_denoiser(root).model.mirrorings) == 4
+    image = rng.uniform(0, 100, size=(3, 20, 30))
+    one = despeckle_array(image, bundle_root=root, passes=1)
+    assert np.abs(one - despeckle_array(image, bundle_root=root)).max() > 1e-3
+
+
+def test_bad_passes_are_clear_errors(tmp_path, bundle):
+    root, _ = make_generator_bundle(tmp_path / "b", test_time_flips=2)
+    with pytest.raises(ValueError, match="averages 2"):
+        load_denoiser(root, passes=4)
+    with pytest.raises(ValueError, match="1, 2, 4, 8"):
+        load_denoiser(root, passes=3)
+    with pytest.raises(ValueError, match="torch backend"):
+        load_denoiser(bundle, backend="onnx", passes=1)
+    assert load_denoiser(bundle, passes=1).passes == 1  # a model without mirrorings is one pass
+    with pytest.raises(ValueError, match="averages 1"):
+        load_denoiser(bundle, passes=2)

@@ -168,7 +168,7 @@ def test_info_lists_both_tasks(server):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("params", [{}, {"axis": 1, "strength": 0.5, "batch_size": 3}])
+@pytest.mark.parametrize("params", [{}, {"axis": 1, "strength": 0.5, "batch_size": 3, "passes": 1}])
 def test_despeckle_upload_matches_local_inference(server, local, tmp_path, params):
     image = _volume(np.random.default_rng(1))
     sitk.WriteImage(image, str(tmp_path / "in.nii.gz"))
@@ -266,6 +266,7 @@ def _nan_volume(path: Path) -> None:
         # ITK's NIfTI reader drops NaN (SimpleITK 2.5.7), so the NaN upload is NRRD
         ("nan.nrrd", _nan_volume, {}, "NaN"),
         ("nan.nrrd", _nan_volume, {"strength": 2}, "strength"),
+        ("nan.nrrd", _nan_volume, {"passes": 3}, "passes"),
     ],
 )
 def test_bad_input_gets_4xx_with_message_and_server_keeps_serving(

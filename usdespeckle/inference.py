@@ -12,7 +12,9 @@ inferer needs the whole volume as one tensor and has no progress callback or can
 The denoiser is a 2D generator mapping ``(B, 1, H, W)`` float32 in [0, 1] to the same; H and W must
 be multiples of the divisor named in the bundle's ``metadata.json``
 (``network_data_format.inputs.image.spatial_shape``, e.g. ``["256*n", "256*n"]``). Slices are padded
-by reflection up to the next multiple and cropped back.
+by reflection up to the next multiple and cropped back. The exported denoiser averages its output over
+mirrorings of each slice (flips, transposes; 8 in the shipped bundle); ``passes`` runs fewer of them
+with the TorchScript model, for speed.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ METHODS = ("denoiser", *CLASSICAL_METHODS)
 PERCENTILES = (0.5, 99.5)
 #: Smallest in-plane side of a slice, pixels.
 MIN_SLICE_SIZE = 8
+#: Valid numbers of mirrorings averaged per slice (``passes``): the generator's ``test_time_flips``.
+PASSES = (1, 2, 4, 8)
 #: Model files inside the bundle, per backend.
 MODEL_FILES = {"torch": "models/model.ts", "onnx": "models/model.onnx"}
 #: Largest number of values used to estimate the percentiles (a strided sample beyond that).
@@ -111,6 +115,7 @@ class Denoiser:
         device: ``"cpu"`` or ``"cuda"``.
         divisor: H and W must be multiples of this, pixels.
         model: the ``torch.jit.ScriptModule`` or ``onnxruntime.InferenceSession``.
+        passes: mirrorings of each slice averaged per call (``None``: as exported, unknown for ONNX).
     """
 
     path: Path
@@ -118,6 +123,7 @@ class Denoiser:
     device: str
     divisor: int
     model: Any = field(repr=False)
+    passes: int | None = None
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Run the model.
@@ -145,23 +151,30 @@ class Denoiser:
         return np.clip(out, 0.0, 1.0, out=out)
 
 
-_CACHE: dict[tuple[str, str, str], Denoiser] = {}
+_CACHE: dict[tuple[str, str, str, int | None], Denoiser] = {}
 _CACHE_LOCK = threading.Lock()
 
 
 def load_denoiser(
-    bundle_root: str | os.PathLike | None = None, backend: str = "torch", device: str = "cpu"
+    bundle_root: str | os.PathLike | None = None,
+    backend: str = "torch",
+    device: str = "cpu",
+    passes: int | None = None,
 ) -> Denoiser:
     """Load the bundle's denoiser after checking its sha256 against ``configs/metadata.json``.
 
-    Loaded models are cached per (model file, backend, device); the file's size and modification
-    time are part of the key, so a replaced file is checked and loaded again.
+    Loaded models are cached per (model file, backend, device, passes); the file's size and
+    modification time are part of the key, so a replaced file is checked and loaded again.
 
     Args:
         bundle_root: the MONAI bundle folder; default :func:`default_bundle_root`.
         backend: ``"torch"`` for ``models/model.ts`` (TorchScript) or ``"onnx"`` for
             ``models/model.onnx`` (ONNX Runtime).
         device: ``"cpu"`` or ``"cuda"``.
+        passes: mirrorings of each slice to average, one of :data:`PASSES`, at most as many as the
+            exported model has (8 in the shipped bundle); ``None`` keeps them all. Fewer is faster
+            (time grows with passes) and a little less accurate. TorchScript only: the ONNX graph
+            is fixed at export.
 
     Returns:
         A callable :class:`Denoiser`.
@@ -170,10 +183,18 @@ def load_denoiser(
         FileNotFoundError: if the model file or ``metadata.json`` is missing (the message says how to
             get the weights).
         ValueError: for an unknown backend or device, an unavailable CUDA, a sha256 that does not
-            match the metadata (or is not listed there), or unusable metadata.
+            match the metadata (or is not listed there), unusable metadata, or ``passes`` that is
+            not in :data:`PASSES`, exceeds the model's, or is given with the ONNX backend.
     """
     if backend not in MODEL_FILES:
         raise ValueError(f"backend {backend!r} is not one of {sorted(MODEL_FILES)}")
+    if passes is not None and passes not in PASSES:
+        raise ValueError(f"passes must be one of {', '.join(map(str, PASSES))} (got {passes!r})")
+    if passes is not None and backend == "onnx":
+        raise ValueError(
+            "passes needs the torch backend: the ONNX model averages the mirrorings it was exported "
+            "with. Use backend 'torch', or leave passes unset."
+        )
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device {device!r} is not 'cpu' or 'cuda'")
     root = Path(bundle_root) if bundle_root is not None else default_bundle_root()
@@ -187,7 +208,7 @@ def load_denoiser(
             f"{meta_path} is missing; the bundle at {root} is incomplete. " + _no_weights_message(path)
         )
     stat = path.stat()
-    key = (f"{path}:{stat.st_size}:{stat.st_mtime_ns}", backend, device)
+    key = (f"{path}:{stat.st_size}:{stat.st_mtime_ns}", backend, device, passes)
     with _CACHE_LOCK:
         if key in _CACHE:
             return _CACHE[key]
@@ -231,7 +252,19 @@ def load_denoiser(
             with warnings.catch_warnings():  # TorchScript is what MONAI's ckpt_export writes
                 warnings.simplefilter("ignore", DeprecationWarning)
                 model = torch.jit.load(str(path), map_location=device).eval()
-        denoiser = Denoiser(path=path, backend=backend, device=device, divisor=divisor, model=model)
+            exported = len(model.mirrorings) if hasattr(model, "mirrorings") else 1
+            if passes is not None:
+                if passes > exported:
+                    raise ValueError(
+                        f"passes={passes} but {path} averages {exported} mirroring(s); choose at most "
+                        f"{exported}, or re-export the bundle (training/export_bundle.py)"
+                    )
+                if passes < exported:
+                    model.mirrorings = model.mirrorings[:passes]  # the first n are the n-pass setting
+            passes = passes if passes is not None else exported
+        denoiser = Denoiser(
+            path=path, backend=backend, device=device, divisor=divisor, model=model, passes=passes
+        )
         _CACHE[key] = denoiser
         return denoiser
 
@@ -307,6 +340,7 @@ def despeckle_array(
     intensity_range: tuple[float, float] | None = None,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
+    passes: int | None = None,
 ) -> np.ndarray:
     """Despeckle a 2D image or a 3D volume slice by slice.
 
@@ -329,6 +363,8 @@ def despeckle_array(
             process parts of a volume with one mapping).
         progress: called as ``progress(done, total)`` in slices, after each batch.
         cancel: a callable returning True, or a ``threading.Event`` that is set, to stop.
+        passes: denoiser only: mirrorings of each slice averaged (1, 2, 4 or 8; ``None``: all the
+            exported model has, 8 shipped). 1 is about 8x faster than 8. See :func:`load_denoiser`.
 
     Returns:
         float32 array of the input's shape.
@@ -373,7 +409,7 @@ def despeckle_array(
         return output
 
     if method == "denoiser":
-        denoiser = load_denoiser(bundle_root, backend=backend, device=device)
+        denoiser = load_denoiser(bundle_root, backend=backend, device=device, passes=passes)
         step = int(batch_size)
     else:
         despeckle_slice = _classical(method)

@@ -44,6 +44,9 @@ METHODS: tuple[str, ...] = (
 )
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
 BACKENDS: tuple[str, ...] = ("torch", "onnx")
+#: Mirrorings of each slice the denoiser averages (``usdespeckle run --passes``); 0 = all the
+#: exported model has (8 shipped, best quality); 1 is about 8x faster. Fewer than all: torch only.
+PASSES: tuple[int, ...] = (0, 1, 2, 4, 8)
 # numpy axis of arrayFromVolume's (k, j, i) array -> anatomy-free label shown in the panel.
 AXIS_LABELS: dict[int, str] = {
     0: "K: slices of constant k (frames)",
@@ -89,6 +92,7 @@ def despeckle_command(
     backend: str,
     device: str,
     server_url: str = "",
+    passes: int = 0,
 ) -> list[str]:
     """Return the ``usdespeckle run`` command line (progress as ``progress: i/n`` lines on stdout).
 
@@ -104,11 +108,14 @@ def despeckle_command(
         server_url: a MONAI Label server serving ``monailabel_app`` (already checked with
             :func:`validate_server_url`); when set, ``--server URL`` sends the work there and
             ``backend`` and ``device`` name the server's. Empty: run on this computer.
+        passes: ``--passes``, mirrorings of each slice the denoiser averages; 0 leaves the option out
+            (all the exported model has).
 
     Returns:
         The argument list for ``subprocess.Popen``.
     """
     server = ["--server", str(server_url)] if server_url else []
+    passes_option = ["--passes", str(int(passes))] if passes else []
     return [
         str(python_executable),
         "-m",
@@ -126,6 +133,7 @@ def despeckle_command(
         str(backend),
         "--device",
         str(device),
+        *passes_option,
         *server,
         "--progress",
         "lines",
@@ -175,7 +183,9 @@ def validate_server_url(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme.lower(), parts.netloc, parts.path.rstrip("/"), "", ""))
 
 
-def validate_parameters(method: str, axis: int, strength: float, backend: str, device: str) -> None:
+def validate_parameters(
+    method: str, axis: int, strength: float, backend: str, device: str, passes: int = 0
+) -> None:
     """Check the settings the Logic can check itself (the command checks ``method``).
 
     Raises:
@@ -191,6 +201,12 @@ def validate_parameters(method: str, axis: int, strength: float, backend: str, d
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if device not in DEVICES:
         raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if passes not in PASSES:
+        raise ValueError(f"passes must be 0 (all), 1, 2, 4 or 8, got {passes!r}")
+    if passes and backend == "onnx" and method == "denoiser":
+        raise ValueError(
+            "fewer passes need the torch backend (the ONNX model's passes are fixed); choose torch"
+        )
 
 
 def ijk_to_ras_array(volume_node) -> np.ndarray:
@@ -406,6 +422,7 @@ class DespeckleLogic:
         device: str = "cpu",
         slice_index: int | None = None,
         server_url: str = "",
+        passes: int = 0,
     ) -> DespeckleJob:
         """Write the input to a temporary NRRD and start ``usdespeckle run`` on it.
 
@@ -419,6 +436,7 @@ class DespeckleLogic:
                 result goes to a ``"<input> despeckle preview"`` node at the slice's position.
             server_url: a MONAI Label server (``http://host:port``) to despeckle on, through
                 ``usdespeckle run --server``; empty: on this computer.
+            passes: mirrorings of each slice the denoiser averages (:data:`PASSES`; 0 = all).
 
         Returns:
             The running job.
@@ -428,7 +446,7 @@ class DespeckleLogic:
                 server URL.
             FileNotFoundError: the Python interpreter does not exist.
         """
-        validate_parameters(method, axis, strength, backend, device)
+        validate_parameters(method, axis, strength, backend, device, passes)
         server_url = validate_server_url(server_url)
         if input_volume is None or input_volume.GetImageData() is None:
             raise ValueError("select an input volume that holds image data")
@@ -475,6 +493,7 @@ class DespeckleLogic:
                 backend=backend,
                 device=device,
                 server_url=server_url,
+                passes=passes if method == "denoiser" else 0,
             )
             group = (
                 {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
@@ -575,6 +594,7 @@ class DespeckleLogic:
         device: str = "cpu",
         slice_index: int | None = None,
         server_url: str = "",
+        passes: int = 0,
         progress: Callable[[int, int], None] | None = None,
         cancel: Callable[[], bool] | None = None,
         poll_interval: float = 0.1,
@@ -583,7 +603,7 @@ class DespeckleLogic:
 
         Args:
             input_volume, output_volume, method, axis, strength, backend, device, slice_index,
-                server_url: as :meth:`start`.
+                server_url, passes: as :meth:`start`.
             progress: called as ``progress(done, total)`` in slices whenever it changes (a GUI can
                 process its events here).
             cancel: polled every ``poll_interval`` seconds; returning True kills the process.
@@ -606,6 +626,7 @@ class DespeckleLogic:
             device=device,
             slice_index=slice_index,
             server_url=server_url,
+            passes=passes,
         )
         last = (-1, -1)
         try:

@@ -30,6 +30,8 @@ from SlicerDespeckleLib.logic import (
     validate_server_url,
 )
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 def _rotation(angles: tuple[float, float, float]) -> np.ndarray:
     ax, ay, az = angles
@@ -84,6 +86,19 @@ def test_parse_progress_and_command():
     assert options["--axis"] == "2" and float(options["--strength"]) == 0.5 and options["--backend"] == "onnx"
     assert command[-3:] == ["--progress", "lines", "--force"]
     assert "--server" not in command  # no server: despeckle on this computer
+    assert "--passes" not in command  # 0 (default): all the exported model's mirrorings
+    fewer = despeckle_command(
+        "py",
+        "a.nrrd",
+        "b.nrrd",
+        method="denoiser",
+        axis=0,
+        strength=1.0,
+        backend="torch",
+        device="cpu",
+        passes=2,
+    )
+    assert fewer[fewer.index("--passes") + 1] == "2"
 
 
 def test_command_sends_work_to_server_only_when_set():
@@ -167,6 +182,20 @@ def test_median_keeps_geometry_and_input_and_honours_axis(scene, volume, project
         assert np.abs(results[axis] - references[other]).mean() > 1.0
 
 
+def test_denoiser_passes_reach_the_network(scene, volume, project_python, tmp_path):
+    """passes=1 runs one pass of the shipped network; the default averages all its mirrorings."""
+    if not (REPO / "monai_bundle" / "models" / "model.ts").is_file():
+        pytest.skip("no shipped denoiser weights")
+    logic = DespeckleLogic(project_python)
+    before = np.array(slicer.util.arrayFromVolume(volume))
+    every = np.array(slicer.util.arrayFromVolume(logic.process(volume, method="denoiser")))
+    one = np.array(slicer.util.arrayFromVolume(logic.process(volume, method="denoiser", passes=1)))
+    assert every.shape == one.shape == before.shape
+    assert np.isfinite(every).all() and np.isfinite(one).all()
+    assert np.abs(every - one).mean() > 1e-3 * (before.max() - before.min())
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(volume), before)
+
+
 def test_strength_zero_and_chosen_output_node(scene, volume, project_python):
     chosen = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "my output")
     output = DespeckleLogic(project_python).process(volume, chosen, method="median", axis=1, strength=0.0)
@@ -207,6 +236,10 @@ def test_invalid_settings_raise_value_error(scene, volume):
         logic.start(volume, strength=1.5)
     with pytest.raises(ValueError, match="axis"):
         logic.start(volume, axis=3)
+    with pytest.raises(ValueError, match="passes"):
+        logic.start(volume, passes=3)
+    with pytest.raises(ValueError, match="torch"):
+        logic.start(volume, passes=1, backend="onnx")
     with pytest.raises(ValueError, match="input volume"):
         logic.start(None)
     with pytest.raises(ValueError, match="differ"):

@@ -74,6 +74,7 @@ def test_every_parameter_has_a_bound_widget(panel):
         "strength",
         "device",
         "backend",
+        "passes",
         "serverUrl",
     }
     assert set(bound) == parameters, f"parameters {parameters} vs widgets bound in the .ui {bound}"
@@ -88,7 +89,7 @@ def test_panel_widgets_have_the_expected_kinds(panel):
         assert widget is not None, f"{name} is not a {cls.__name__}"
         return widget
 
-    for name in ("methodComboBox", "axisComboBox", "deviceComboBox", "backendComboBox"):
+    for name in ("methodComboBox", "axisComboBox", "deviceComboBox", "backendComboBox", "passesComboBox"):
         kind(name, QComboBox)
     assert kind("previewButton", QPushButton).text() == "Preview current slice"
     assert not kind("cancelButton", QPushButton).isEnabled()  # nothing runs yet

@@ -15,6 +15,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from lib.infers.common import (
     DEVICES,
     RESULT_EXTENSIONS,
+    bad_request,
     describe,
     get_choice,
     get_float,
@@ -36,8 +37,9 @@ class DespeckleInferTask(InferTask):
     ``method`` (``"denoiser"`` or a classical filter name), ``axis`` (numpy axis of the
     ``(k, j, i)`` array to slice along, 0-2), ``strength`` (blend with the input, [0, 1]),
     ``batch_size`` (slices per model call, 1-256), ``backend`` (``"torch"`` or ``"onnx"``),
-    ``device`` (``"cpu"`` or ``"cuda"``), ``result_extension`` (``.nii.gz``, ``.nii``, ``.nrrd``,
-    ``.mha``).
+    ``device`` (``"cpu"`` or ``"cuda"``), ``passes`` (mirrorings of each slice the denoiser
+    averages: 1, 2, 4 or 8, fewer is faster, torch backend only; 0, the default: all the exported
+    model has), ``result_extension`` (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``).
 
     Args:
         bundle_root: the MONAI bundle folder holding the denoiser; None uses the library's default
@@ -59,6 +61,7 @@ class DespeckleInferTask(InferTask):
                 "batch_size": 8,
                 "backend": backend,
                 "device": device,
+                "passes": 0,
                 "result_extension": ".nii.gz",
             },
         )
@@ -87,6 +90,9 @@ class DespeckleInferTask(InferTask):
         batch_size = get_int(params, "batch_size", 8, 1, 256)
         backend = get_choice(params, "backend", "torch", ("torch", "onnx"))
         device = get_choice(params, "device", "cpu", DEVICES)
+        passes = get_int(params, "passes", 0, 0, 8)
+        if passes not in (0, 1, 2, 4, 8):
+            raise bad_request(f"parameter 'passes' must be 0 (all), 1, 2, 4 or 8, got {passes}")
         extension = get_choice(params, "result_extension", ".nii.gz", RESULT_EXTENSIONS)
 
         image = read_request_image(request, "despeckle")
@@ -101,6 +107,7 @@ class DespeckleInferTask(InferTask):
                     device=device,
                     backend=backend,
                     bundle_root=self.bundle_root,
+                    passes=passes or None,
                 )
             )
         path = write_result(result, extension)
@@ -113,6 +120,7 @@ class DespeckleInferTask(InferTask):
             "batch_size": batch_size,
             "backend": backend,
             "device": device,
+            "passes": passes,
             "seconds": round(seconds, 3),
             "output": describe(result),
         }
