@@ -19,7 +19,6 @@ with the TorchScript model, for speed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -31,6 +30,8 @@ from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
+
+from usdespeckle.bundle_utils import sha256_file
 
 __all__ = [
     "CLASSICAL_METHODS",
@@ -80,14 +81,6 @@ def _no_weights_message(path: Path) -> str:
         "and export them into the bundle's models/ folder, point USDESPECKLE_BUNDLE at a bundle that "
         "has them, or use a classical method (--method median, lee, srad, ...)."
     )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _divisor(metadata: dict[str, Any], path: Path) -> int:
@@ -222,7 +215,7 @@ def load_denoiser(
                 f'{meta_path} lists no "weights_sha256" for "{rel}"; re-export the bundle so the '
                 "weights can be checked"
             )
-        actual = _sha256(path)
+        actual = sha256_file(path)
         if actual.lower() != str(expected).lower():
             raise ValueError(
                 f"{path} has sha256 {actual} but {meta_path} expects {expected}; the file is corrupt "
