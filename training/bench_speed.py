@@ -178,12 +178,21 @@ def main() -> int:
 
     counts = {256: (2, 1), 512: (2, 1)} if args.quick else {256: (16, 2), 512: (8, 1)}
     rows = []
-    for backend in ("torch", "onnx"):
+    every = load_denoiser(bundle, "torch").passes  # mirrorings the exported model averages
+    variants = [
+        ("torch", None, f"TorchScript, {every} passes"),
+        ("onnx", None, f"ONNX Runtime, {every} passes"),
+    ]
+    if every and every > 1:
+        variants.append(("torch", 1, "TorchScript, 1 pass, `--passes 1`"))
+    for backend, passes, label in variants:
         speeds = [
-            slices_per_second("denoiser", size, n, backend=backend, bundle_root=bundle, batch_size=args.batch)
+            slices_per_second(
+                "denoiser", size, n, backend=backend, bundle_root=bundle, batch_size=args.batch, passes=passes
+            )
             for size, (n, _) in counts.items()
         ]
-        rows.append((f"denoiser ({'TorchScript' if backend == 'torch' else 'ONNX Runtime'})", *speeds))
+        rows.append((f"denoiser ({label})", *speeds))
         print(rows[-1], file=sys.stderr)
     for method in CLASSICAL_METHODS:
         try:
