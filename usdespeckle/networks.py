@@ -206,8 +206,8 @@ class Pix2PixUNetGenerator(nn.Module):
                 )
         if self.training or len(self.mirrorings) == 1:
             return self._translate(x)
-        total = torch.zeros_like(x[:, :1])
-        for transpose, dims in self.mirrorings:
+        total = self._translate(x)  # the first mirroring is the identity
+        for transpose, dims in self.mirrorings[1:]:
             y = x.transpose(-2, -1) if transpose else x
             y = y if dims[0] == 0 else torch.flip(y, dims)
             y = self._translate(y)
