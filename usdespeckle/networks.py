@@ -151,7 +151,6 @@ class Pix2PixUNetGenerator(nn.Module):
         # exactly invertible average is image restoration's "self-ensemble" (Lim et al., EDSR, 2017),
         # a few lines written here.
         flips = [[0], [-1], [-2], [-2, -1]]  # [0] marks "no flip" (TorchScript needs typed lists)
-        self.test_time_flips = test_time_flips
         mirrorings = [(transpose, dims) for transpose in (False, True) for dims in flips]
         self.mirrorings = mirrorings[:test_time_flips]  # TorchScript infers list[tuple[bool, list[int]]]
         self.spatial_dims = spatial_dims
