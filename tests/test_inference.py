@@ -53,12 +53,17 @@ def make_bundle(root: Path, *, onnx: bool = False, divisor: int = DIVISOR) -> Pa
                 dynamo=False,
             )
         files.append("models/model.onnx")
+    write_metadata(root, files, divisor)
+    return root
+
+
+def write_metadata(root: Path, files: list[str], divisor: int = DIVISOR) -> None:
+    """``configs/metadata.json`` with the divisor and the sha256 of ``files`` (relative to root)."""
     metadata = {
         "network_data_format": {"inputs": {"image": {"spatial_shape": [f"{divisor}*n", f"{divisor}*n"]}}},
         "weights_sha256": {f: hashlib.sha256((root / f).read_bytes()).hexdigest() for f in files},
     }
     (root / "configs" / "metadata.json").write_text(json.dumps(metadata))
-    return root
 
 
 def expected_square(array: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -241,13 +246,7 @@ def make_generator_bundle(root: Path, test_time_flips: int) -> tuple[Path, torch
     (root / "models").mkdir(parents=True)
     (root / "configs").mkdir()
     torch.jit.script(generator).save(str(root / "models" / "model.ts"))
-    metadata = {
-        "network_data_format": {"inputs": {"image": {"spatial_shape": [f"{DIVISOR}*n", f"{DIVISOR}*n"]}}},
-        "weights_sha256": {
-            "models/model.ts": hashlib.sha256((root / "models/model.ts").read_bytes()).hexdigest()
-        },
-    }
-    (root / "configs" / "metadata.json").write_text(json.dumps(metadata))
+    write_metadata(root, ["models/model.ts"])
     return root, generator
 
 

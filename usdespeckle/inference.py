@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from usdespeckle.bundle_utils import sha256_file
+from usdespeckle.bundle_utils import verify_checksums
 
 __all__ = [
     "CLASSICAL_METHODS",
@@ -209,17 +209,10 @@ def load_denoiser(
             metadata = json.loads(meta_path.read_text())
         except json.JSONDecodeError as err:
             raise ValueError(f"{meta_path} is not valid JSON: {err}") from None
-        expected = metadata.get("weights_sha256", {}).get(rel)
-        if not expected:
+        if verify_checksums(root, files=(rel,))[rel] != "ok":  # ValueError on a mismatch
             raise ValueError(
                 f'{meta_path} lists no "weights_sha256" for "{rel}"; re-export the bundle so the '
                 "weights can be checked"
-            )
-        actual = sha256_file(path)
-        if actual.lower() != str(expected).lower():
-            raise ValueError(
-                f"{path} has sha256 {actual} but {meta_path} expects {expected}; the file is corrupt "
-                "or from another release. Download or export it again."
             )
         divisor = _divisor(metadata, meta_path)
         if backend == "onnx":
