@@ -142,17 +142,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--overrides", default="{}", help="JSON dict of train.json keys per run: {name: {key: value}}"
     )
+    ap.add_argument("--figure", type=Path, help="PNG grid: real validation frames, input then each run")
     ap.add_argument("runs", nargs="+", help="RUN_DIR=NAME")
     args = ap.parse_args(argv)
     overrides = json.loads(args.overrides)
     real = json.loads((args.data / "datalist_real_bmode.json").read_text())["validation"]
     sets = synthetic_sets(args.data)
     rows = {}
+    shown = [real[0], real[len(real) // 2], real[-1]]
+    tiles = [[_grey(args.data / item["image"]) for item in shown]]
     for spec in args.runs:
         folder, _, name = spec.partition("=")
         name = name or Path(folder).name
-        rows[name] = evaluate(load_generator(Path(folder), overrides.get(name, {})), args.data, sets, real)
+        network = load_generator(Path(folder), overrides.get(name, {}))
+        rows[name] = evaluate(network, args.data, sets, real)
+        tiles.append([run_network(network, image) for image in tiles[0]])
         print(name, json.dumps({k: round(v, 4) for k, v in rows[name].items()}), flush=True)
+    if args.figure:  # one row per frame: input, then the runs in order
+        grid = np.concatenate(
+            [np.concatenate([t[k] for t in tiles], axis=1) for k in range(len(shown))], axis=0
+        )
+        Image.fromarray(np.round(np.clip(grid, 0, 1) * 255).astype(np.uint8)).save(args.figure)
     columns = list(next(iter(rows.values())))
     lines = [
         "# Denoiser ablation at equal budget (validation data)",
