@@ -118,3 +118,20 @@ def test_zero_adversarial_weight_trains_on_l1_alone_without_the_discriminator() 
 def test_bad_settings_raise(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         _trainer(_pairs(2), **kwargs)
+
+
+def test_each_optimizer_has_its_own_grad_scaler_and_steps_read_like_pix2pix() -> None:
+    trainer = _trainer(_pairs(2))
+    assert trainer.g_scaler is not trainer.d_scaler
+    assert isinstance(trainer.g_scaler.state_dict(), dict)  # what the bundle's checkpoints save
+    image, label = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
+    pred = trainer.g_network(image)
+    before = [p.detach().clone() for p in trainer.d_network.parameters()]
+    d_out = trainer._discriminator_step(image, label, pred)
+    assert set(d_out) == {"d_loss", "d_real", "d_fake"}
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.d_network.parameters(), strict=True))
+    g_before = [p.detach().clone() for p in trainer.g_network.parameters()]
+    g_out = trainer._generator_step(image, label, pred)
+    assert g_out["g_loss"] == pytest.approx(g_out["g_adv"] + 100.0 * g_out["l1"], rel=1e-5)
+    assert any(not torch.equal(a, b) for a, b in zip(g_before, trainer.g_network.parameters(), strict=True))
+    assert all(p.requires_grad for p in trainer.d_network.parameters())

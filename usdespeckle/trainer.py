@@ -25,7 +25,7 @@ from monai.utils.enums import CommonKeys
 from torch import nn
 from torch.optim.optimizer import Optimizer
 
-__all__ = ["Pix2PixTrainer", "constant_then_linear_decay", "gan_loss"]
+__all__ = ["Pix2PixTrainer", "constant_then_linear_decay", "gan_loss", "set_requires_grad"]
 
 GAN_MODES = ("lsgan", "vanilla")
 
@@ -203,9 +203,14 @@ class Pix2PixTrainer(Trainer):
         self.gan_mode = gan_mode
         self.g_inferer = SimpleInferer() if g_inferer is None else g_inferer
         self.optim_set_to_none = optim_set_to_none
+        # One GradScaler per optimizer (as MONAI's AdversarialTrainer): each tracks its own overflow.
+        # Disabled (a pass-through) unless AMP runs on CUDA; config checkpoints save both.
+        use_scaler = bool(amp) and torch.cuda.is_available()
+        self.g_scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        self.d_scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
 
     def _iteration(self, engine: Pix2PixTrainer, batchdata: dict[str, Any]) -> dict[str, Any]:
-        """One pix2pix step: update the discriminator, then the generator.
+        """One pix2pix step, as the paper's code reads: ``backward_D``, then ``backward_G``.
 
         Args:
             engine: this trainer (ignite passes it).
@@ -224,77 +229,72 @@ class Pix2PixTrainer(Trainer):
         )
         engine.g_network.train()
         engine.d_network.train()
-
         with torch.autocast("cuda", **engine.amp_kwargs, enabled=engine.amp):
             pred = engine.g_inferer(image, engine.g_network)
-
         if engine.lambda_adv == 0.0:  # L1 alone: no discriminator to train or to fool
-            engine.g_optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-            with torch.autocast("cuda", **engine.amp_kwargs, enabled=engine.amp):
-                l1 = nn.functional.l1_loss(pred, label)
-                g_loss = engine.lambda_l1 * l1
-            self._backward_step(g_loss, engine.g_optimizer)
-            zero = 0.0
-            return {
-                CommonKeys.IMAGE: image,
-                CommonKeys.LABEL: label,
-                CommonKeys.PRED: pred.detach(),
-                CommonKeys.LOSS: g_loss.item(),
-                "g_loss": g_loss.item(),
-                "g_adv": zero,
-                "l1": l1.item(),
-                "d_loss": zero,
-                "d_real": zero,
-                "d_fake": zero,
-            }
-
-        # Discriminator step: real pairs -> 1, fake pairs (generator detached) -> 0. The fake pair goes
-        # through the unwrapped module so that a DistributedDataParallel discriminator runs one
-        # synchronised forward/backward per step; both losses share one backward, so gradients are summed
-        # before DDP's all-reduce.
-        for p in engine.d_network.parameters():
-            p.requires_grad_(True)
-        engine.d_optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        with torch.autocast("cuda", **engine.amp_kwargs, enabled=engine.amp):
-            real_logits = _logits(engine.d_network(torch.cat([image, label], dim=1)))
-            fake_logits = _logits(_unwrap(engine.d_network)(torch.cat([image, pred.detach()], dim=1)))
-            d_real = gan_loss(real_logits, True, engine.gan_mode)
-            d_fake = gan_loss(fake_logits, False, engine.gan_mode)
-            d_loss = 0.5 * (d_real + d_fake)
-        self._backward_step(d_loss, engine.d_optimizer)
-
-        # Generator step with the discriminator frozen: fool it, and stay close to the label in L1.
-        for p in engine.d_network.parameters():
-            p.requires_grad_(False)
-        engine.g_optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        with torch.autocast("cuda", **engine.amp_kwargs, enabled=engine.amp):
-            g_logits = _logits(_unwrap(engine.d_network)(torch.cat([image, pred], dim=1)))
-            g_adv = gan_loss(g_logits, True, engine.gan_mode)
-            l1 = nn.functional.l1_loss(pred, label)
-            g_loss = engine.lambda_adv * g_adv + engine.lambda_l1 * l1
-        self._backward_step(g_loss, engine.g_optimizer)
-        for p in engine.d_network.parameters():
-            p.requires_grad_(True)
-
+            d_losses = {"d_loss": 0.0, "d_real": 0.0, "d_fake": 0.0}
+        else:
+            d_losses = engine._discriminator_step(image, label, pred)
+        g_losses = engine._generator_step(image, label, pred)
         return {
             CommonKeys.IMAGE: image,
             CommonKeys.LABEL: label,
             CommonKeys.PRED: pred.detach(),
-            CommonKeys.LOSS: g_loss.item(),
-            "g_loss": g_loss.item(),
-            "g_adv": g_adv.item(),
-            "l1": l1.item(),
-            "d_loss": d_loss.item(),
-            "d_real": d_real.item(),
-            "d_fake": d_fake.item(),
+            CommonKeys.LOSS: g_losses["g_loss"],
+            **g_losses,
+            **d_losses,
         }
 
-    def _backward_step(self, loss: torch.Tensor, optimizer: Optimizer) -> None:
-        """Backward and optimizer step, through the GradScaler when AMP is on."""
-        if self.amp and self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+    def _discriminator_step(self, image: torch.Tensor, label: torch.Tensor, pred: torch.Tensor) -> dict:
+        """Update the discriminator: real pairs -> 1, fake pairs (generator detached) -> 0.
+
+        The fake pair goes through the unwrapped module so that a DistributedDataParallel
+        discriminator runs one synchronised forward/backward per step; both losses share one
+        backward, so gradients are summed before DDP's all-reduce.
+
+        Returns:
+            ``d_loss`` (the mean of both), ``d_real`` and ``d_fake`` as floats.
+        """
+        set_requires_grad(self.d_network, True)
+        self.d_optimizer.zero_grad(set_to_none=self.optim_set_to_none)
+        with torch.autocast("cuda", **self.amp_kwargs, enabled=self.amp):
+            real_logits = _logits(self.d_network(torch.cat([image, label], dim=1)))
+            fake_logits = _logits(_unwrap(self.d_network)(torch.cat([image, pred.detach()], dim=1)))
+            d_real = gan_loss(real_logits, True, self.gan_mode)
+            d_fake = gan_loss(fake_logits, False, self.gan_mode)
+            d_loss = 0.5 * (d_real + d_fake)
+        self._backward_step(d_loss, self.d_optimizer, self.d_scaler)
+        return {"d_loss": d_loss.item(), "d_real": d_real.item(), "d_fake": d_fake.item()}
+
+    def _generator_step(self, image: torch.Tensor, label: torch.Tensor, pred: torch.Tensor) -> dict:
+        """Update the generator, the discriminator frozen: fool it and stay close to the label in L1.
+
+        Returns:
+            ``g_loss`` (``lambda_adv * g_adv + lambda_l1 * l1``), ``g_adv`` and the unweighted ``l1``.
+        """
+        self.g_optimizer.zero_grad(set_to_none=self.optim_set_to_none)
+        with torch.autocast("cuda", **self.amp_kwargs, enabled=self.amp):
+            l1 = nn.functional.l1_loss(pred, label)
+            if self.lambda_adv == 0.0:
+                g_adv = torch.zeros((), device=pred.device)
+            else:
+                set_requires_grad(self.d_network, False)
+                g_logits = _logits(_unwrap(self.d_network)(torch.cat([image, pred], dim=1)))
+                g_adv = gan_loss(g_logits, True, self.gan_mode)
+            g_loss = self.lambda_adv * g_adv + self.lambda_l1 * l1
+        self._backward_step(g_loss, self.g_optimizer, self.g_scaler)
+        set_requires_grad(self.d_network, True)
+        return {"g_loss": g_loss.item(), "g_adv": g_adv.item(), "l1": l1.item()}
+
+    @staticmethod
+    def _backward_step(loss: torch.Tensor, optimizer: Optimizer, scaler: torch.amp.GradScaler) -> None:
+        """Backward and optimizer step through this optimizer's GradScaler (a no-op unless AMP on CUDA)."""
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+
+def set_requires_grad(network: nn.Module, requires_grad: bool) -> None:
+    """Freeze (False) or unfreeze (True) every parameter of ``network`` (pix2pix's helper)."""
+    for parameter in network.parameters():
+        parameter.requires_grad_(requires_grad)
