@@ -58,8 +58,8 @@ def load_generator(run: Path, overrides: dict) -> torch.nn.Module:
 
 @torch.no_grad()
 def run_network(network: torch.nn.Module, image: np.ndarray) -> np.ndarray:
-    padded, crop = pad_to_multiple(image[None, None].astype(np.float32), network.divisor)
-    return network(torch.from_numpy(padded)).numpy()[0, 0][crop]
+    padded, crop = pad_to_multiple(image[None].astype(np.float32), network.divisor)
+    return network(torch.from_numpy(padded[:, None])).numpy()[0, 0][crop]
 
 
 def fidelity(output: np.ndarray, image: np.ndarray, mask: np.ndarray) -> float:
@@ -159,9 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         tiles.append([run_network(network, image) for image in tiles[0]])
         print(name, json.dumps({k: round(v, 4) for k, v in rows[name].items()}), flush=True)
     if args.figure:  # one row per frame: input, then the runs in order
-        grid = np.concatenate(
-            [np.concatenate([t[k] for t in tiles], axis=1) for k in range(len(shown))], axis=0
-        )
+        strips = [np.concatenate([t[k] for t in tiles], axis=1) for k in range(len(shown))]
+        width = max(strip.shape[1] for strip in strips)
+        grid = np.concatenate([np.pad(s, ((0, 4), (0, width - s.shape[1]))) for s in strips], axis=0)
         Image.fromarray(np.round(np.clip(grid, 0, 1) * 255).astype(np.uint8)).save(args.figure)
     columns = list(next(iter(rows.values())))
     lines = [
