@@ -10,7 +10,8 @@ Every filter is ``despeckle_<name>(image, <params>, *, axis=0) -> numpy.ndarray`
 
 Default parameters were tuned by ``training/tune_filters.py`` (see ``reports/filter_tuning.md``).
 ``FILTERS`` maps the command line's ``--method`` names to the functions and :func:`despeckle`
-dispatches by name.
+dispatches by name. The BM3D-based filters (BM3D with a correlated-noise spectrum, MuLoG + BM3D)
+live in :mod:`usdespeckle.filters_bm3d` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -20,6 +21,18 @@ from collections.abc import Callable
 import numpy as np
 from scipy import ndimage
 
+from usdespeckle._filter_utils import (
+    _EPS,
+    _local_stats,
+    _noise_cv2,
+    _noise_std,
+    _normalise,
+    _odd_size,
+    _positive,
+    _slicewise,
+)
+from usdespeckle.filters_bm3d import despeckle_bm3d, despeckle_mulog
+
 __all__ = [
     "FILTERS",
     "despeckle",
@@ -28,102 +41,12 @@ __all__ = [
     "despeckle_kuan",
     "despeckle_lee",
     "despeckle_median",
+    "despeckle_mulog",
     "despeckle_nlm",
     "despeckle_obnlm",
     "despeckle_srad",
     "despeckle_tv",
 ]
-
-_EPS = 1e-8
-
-
-# --------------------------------------------------------------------------------------------------
-# shared input handling
-# --------------------------------------------------------------------------------------------------
-def _check_image(image: np.ndarray, name: str) -> np.ndarray:
-    """Validate a 2D/3D finite real image and return it as a float64 array (a view or a copy)."""
-    arr = np.asarray(image)
-    if arr.dtype == bool or not (
-        np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
-    ):
-        raise ValueError(f"despeckle_{name}: expected a real grey image, got dtype {arr.dtype}")
-    if arr.ndim not in (2, 3):
-        raise ValueError(
-            f"despeckle_{name}: expected a 2D (H, W) image or a 3D volume, got shape {arr.shape}; "
-            "squeeze channel axes or split 4D data first"
-        )
-    if min(arr.shape) < 1:
-        raise ValueError(f"despeckle_{name}: image has an empty axis, shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-        raise ValueError(
-            f"despeckle_{name}: image has {bad} NaN/inf values; replace them (np.nan_to_num) first"
-        )
-    return arr.astype(np.float64, copy=False)
-
-
-def _slicewise(fn: Callable[[np.ndarray], np.ndarray], image: np.ndarray, axis: int, name: str) -> np.ndarray:
-    """Apply a 2D filter to a 2D image or to each slice of a 3D volume along ``axis``; float32 out."""
-    arr = _check_image(image, name)
-    if arr.ndim == 2:
-        return np.array(fn(arr), dtype=np.float32, copy=True)
-    if not -3 <= axis <= 2:
-        raise ValueError(f"despeckle_{name}: axis must be in [-3, 2] for a 3D volume, got {axis}")
-    moved = np.moveaxis(arr, axis, 0)
-    out = np.empty(moved.shape, dtype=np.float32)
-    for k in range(moved.shape[0]):
-        out[k] = fn(moved[k])
-    return np.ascontiguousarray(np.moveaxis(out, 0, axis))
-
-
-def _normalise(img: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """Map an image to [0, 1] by its min/max; returns (u, low, span). span is 0 for a constant image."""
-    low = float(img.min())
-    span = float(img.max()) - low
-    if span <= 0:
-        return np.zeros_like(img), low, 0.0
-    return (img - low) / span, low, span
-
-
-def _odd_size(value: int, name: str, method: str, minimum: int = 1) -> int:
-    if int(value) != value or value < minimum or value % 2 == 0:
-        raise ValueError(f"despeckle_{method}: {name} must be an odd integer >= {minimum}, got {value}")
-    return int(value)
-
-
-def _positive(value: float, name: str, method: str) -> float:
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"despeckle_{method}: {name} must be a positive finite number, got {value}")
-    return float(value)
-
-
-def _local_stats(img: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Local mean and (non-negative) variance over a ``size`` x ``size`` window, reflect-padded."""
-    mean = ndimage.uniform_filter(img, size=size, mode="reflect")
-    mean_sq = ndimage.uniform_filter(img * img, size=size, mode="reflect")
-    return mean, np.maximum(mean_sq - mean * mean, 0.0)
-
-
-def _noise_std(img: np.ndarray, size: int = 7) -> float:
-    """Noise standard deviation as the median local standard deviation over ``size`` windows.
-
-    Hand-written instead of ``skimage.restoration.estimate_sigma``: the wavelet (finest-scale MAD)
-    estimate assumes white noise and returns about 0 for spatially correlated speckle (cells of
-    several pixels), which leaves NLM and BM3D doing nothing. Speckle dominates most windows of a
-    B-mode image, so the median local std follows the speckle; on textured images it overestimates.
-    """
-    _, var = _local_stats(img, size)
-    return float(np.sqrt(np.median(var)))
-
-
-def _noise_cv2(
-    img: np.ndarray, mean: np.ndarray, var: np.ndarray, noise_cv: float | None, method: str
-) -> float:
-    """Squared speckle coefficient of variation: given, or the median local value (speckle dominates)."""
-    if noise_cv is not None:
-        return _positive(noise_cv, "noise_cv", method) ** 2
-    ci2 = var / np.maximum(mean * mean, _EPS)
-    return float(np.median(ci2[mean > _EPS])) if np.any(mean > _EPS) else 0.0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -465,83 +388,8 @@ def despeckle_obnlm(
 
 
 # --------------------------------------------------------------------------------------------------
-# BM3D, NLM, TV (libraries)
+# NLM, TV (libraries); BM3D and MuLoG live in usdespeckle.filters_bm3d
 # --------------------------------------------------------------------------------------------------
-def despeckle_bm3d(
-    image: np.ndarray,
-    sigma_scale: float = 1.5,
-    transform: str = "none",
-    profile: str = "np",
-    *,
-    axis: int = 0,
-) -> np.ndarray:
-    """BM3D (``bm3d`` package) after a variance-stabilising transform of the speckle.
-
-    The slice is mapped to [0, 1]; ``transform="log"`` uses ``log(u + 1/255)`` (homomorphic: turns
-    multiplicative speckle into additive noise), ``"sqrt"`` uses ``2 sqrt(u + 3/8/255)`` (the
-    Anscombe-type VST for the ``u = v + sqrt(v) n`` model of log-compressed B-mode), ``"none"``
-    filters the image itself. The default "none" scored best in tuning (log-compressed B-mode is
-    already in the log domain; log and sqrt were within 0.05 dB). The noise level is estimated on
-    the transformed slice as the median local standard deviation (7x7 windows; robust to
-    correlated speckle) and multiplied by ``sigma_scale``.
-
-    Args:
-        image: grey image (H, W) or volume, any finite range.
-        sigma_scale: factor on the estimated noise standard deviation (> 0); larger smooths more.
-        transform: "log", "sqrt" or "none".
-        profile: a ``bm3d`` profile name ("np", "refilter", "vn", "high") or "lc" for the
-            low-complexity profile (about 3x faster, slightly worse).
-        axis: slicing axis of a 3D volume.
-
-    Returns:
-        float32 array, same shape as ``image``; a new array.
-
-    Raises:
-        ValueError: non-finite values, not 2D/3D, or invalid parameters.
-
-    Notes:
-        About 1 s per 256x256 slice on an idle core: the slowest filter here. The median local std
-        includes texture, so the best ``sigma_scale`` is usually below 1 on detailed images.
-
-    References:
-        Dabov, K., Foi, A., Katkovnik, V., Egiazarian, K. (2007). Image denoising by sparse 3-D
-        transform-domain collaborative filtering. IEEE TIP 16(8):2080-2095. DOI:10.1109/TIP.2007.901238
-    """
-    sigma_scale = _positive(sigma_scale, "sigma_scale", "bm3d")
-    if transform not in ("log", "sqrt", "none"):
-        raise ValueError(f"despeckle_bm3d: transform must be 'log', 'sqrt' or 'none', got {transform!r}")
-    if profile not in ("np", "refilter", "vn", "high", "lc"):
-        raise ValueError(
-            f"despeckle_bm3d: profile must be 'np', 'refilter', 'vn', 'high' or 'lc', got {profile!r}"
-        )
-    try:
-        import bm3d
-    except ImportError as err:  # pragma: no cover - bm3d is a project dependency
-        raise ImportError("despeckle_bm3d needs the 'bm3d' package: pip install bm3d") from err
-    eps = 1.0 / 255.0
-
-    def run(img: np.ndarray) -> np.ndarray:
-        u, low, span = _normalise(img)
-        if span == 0:
-            return img.copy()
-        if transform == "log":
-            z = np.log(u + eps)
-        elif transform == "sqrt":
-            z = 2.0 * np.sqrt(u + 0.375 * eps)
-        else:
-            z = u
-        sigma = max(_noise_std(z) * sigma_scale, 1e-6)
-        settings = bm3d.BM3DProfileLC() if profile == "lc" else profile
-        est = np.asarray(bm3d.bm3d(z, sigma_psd=sigma, profile=settings), dtype=np.float64)
-        if transform == "log":
-            est = np.exp(est) - eps
-        elif transform == "sqrt":
-            est = np.square(np.maximum(est, 0.0) / 2.0) - 0.375 * eps
-        return est * span + low
-
-    return _slicewise(run, image, axis, "bm3d")
-
-
 def despeckle_nlm(
     image: np.ndarray,
     h_scale: float = 1.3,
@@ -649,6 +497,7 @@ FILTERS: dict[str, Callable[..., np.ndarray]] = {
     "srad": despeckle_srad,
     "obnlm": despeckle_obnlm,
     "bm3d": despeckle_bm3d,
+    "mulog": despeckle_mulog,
     "nlm": despeckle_nlm,
     "tv": despeckle_tv,
 }
@@ -659,7 +508,7 @@ def despeckle(image: np.ndarray, method: str, **params: object) -> np.ndarray:
 
     Args:
         image: grey image (H, W) or volume.
-        method: one of ``FILTERS`` (median, lee, frost, kuan, srad, obnlm, bm3d, nlm, tv).
+        method: one of ``FILTERS`` (median, lee, frost, kuan, srad, obnlm, bm3d, mulog, nlm, tv).
         **params: that filter's parameters (and ``axis``).
 
     Returns:

@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 #: Classical despecklers provided by ``usdespeckle.filters.FILTERS``.
-CLASSICAL_METHODS = ("median", "lee", "frost", "kuan", "srad", "obnlm", "bm3d", "nlm", "tv")
+CLASSICAL_METHODS = ("median", "lee", "frost", "kuan", "srad", "obnlm", "bm3d", "mulog", "nlm", "tv")
 #: Every ``method`` accepted by :func:`despeckle_array`.
 METHODS = ("denoiser", *CLASSICAL_METHODS)
 #: Percentiles of the robust min-max intensity mapping to [0, 1].

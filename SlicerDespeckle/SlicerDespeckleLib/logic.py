@@ -39,6 +39,7 @@ METHODS: tuple[str, ...] = (
     "srad",
     "obnlm",
     "bm3d",
+    "mulog",
     "nlm",
     "tv",
 )

@@ -12,7 +12,7 @@ from usdespeckle.cli import UserError
 
 HELP = "Make a demo B-mode volume (MNI152 slices from nilearn rendered by the shipped simulator), despeckle it, write input/output/PNG."
 
-_METHODS = ("denoiser", "median", "lee", "frost", "kuan", "srad", "obnlm", "bm3d", "nlm", "tv")
+_METHODS = ("denoiser", "median", "lee", "frost", "kuan", "srad", "obnlm", "bm3d", "mulog", "nlm", "tv")
 #: Classical method used when no denoiser weights are shipped yet.
 FALLBACK_METHOD = "median"
 #: Axial slices of the MNI152 template used (k indices of the 197x233x189 volume).

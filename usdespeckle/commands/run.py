@@ -11,7 +11,7 @@ from usdespeckle.cli import UserError
 
 HELP = "Despeckle an image or volume (any format SimpleITK reads, or a DICOM folder) into OUTPUT."
 
-_METHODS = ("denoiser", "median", "lee", "frost", "kuan", "srad", "obnlm", "bm3d", "nlm", "tv")
+_METHODS = ("denoiser", "median", "lee", "frost", "kuan", "srad", "obnlm", "bm3d", "mulog", "nlm", "tv")
 
 
 def _strength(text: str) -> float:

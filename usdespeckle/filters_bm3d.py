@@ -1,0 +1,513 @@
+"""BM3D-based despecklers: BM3D with a coloured (correlated) noise model, and MuLoG + BM3D.
+
+Both follow the shared signature of :mod:`usdespeckle.filters` (``despeckle_<name>(image, <params>,
+*, axis=0) -> float32``) and are registered there in ``FILTERS``. Helpers exported for other modules:
+:func:`estimate_noise_psd` (the noise power spectrum of an image, in ``bm3d``'s convention) and
+:func:`estimate_looks` (the number of looks of log-intensity speckle).
+
+Speckle in a B-mode image is spatially correlated: one speckle grain covers several pixels, set by
+the probe's point-spread function (PSF). BM3D's white-noise model then sees the grain as signal.
+``bm3d`` accepts the noise's power spectral density (PSD) instead of a standard deviation; its
+convention (read from bm4d 4.2.5's ``bm4d()``, which turns a std ``s`` into ``ones * size * s**2``)
+is an array of the image's shape, in unshifted FFT order (zero frequency at ``[0, 0]``), with
+``mean(PSD) = noise variance * number of pixels``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import numpy as np
+from scipy import ndimage, optimize, signal, special
+
+from usdespeckle._filter_utils import _noise_std, _normalise, _positive, _slicewise
+
+__all__ = ["despeckle_bm3d", "despeckle_mulog", "estimate_looks", "estimate_noise_psd"]
+
+_PROFILES = ("np", "refilter", "vn", "high", "lc")
+
+
+def _import_bm3d():
+    try:
+        import bm3d
+    except ImportError as err:  # pragma: no cover - bm3d is a project dependency
+        raise ImportError("this despeckler needs the 'bm3d' package: pip install bm3d") from err
+    return bm3d
+
+
+@contextlib.contextmanager
+def _numpy_trapz_alias() -> Iterator[None]:
+    """Provide ``np.trapz`` for the duration of a bm3d call.
+
+    bm3d 4.0.3 builds its coloured-noise parameters through bm4d 4.2.5, which calls ``np.trapz``;
+    NumPy 2 removed that name (``np.trapezoid`` is the same function). The alias exists only
+    inside this context and is removed afterwards; site-packages are never edited.
+    """
+    if hasattr(np, "trapz"):
+        yield
+        return
+    np.trapz = np.trapezoid  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        with contextlib.suppress(AttributeError):
+            del np.trapz  # type: ignore[attr-defined]
+
+
+def _bm3d_call(z: np.ndarray, sigma_psd: float | np.ndarray, profile: str) -> np.ndarray:
+    bm3d = _import_bm3d()
+    settings = bm3d.BM3DProfileLC() if profile == "lc" else profile
+    with _numpy_trapz_alias():
+        return np.asarray(bm3d.bm3d(z, sigma_psd=sigma_psd, profile=settings), dtype=np.float64)
+
+
+# --------------------------------------------------------------------------------------------------
+# noise statistics from the image itself
+# --------------------------------------------------------------------------------------------------
+def _homogeneous_tiles(img: np.ndarray, tile: int) -> np.ndarray:
+    """Plane-detrended tiles (n, t, t) from the most homogeneous half of ``img``.
+
+    Tiles of side ``t`` (``tile``, reduced for small images) overlap by half. Tiles with more than
+    5% of their pixels at the slice's minimum or maximum (clipped speckle, black background) are
+    dropped; of the others, those whose variance is at most the median are kept (speckle dominates
+    them; edges and texture raise a tile's variance).
+    """
+    t = int(min(tile, 2 ** int(np.floor(np.log2(max(min(img.shape) // 2, 4))))))
+    t = max(t, 4)
+    if min(img.shape) < t:
+        t = min(img.shape)
+    step = max(t // 2, 1)
+    windows = np.lib.stride_tricks.sliding_window_view(img, (t, t))[::step, ::step]
+    tiles = windows.reshape(-1, t, t).astype(np.float64)
+    low, high = float(img.min()), float(img.max())
+    tol = 1e-6 * max(high - low, 1e-12)
+    clipped = np.mean((tiles <= low + tol) | (tiles >= high - tol), axis=(1, 2))
+    if np.any(clipped <= 0.05):
+        tiles = tiles[clipped <= 0.05]
+    # least-squares plane per tile (mean and two gradients; the basis is orthogonal)
+    yy, xx = np.mgrid[0:t, 0:t].astype(np.float64)
+    yy -= yy.mean()
+    xx -= xx.mean()
+    tiles = tiles - tiles.mean(axis=(1, 2), keepdims=True)
+    for basis in (yy, xx):
+        norm = float(np.sum(basis * basis))
+        if norm > 0:
+            coef = np.einsum("nij,ij->n", tiles, basis) / norm
+            tiles = tiles - coef[:, None, None] * basis
+    var = tiles.var(axis=(1, 2))
+    return tiles[var <= np.median(var)]
+
+
+def _li2(x: np.ndarray) -> np.ndarray:
+    """Dilogarithm Li2(x) for x in [0, 1] (scipy's ``spence(z)`` is ``Li2(1 - z)``)."""
+    return special.spence(1.0 - np.clip(x, 0.0, 1.0))
+
+
+def _psf_covariance(psf: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Normalised covariance of log-intensity speckle made by ``psf``, circular lags on ``shape``.
+
+    For a circular complex Gaussian field blurred by ``psf`` the complex correlation coefficient at
+    lag ``d`` is ``rho(d) = (h * h~)(d) / sum |h|^2`` and the covariance of the log-intensity (and
+    of any log-compressed display of it) is ``Li2(|rho|^2)``, whose value at lag 0 is ``pi^2 / 6``
+    (Arsenault and April 1976, doi:10.1364/JOSA.66.001160). Returned divided by that value.
+    """
+    arr = np.asarray(psf)
+    if arr.ndim != 2 or min(arr.shape) < 1 or not np.all(np.isfinite(arr)):
+        raise ValueError(f"psf must be a finite 2D array (axial, lateral), got shape {arr.shape}")
+    energy = float(np.sum(np.abs(arr) ** 2))
+    if energy <= 0:
+        raise ValueError("psf is all zeros; pass the probe's point-spread function sampled on the pixel grid")
+    h, w = shape
+    fh, fw = max(h, 2 * arr.shape[0] - 1), max(w, 2 * arr.shape[1] - 1)
+    spectrum = np.fft.fft2(arr, s=(fh, fw))
+    acf = np.fft.ifft2(np.abs(spectrum) ** 2) / energy  # circular lags on the padded grid, exact
+    rho2 = np.abs(acf) ** 2
+    # fold the padded lags back onto the image's circular lag grid (lags beyond half the image
+    # are dropped: the PSF is expected to be much smaller than the image)
+    lags_y = np.fft.fftfreq(fh, 1.0 / fh).astype(int)
+    lags_x = np.fft.fftfreq(fw, 1.0 / fw).astype(int)
+    keep_y = np.abs(lags_y) <= (h - 1) // 2
+    keep_x = np.abs(lags_x) <= (w - 1) // 2
+    cov = np.zeros(shape)
+    sub = rho2[np.ix_(keep_y, keep_x)]
+    cov[np.ix_(lags_y[keep_y] % h, lags_x[keep_x] % w)] = sub
+    return _li2(cov) / (np.pi**2 / 6.0)
+
+
+def estimate_noise_psd(
+    image: np.ndarray, *, psf: np.ndarray | None = None, tile: int = 32, max_lag: int | None = None
+) -> np.ndarray:
+    """Noise power spectral density of a 2D image, in ``bm3d``'s ``sigma_psd`` convention.
+
+    Without ``psf`` the PSD is estimated from the image itself: plane-detrended tiles from the most
+    homogeneous half of the image (see Notes) are windowed (Hann) and their periodograms averaged
+    (Welch); the resulting autocovariance is kept up to ``max_lag`` pixels with a Tukey taper
+    (Blackman-Tukey smoothing) and transformed back on the image's grid. With ``psf`` the shape
+    comes from the PSF (the log-intensity covariance ``Li2(|rho|^2)`` of PSF-correlated speckle)
+    and only the level (the noise variance) from the image's tiles.
+
+    Args:
+        image: 2D grey image in the domain the denoiser will see (for B-mode: the log-compressed
+            display image as given).
+        psf: optional point-spread function sampled on the image's pixel grid (rows = image rows),
+            complex baseband (I/Q) or a real envelope kernel; its shape sets the speckle's
+            correlation.
+        tile: tile side for the Welch average, pixels (>= 8; reduced for small images).
+        max_lag: largest autocovariance lag kept, pixels; default ``3 * tile // 8``.
+
+    Returns:
+        float64 array of ``image.shape``, >= 0, unshifted FFT order (zero frequency at ``[0, 0]``),
+        with ``mean(PSD) = estimated noise variance * image.size`` (a white noise of std ``s`` has
+        ``PSD = s**2 * image.size`` everywhere).
+
+    Raises:
+        ValueError: a non-2D image, a tile below 8, or an invalid psf.
+
+    Notes:
+        The homogeneous-tile selection keeps texture and edges out of the estimate; the variance it
+        measures is that of speckle in the flatter half of the image, which slightly underestimates
+        the speckle variance in bright, textured regions (the despecklers' ``sigma_scale`` absorbs it).
+    """
+    img = np.asarray(image, dtype=np.float64)
+    if img.ndim != 2:
+        raise ValueError(f"estimate_noise_psd: expected a 2D image, got shape {img.shape}")
+    if int(tile) != tile or tile < 8:
+        raise ValueError(f"estimate_noise_psd: tile must be an integer >= 8, got {tile}")
+    h, w = img.shape
+    tiles = _homogeneous_tiles(img, int(tile))
+    t = tiles.shape[1]
+    window = np.outer(np.hanning(t + 2)[1:-1], np.hanning(t + 2)[1:-1])
+    periodogram = np.mean(np.abs(np.fft.fft2(tiles * window)) ** 2, axis=0) / np.sum(window**2)
+    acov_tile = np.real(np.fft.ifft2(periodogram))  # circular lags on the tile grid
+    lag = 3 * t // 8 if max_lag is None else int(max_lag)
+    lag = int(max(1, min(lag, t // 2 - 1, (h - 1) // 2, (w - 1) // 2)))
+    # Removing each tile's mean and plane biases every lag by about the same negative amount
+    # (the autocovariance of a mean-free tile sums to zero); beyond the kept lags the noise is
+    # assumed uncorrelated, so their median measures that bias, which is taken out.
+    lags_t = np.abs(np.fft.fftfreq(t, 1.0 / t))
+    far = np.maximum.outer(lags_t, lags_t) > lag
+    if np.any(far):
+        acov_tile = acov_tile - min(float(np.median(acov_tile[far])), 0.0)
+    variance = float(max(acov_tile[0, 0], 0.0))
+    if variance <= 0:
+        return np.zeros((h, w))
+    if psf is not None:
+        cov = _psf_covariance(psf, (h, w)) * variance
+    else:
+        taper_1d = signal.windows.tukey(2 * lag + 1, alpha=0.5)
+        taper = np.outer(taper_1d, taper_1d)
+        offsets = np.arange(-lag, lag + 1)
+        local = acov_tile[np.ix_(offsets % t, offsets % t)] * taper
+        cov = np.zeros((h, w))
+        cov[np.ix_(offsets % h, offsets % w)] = local
+    psd = np.real(np.fft.fft2(cov))  # per-pixel variance density; its mean is cov[0, 0]
+    psd = np.maximum(psd, 1e-3 * variance)  # a PSD is >= 0; bm3d takes its square root
+    return psd * (variance / float(np.mean(psd))) * (h * w)
+
+
+def _homogeneous_variance(img: np.ndarray, tile: int = 32) -> float:
+    """Variance of the image inside its most homogeneous, unclipped tiles (see estimate_noise_psd)."""
+    tiles = _homogeneous_tiles(img, tile)
+    return float(np.mean(tiles.var(axis=(1, 2)) * tiles[0].size / max(tiles[0].size - 3, 1)))
+
+
+def _inverse_trigamma(value: float) -> float:
+    """``L`` with ``polygamma(1, L) = value`` (trigamma is decreasing; L clipped to [0.1, 1e4])."""
+    low, high = 0.1, 1e4
+    if value >= special.polygamma(1, low):
+        return low
+    if value <= special.polygamma(1, high):
+        return high
+    return float(optimize.brentq(lambda x: special.polygamma(1, x) - value, low, high, xtol=1e-6))
+
+
+def estimate_looks(log_intensity: np.ndarray, tile: int = 32) -> float:
+    """Number of looks ``L`` of speckle from a log-intensity image: ``var(log I) = psi1(L)``.
+
+    For L-look intensity speckle ``I = R * G``, ``G ~ Gamma(L, 1/L)``, the log-intensity has variance
+    ``psi1(L)`` (trigamma; ``pi^2 / 6`` for L = 1) whatever the reflectivity ``R``. The variance is
+    measured in the most homogeneous half of the image (plane-detrended tiles) and inverted.
+
+    Args:
+        log_intensity: 2D natural log of the intensity (or any image ``c * log I`` with ``c = 1``).
+        tile: tile side, pixels.
+
+    Returns:
+        Estimated looks in [0.1, 1e4] (large for an image with little speckle).
+
+    Raises:
+        ValueError: a non-2D image.
+    """
+    arr = np.asarray(log_intensity, dtype=np.float64)
+    if arr.ndim != 2:
+        raise ValueError(f"estimate_looks: expected a 2D image, got shape {arr.shape}")
+    return _inverse_trigamma(max(_homogeneous_variance(arr, tile), 1e-12))
+
+
+# --------------------------------------------------------------------------------------------------
+# BM3D
+# --------------------------------------------------------------------------------------------------
+def despeckle_bm3d(
+    image: np.ndarray,
+    sigma_scale: float = 1.5,
+    transform: str = "none",
+    profile: str = "np",
+    noise: str = "psd",
+    psf: np.ndarray | None = None,
+    *,
+    axis: int = 0,
+) -> np.ndarray:
+    """BM3D (``bm3d`` package) with a white or a coloured (correlated-speckle) noise model.
+
+    The slice is mapped to [0, 1]; ``transform="log"`` uses ``log(u + 1/255)`` (homomorphic: turns
+    multiplicative speckle into additive noise), ``"sqrt"`` uses ``2 sqrt(u + 3/8/255)`` (the
+    Anscombe-type VST for the ``u = v + sqrt(v) n`` model of log-compressed B-mode), ``"none"``
+    filters the image itself (log-compressed B-mode is already in the log domain).
+
+    ``noise="psd"`` hands BM3D the noise power spectrum of the transformed slice, estimated from the
+    slice itself by :func:`estimate_noise_psd` (or shaped by ``psf`` when the probe's PSF is known),
+    so that the speckle grain is treated as noise rather than as texture. ``noise="white"`` gives a
+    single standard deviation, the median local standard deviation (7x7 windows). Either level is
+    multiplied by ``sigma_scale``.
+
+    Args:
+        image: grey image (H, W) or volume, any finite range.
+        sigma_scale: factor on the estimated noise standard deviation (> 0); larger smooths more.
+        transform: "log", "sqrt" or "none".
+        profile: a ``bm3d`` profile name ("np", "refilter", "vn", "high") or "lc" for the
+            low-complexity profile (about 3x faster, slightly worse).
+        noise: "psd" (coloured noise, estimated spectrum) or "white".
+        psf: optional point-spread function on the pixel grid (rows = axial = the slice's rows),
+            complex I/Q or real; used with ``noise="psd"`` for the spectrum's shape.
+        axis: slicing axis of a 3D volume.
+
+    Returns:
+        float32 array, same shape as ``image``; a new array.
+
+    Raises:
+        ValueError: non-finite values, not 2D/3D, or invalid parameters.
+
+    Notes:
+        About 1-2 s per 256x256 slice with the "np" profile (0.4-0.7 s with "lc"); estimating the
+        spectrum adds about 20 ms. The coloured-noise path needs ``np.trapz``, which NumPy 2 removed;
+        it is aliased to ``np.trapezoid`` during the call only.
+
+    References:
+        Dabov, K., Foi, A., Katkovnik, V., Egiazarian, K. (2007). Image denoising by sparse 3-D
+        transform-domain collaborative filtering. IEEE TIP 16(8):2080-2095. DOI:10.1109/TIP.2007.901238.
+        Makinen, Y., Azzari, L., Foi, A. (2020). Collaborative filtering of correlated noise: exact
+        transform-domain variance for improved shrinkage and patch matching. IEEE TIP 29:8339-8354.
+        DOI:10.1109/TIP.2020.3014721
+    """
+    sigma_scale = _positive(sigma_scale, "sigma_scale", "bm3d")
+    if transform not in ("log", "sqrt", "none"):
+        raise ValueError(f"despeckle_bm3d: transform must be 'log', 'sqrt' or 'none', got {transform!r}")
+    if profile not in _PROFILES:
+        raise ValueError(
+            f"despeckle_bm3d: profile must be 'np', 'refilter', 'vn', 'high' or 'lc', got {profile!r}"
+        )
+    if noise not in ("psd", "white"):
+        raise ValueError(f"despeckle_bm3d: noise must be 'psd' or 'white', got {noise!r}")
+    if psf is not None:
+        _psf_covariance(psf, (8, 8))  # validate early, with a clear message
+    _import_bm3d()
+    eps = 1.0 / 255.0
+
+    def run(img: np.ndarray) -> np.ndarray:
+        u, low, span = _normalise(img)
+        if span == 0:
+            return img.copy()
+        if transform == "log":
+            z = np.log(u + eps)
+        elif transform == "sqrt":
+            z = 2.0 * np.sqrt(u + 0.375 * eps)
+        else:
+            z = u
+        if noise == "psd":
+            psd = estimate_noise_psd(z, psf=psf) * sigma_scale**2
+            sigma_psd: float | np.ndarray = psd if np.mean(psd) > 0 else 1e-6
+        else:
+            sigma_psd = max(_noise_std(z) * sigma_scale, 1e-6)
+        est = _bm3d_call(z, sigma_psd, profile)
+        if transform == "log":
+            est = np.exp(est) - eps
+        elif transform == "sqrt":
+            est = np.square(np.maximum(est, 0.0) / 2.0) - 0.375 * eps
+        return est * span + low
+
+    return _slicewise(run, image, axis, "bm3d")
+
+
+# --------------------------------------------------------------------------------------------------
+# MuLoG + BM3D
+# --------------------------------------------------------------------------------------------------
+def _is_multiplicative(u: np.ndarray) -> bool:
+    """Whether speckle in ``u`` (>= 0) looks multiplicative (local std grows with the local mean).
+
+    Amplitude images (photographs with speckle, linear envelopes) have local std proportional to
+    the local mean; log-compressed B-mode has a roughly constant local std. The slope of
+    ``log(median local std)`` against ``log(local mean)`` over ten mean bins decides (> 0.5).
+    """
+    mean = ndimage.uniform_filter(u, 7, mode="reflect")
+    var = np.maximum(ndimage.uniform_filter(u * u, 7, mode="reflect") - mean * mean, 0.0)
+    valid = mean > 0.02 * max(float(u.max()), 1e-12)
+    if np.count_nonzero(valid) < 100:
+        return False
+    m, s = mean[valid], np.sqrt(var[valid])
+    edges = np.quantile(m, np.linspace(0, 1, 11))
+    index = np.clip(np.searchsorted(edges, m, side="right") - 1, 0, 9)
+    bins = [(float(np.mean(m[index == k])), float(np.median(s[index == k]))) for k in range(10)]
+    pts = np.array([b for b in bins if b[0] > 0 and b[1] > 0])
+    if len(pts) < 3 or np.ptp(np.log(pts[:, 0])) < 0.3:
+        return False
+    slope = np.polyfit(np.log(pts[:, 0]), np.log(pts[:, 1]), 1)[0]
+    return bool(slope > 0.5)
+
+
+def _prox_fisher_tippett(
+    v: np.ndarray, intensity: np.ndarray, weight: float, sigma: float, n_newton: int
+) -> np.ndarray:
+    """``argmin_x 0.5 (x - v)^2 + weight (sigma x + I exp(-sigma x))``, pixel by pixel (Newton).
+
+    The objective is the Fisher-Tippett negative log-likelihood of L-look intensity ``I`` given the
+    normalised log-reflectivity ``x`` (``weight = lambda L / beta``). Newton starts left of the
+    minimiser (at ``min(v, log(I) / sigma)``, where the gradient is <= 0); the gradient is concave
+    and increasing, so the iterates increase monotonically to the minimiser without overshooting.
+    """
+    log_i = np.log(intensity) / sigma
+    x = np.minimum(v, log_i)
+    for _ in range(n_newton):
+        e = intensity * np.exp(-sigma * x)
+        grad = x - v + weight * sigma * (1.0 - e)
+        hess = 1.0 + weight * sigma * sigma * e
+        x = x - grad / hess
+    return x
+
+
+def despeckle_mulog(
+    image: np.ndarray,
+    looks: float | None = None,
+    n_iter: int = 6,
+    strength: float = 1.0,
+    domain: str = "auto",
+    dynamic_range_db: float = 50.0,
+    noise: str = "white",
+    profile: str = "lc",
+    *,
+    axis: int = 0,
+) -> np.ndarray:
+    """MuLoG + BM3D: plug-and-play ADMM in the log domain with the Fisher-Tippett likelihood.
+
+    Single-channel MuLoG (Deledalle et al. 2017). The log-intensity ``y = log I`` of L-look speckle
+    follows a Fisher-Tippett law around the log-reflectivity ``x``, with negative log-likelihood
+    ``L x + L I exp(-x)``. MuLoG normalises the log image by ``sigma = sqrt(psi1(L))`` (the speckle's
+    std in the log domain), starts from the debiased log ``log I + log L - psi(L)``, and runs ADMM
+    with ``beta = 1 + 2 / L``: the likelihood's proximal step (Newton, pixel-wise), then BM3D as the
+    Gaussian denoiser at noise std ``strength / sqrt(beta)`` (normalised units), then the dual update.
+    The estimate ``exp(sigma z)`` is the reflectivity (mean intensity).
+
+    Domains (our images are [0, 1] display units):
+
+    - ``"amplitude"``: the image is an amplitude (envelope) image, ``I = image**2``; suits
+      photographs with multiplicative speckle ``y = x sqrt(Gamma(L, 1/L))`` and linear envelopes.
+      The output is an amplitude, ``sqrt(R)``.
+    - ``"log"``: the image is log-compressed B-mode spanning ``dynamic_range_db`` decibels over its
+      min..max, so ``log I = u * dynamic_range_db * ln(10) / 10`` with ``u`` the slice mapped to
+      [0, 1]; the output is mapped back the same way. A wrong dynamic range is partly absorbed by
+      the estimated looks (the log-domain variance is matched).
+    - ``"auto"``: "amplitude" when the local standard deviation grows with the local mean
+      (multiplicative speckle), else "log".
+
+    Args:
+        image: grey image (H, W) or volume, >= 0 for the amplitude domain; any finite range in
+            the log domain.
+        looks: number of looks L (> 0; 1 = fully developed speckle); None estimates it per slice
+            from the log-intensity variance in homogeneous areas (:func:`estimate_looks`).
+        n_iter: ADMM iterations (>= 1); each calls BM3D once.
+        strength: factor on the denoiser's noise level (> 0); larger smooths more.
+        domain: "auto", "amplitude" or "log".
+        dynamic_range_db: displayed dynamic range assumed in the log domain, dB (> 0).
+        noise: the BM3D denoiser's noise model, "white" (the paper's) or "psd" (the spectrum of the
+            normalised log image, for spatially correlated speckle).
+        profile: ``bm3d`` profile of the denoiser ("lc" low-complexity, "np", "refilter", "vn",
+            "high").
+        axis: slicing axis of a 3D volume.
+
+    Returns:
+        float32 array, same shape as ``image``; a new array.
+
+    Raises:
+        ValueError: non-finite values, not 2D/3D, invalid parameters, or negative values in the
+            amplitude domain.
+
+    Notes:
+        ``n_iter`` BM3D calls per slice: with the defaults (6, "lc") about 3-5 s per 256x256 slice
+        on one core. MuLoG assumes uncorrelated speckle; on correlated B-mode speckle the estimated
+        looks are about 1 per pixel and the white-noise denoiser keeps some grain (``noise="psd"``
+        addresses that). Zero intensities are floored at 1e-6 of the slice's maximum intensity.
+
+    References:
+        Deledalle, C.-A., Denis, L., Tabti, S., Tupin, F. (2017). MuLoG, or how to apply Gaussian
+        denoisers to multi-channel SAR speckle reduction? IEEE TIP 26(9):4389-4403.
+        DOI:10.1109/TIP.2017.2713946. Chan, S. H., Wang, X., Elgendy, O. A. (2017). Plug-and-play
+        ADMM for image restoration. IEEE TCI 3(1):84-98. DOI:10.1109/TCI.2016.2629286
+    """
+    if looks is not None:
+        looks = _positive(looks, "looks", "mulog")
+    if int(n_iter) != n_iter or n_iter < 1:
+        raise ValueError(f"despeckle_mulog: n_iter must be an integer >= 1, got {n_iter}")
+    strength = _positive(strength, "strength", "mulog")
+    dynamic_range_db = _positive(dynamic_range_db, "dynamic_range_db", "mulog")
+    if domain not in ("auto", "amplitude", "log"):
+        raise ValueError(f"despeckle_mulog: domain must be 'auto', 'amplitude' or 'log', got {domain!r}")
+    if noise not in ("white", "psd"):
+        raise ValueError(f"despeckle_mulog: noise must be 'white' or 'psd', got {noise!r}")
+    if profile not in _PROFILES:
+        raise ValueError(
+            f"despeckle_mulog: profile must be 'np', 'refilter', 'vn', 'high' or 'lc', got {profile!r}"
+        )
+    _import_bm3d()
+    db_to_nepers = dynamic_range_db * np.log(10.0) / 10.0  # log I per unit of the [0, 1] display
+
+    def run(img: np.ndarray) -> np.ndarray:
+        if float(img.max()) == float(img.min()):
+            return img.copy()
+        mode = domain
+        if mode == "auto":
+            mode = "amplitude" if float(img.min()) >= 0 and _is_multiplicative(img) else "log"
+        if mode == "amplitude":
+            if float(img.min()) < 0:
+                raise ValueError(
+                    "despeckle_mulog: negative values in the amplitude domain; use domain='log' for "
+                    "log-compressed images"
+                )
+            scale = float(img.max())
+            intensity = np.maximum((img / scale) ** 2, 1e-6)
+            low = span = 0.0
+        else:
+            u, low, span = _normalise(img)
+            intensity = np.exp(u * db_to_nepers)
+            scale = 0.0
+        log_i = np.log(intensity)
+        n_looks = looks if looks is not None else estimate_looks(log_i)
+        sigma = float(np.sqrt(special.polygamma(1, n_looks)))
+        beta = 1.0 + 2.0 / n_looks
+        y = (log_i + np.log(n_looks) - special.digamma(n_looks)) / sigma  # debiased start
+        den_sigma = strength / np.sqrt(beta)
+        if noise == "psd":
+            shape = estimate_noise_psd(y)
+            level = float(np.mean(shape)) / y.size
+            psd = shape / level * den_sigma**2 if level > 0 else None
+        z, dual = y.copy(), np.zeros_like(y)
+        for _ in range(int(n_iter)):
+            x = _prox_fisher_tippett(z - dual, intensity, n_looks / beta, sigma, n_newton=10)
+            sigma_psd = psd if noise == "psd" and psd is not None else den_sigma
+            z = _bm3d_call(x + dual, sigma_psd, profile)
+            dual = dual + x - z
+        log_r = sigma * z
+        if mode == "amplitude":
+            return np.sqrt(np.exp(log_r)) * scale
+        return log_r / db_to_nepers * span + low
+
+    return _slicewise(run, image, axis, "mulog")
