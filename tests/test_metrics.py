@@ -145,9 +145,12 @@ def test_ratio_image_quality_known_answers(rng):
     # removing exactly the noise leaves a residual that is pure noise: M near 0
     ideal = metrics.ratio_image_quality(observed, clean, areas, seed=1)
     assert ideal.first_order < 0.15 and ideal.delta_h < 1.0
-    # the identity removes nothing: first-order term 0.5 by construction, no texture left to find
+    # the identity removes nothing: no speckle in the residual, an infinite first-order term (as in the paper)
     identity = metrics.ratio_image_quality(observed, observed, areas)
-    assert identity.first_order == pytest.approx(0.5) and identity.delta_h == pytest.approx(0.0)
+    assert identity.first_order == np.inf and identity.m == np.inf and identity.delta_h == pytest.approx(0.0)
+    # removing only half of the noise's variance: var(observed) / var(residual) = 2, r_enl = 1
+    half = metrics.ratio_image_quality(observed, clean + (observed - clean) / np.sqrt(2), areas, seed=1)
+    assert half.first_order == pytest.approx(0.5 * (1 / (1 - 1 / np.sqrt(2)) ** 2 - 1), rel=0.1)
     # a blur takes structure (the edge, the ripple) into the residual: the texture term grows
     blurred = ndimage.gaussian_filter(observed, 4)
     blur = metrics.ratio_image_quality(observed, blurred, areas, seed=1)
@@ -159,6 +162,23 @@ def test_ratio_image_quality_known_answers(rng):
     assert metrics.ratio_image_quality(observed, clean, areas, seed=1) == ideal  # seeded shuffles
     with pytest.raises(ValueError, match="homogeneous area"):
         metrics.ratio_image_quality(observed, clean, [])
+    with pytest.raises(ValueError, match="distance"):
+        metrics.ratio_image_quality(observed, clean, areas, distance=0)
+
+
+def test_ratio_image_quality_looks_past_the_speckle_grain(rng):
+    """Correlated speckle removed exactly: textured at a 1-pixel offset, white beyond the grain.
+
+    A Gaussian blur of sigma 1.5 gives an autocorrelation FWHM of about 5 pixels; 1.5 FWHM apart
+    the correlation is below 0.01.
+    """
+    clean = np.full((128, 128), 0.5)
+    speckle = ndimage.gaussian_filter(rng.normal(0.0, 1.0, clean.shape), 1.5)
+    observed = clean + 0.05 * speckle / speckle.std()
+    areas = [[0, 0, 128, 128]]
+    near = metrics.ratio_image_quality(observed, clean, areas, distance=1)
+    past = metrics.ratio_image_quality(observed, clean, areas, distance=(8, 8))
+    assert near.delta_h > 30 and past.delta_h < 5  # a few % is the sampling noise of 128x128 pixels
 
 
 def test_echogenicity_fidelity_forgives_monotonic_changes_not_erasure(rng):

@@ -363,12 +363,14 @@ class RatioImageQuality(NamedTuple):
     """The estimator M and its two terms (0 = a residual that is pure speckle; lower is better)."""
 
     m: float  #: ``first_order + delta_h``
-    first_order: float  #: mean over the homogeneous areas of ``(r_var + r_mu) / 2``, >= 0
+    first_order: float  #: mean over the homogeneous areas of ``(r_enl + r_mu) / 2``, >= 0
     delta_h: float  #: ``100 |h0 - mean(h_shuffled)| / h0``, percent
 
 
-def _glcm_homogeneity(values: np.ndarray, inside: np.ndarray, low: float, high: float, levels: int) -> float:
-    """Haralick homogeneity of the pixels inside a mask (horizontal and vertical neighbours, mean).
+def _glcm_homogeneity(
+    values: np.ndarray, inside: np.ndarray, low: float, high: float, levels: int, offsets: tuple[int, int]
+) -> float:
+    """Haralick homogeneity of the pixels inside a mask (vertical and horizontal neighbours, mean).
 
     Values inside are quantised to grey levels 1..levels over [low, high]; outside pixels get level 0,
     whose row and column are dropped from the co-occurrence matrix, so only pairs of two inside
@@ -382,9 +384,16 @@ def _glcm_homogeneity(values: np.ndarray, inside: np.ndarray, low: float, high: 
         quantised[inside] = 1 + np.minimum((scaled * levels).astype(np.int64), levels - 1)
     else:
         quantised[inside] = 1
+    vertical, horizontal = offsets
+    # graycomatrix gives every (distance, angle) pair: keep (vertical, pi/2) and (horizontal, 0).
     matrix = graycomatrix(
-        quantised, distances=[1], angles=[0.0, np.pi / 2], levels=levels + 1, symmetric=True
+        quantised,
+        distances=[vertical, horizontal],
+        angles=[0.0, np.pi / 2],
+        levels=levels + 1,
+        symmetric=True,
     )
+    matrix = np.stack([matrix[:, :, 1, 0], matrix[:, :, 0, 1]], axis=-1)[:, :, None, :]
     matrix = matrix[1:, 1:].astype(np.float64)  # graycoprops normalises each matrix to sum 1
     return float(np.mean(graycoprops(matrix, "homogeneity")))
 
@@ -395,6 +404,7 @@ def ratio_image_quality(
     homogeneous: Sequence[Box] | Sequence[np.ndarray],
     field: np.ndarray | None = None,
     *,
+    distance: int | tuple[int, int] = 1,
     levels: int = 16,
     shuffles: int = 10,
     seed: int = 0,
@@ -408,23 +418,28 @@ def ratio_image_quality(
 
     - first-order term, per homogeneous area ``i``: ``r_mu = |mean(r)| / std(observed)`` (the
       residual should have no mean, as the ratio should have mean 1) and
-      ``r_var = |var(observed) - var(r)| / var(observed)`` (the residual should carry all the
-      speckle: on log-compressed data the variance plays the part of the ENL, a decreasing function
-      of it); ``first_order = mean_i (r_var + r_mu) / 2`` (the paper sums over the areas; the mean
-      keeps scans with different numbers of areas comparable);
+      ``r_enl = |var(observed) / var(r) - 1|`` (the residual should carry all the speckle: on
+      log-compressed data the ENL is a decreasing function of the variance, so the paper's
+      ``|ENL(observed) - ENL(ratio)| / ENL(observed)`` becomes this ratio of variances);
+      ``first_order = mean_i (r_enl + r_mu) / 2`` (the paper sums over the areas; the mean keeps
+      scans with different numbers of areas comparable);
     - second-order term: ``delta_h = 100 |h0 - h_g| / h0`` with ``h0`` the Haralick homogeneity of
       the residual inside the field (``skimage.feature.graycomatrix``/``graycoprops``, ``levels``
-      grey levels over the residual's 1-99 percentile range, neighbours at distance 1 horizontally
-      and vertically) and ``h_g`` its mean over ``shuffles`` random permutations of the residual's
-      field pixels: structure left in the residual makes it differ from its shuffled versions;
+      grey levels over the residual's 1-99 percentile range, neighbours ``distance`` pixels apart
+      vertically and horizontally) and ``h_g`` its mean over ``shuffles`` random permutations of
+      the residual's field pixels: structure left in the residual makes it differ from its shuffled
+      versions. Ultrasound speckle is correlated over its grain (SAR speckle is nearly white), so
+      give ``distance`` about 1.5 times the grain's autocorrelation FWHM: pure speckle is then
+      uncorrelated at that offset;
     - ``M = first_order + delta_h``; 0 for an ideal despeckler. The identity (``despeckled =
-      observed``) scores ``first_order = 0.5`` (no speckle removed) and ``delta_h = 0``.
+      observed``) leaves no residual: ``r_enl`` and M are infinite, as in the paper.
 
     Args:
         observed: speckled input image (H, W), display domain (e.g. [0, 1]).
         despeckled: the method's output, same shape.
         homogeneous: homogeneous areas, as half-open boxes ``[r0, c0, r1, c1]`` or boolean masks.
         field: optional valid-pixel mask; areas and the texture term are restricted to it.
+        distance: co-occurrence offset in pixels, one value or (vertical, horizontal), >= 1.
         levels: grey levels of the co-occurrence matrix (>= 2).
         shuffles: number of shuffled residuals (>= 1).
         seed: seed of the shuffles.
@@ -458,19 +473,23 @@ def ratio_image_quality(
         if z.var() == 0:
             raise ValueError("ratio_image_quality: a homogeneous area of the observed image is constant")
         r_mu = abs(r.mean()) / np.sqrt(z.var())
-        r_var = abs(z.var() - r.var()) / z.var()
-        terms.append(0.5 * (r_var + r_mu))
+        r_enl = float("inf") if r.var() == 0 else abs(z.var() / r.var() - 1.0)
+        terms.append(0.5 * (r_enl + r_mu))
     values = residual[inside]
     if values.size < 2:
         raise ValueError("ratio_image_quality: the field has fewer than 2 pixels")
+    offsets = (distance, distance) if np.isscalar(distance) else tuple(distance)  # type: ignore[arg-type]
+    if len(offsets) != 2 or any(int(d) != d or d < 1 for d in offsets):
+        raise ValueError(f"ratio_image_quality: distance must be integers >= 1, got {distance}")
     low, high = (float(v) for v in np.percentile(values, [1.0, 99.0]))
-    h0 = _glcm_homogeneity(residual, inside, low, high, int(levels))
+    offsets = (int(offsets[0]), int(offsets[1]))
+    h0 = _glcm_homogeneity(residual, inside, low, high, int(levels), offsets)
     rng = np.random.default_rng(int(seed))
     shuffled = residual.copy()
     h_shuffled = []
     for _ in range(int(shuffles)):
         shuffled[inside] = rng.permutation(values)
-        h_shuffled.append(_glcm_homogeneity(shuffled, inside, low, high, int(levels)))
+        h_shuffled.append(_glcm_homogeneity(shuffled, inside, low, high, int(levels), offsets))
     delta_h = 100.0 * abs(h0 - float(np.mean(h_shuffled))) / h0
     first_order = float(np.mean(terms))
     return RatioImageQuality(first_order + delta_h, first_order, float(delta_h))
