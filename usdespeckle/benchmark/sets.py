@@ -418,6 +418,13 @@ def _load_real(data_dir: Path | None, limit: int | None, seed: int, size: int) -
             Case(Path(entry["image"]).stem, image, None, field=field_mask, regions=regions, grain_px=grain)
         )
     sources = sorted({str(e.get("source", "?")) for e in entries})
+    grains = [c.grain_px for c in cases if c.grain_px is not None]
+    if grains:
+        axial, lateral = np.median(np.asarray(grains), axis=0)
+        sigmas = ", ".join(f"{c.sigma:.1f}" for c in cases)
+        measured = f"speckle grain (median) {axial:.1f} x {lateral:.1f} px axial x lateral; fidelity sigma {sigmas} px"
+    else:
+        measured = f"no homogeneous box to measure the grain: fidelity sigma {DEFAULT_SIGMA:g} px"
     notes = [
         f"held-out real frames: 'test' split of {Path(data_dir) / REAL_DATALIST} ({len(entries)} frames from "
         f"{', '.join(sources)}); {len(cases)} taken in turn from each scan, evenly spaced; native resolution",
@@ -427,6 +434,7 @@ def _load_real(data_dir: Path | None, limit: int | None, seed: int, size: int) -
         "of the stored dark box against the bright box, ENL mean over the homogeneous boxes; M = ratio-image "
         "estimator on the residual input - output (0 = pure speckle removed; infinite for the input itself), "
         f"its co-occurrences {GLCM_PER_GRAIN:g} grains apart",
+        measured,
     ]
     return LoadedSet(cases, notes)
 
