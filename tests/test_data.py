@@ -23,7 +23,9 @@ from usdespeckle.data import (
 )
 from usdespeckle.speckle import rayleigh_speckle
 
-SMALL = PrepareSettings(seed=3, size=64, mri_step=8, mri_views=2, natural_crops=2, simulator_count=12)
+SMALL = PrepareSettings(
+    seed=3, size=64, mri_step=8, mri_views=2, natural_crops=2, simulator_count=12, real_bmode=False
+)
 DATALISTS = (
     "datalist_mri.json",
     "datalist_natural.json",
@@ -156,7 +158,9 @@ def test_existing_dataset_same_is_kept_different_is_refused(dataset, tmp_path):
     (foreign / "notes.txt").write_text("keep me")
     with pytest.raises(DatasetExistsError):
         prepare_dataset(foreign, other, bmode_maker=cheap_bmode, progress=False)
-    tiny = PrepareSettings(seed=0, size=32, mri_step=40, mri_views=1, natural_crops=1, simulator_count=0)
+    tiny = PrepareSettings(
+        seed=0, size=32, mri_step=40, mri_views=1, natural_crops=1, simulator_count=0, real_bmode=False
+    )
     _, written = prepare_dataset(foreign, tiny, force=True, progress=False)
     assert written and (foreign / "notes.txt").read_text() == "keep me"
 
@@ -189,6 +193,7 @@ def test_cli_with_the_physics_simulator(tmp_path, capsys):
     pytest.importorskip("usdespeckle.simulate", reason="the simulate module is not merged yet")
     out = tmp_path / "cli"
     argv = ["prepare-data", str(out), "--size", "64", "--seed", "1", "--mri-step", "30", "--mri-views", "1"]
+    argv += ["--no-real-bmode"]
     argv += ["--natural-crops", "1", "--simulator-count", "6", "--quiet"]
     assert cli.main(argv) == 0
     simulator = _load(out, "datalist_simulator.json")

@@ -250,13 +250,13 @@ def make_generator_bundle(root: Path, test_time_flips: int) -> tuple[Path, torch
     return root, generator
 
 
-def test_passes_choose_how_many_mirrorings_are_averaged(tmp_path, rng):
+def test_passes_average_mirrorings_like_the_generator_self_ensemble(tmp_path, rng):
     from usdespeckle.networks import Pix2PixUNetGenerator
 
-    root, generator = make_generator_bundle(tmp_path / "b", test_time_flips=4)
-    assert load_denoiser(root).passes == 4  # all that the model was exported with
-    batch = rng.uniform(size=(2, 1, 32, 48)).astype(np.float32)
-    for passes in (1, 2, 4):
+    root, generator = make_generator_bundle(tmp_path / "b", test_time_flips=1)
+    assert load_denoiser(root).passes == 1  # the default: one pass
+    batch = rng.uniform(size=(2, 1, 32, 48)).astype(np.float32)  # not square: transposes must round-trip
+    for passes in (1, 2, 4, 8):
         reference = Pix2PixUNetGenerator(ngf=4, num_downs=4, norm="INSTANCE", test_time_flips=passes).eval()
         reference.load_state_dict(generator.state_dict())
         with torch.no_grad():
@@ -264,22 +264,66 @@ def test_passes_choose_how_many_mirrorings_are_averaged(tmp_path, rng):
         denoiser = load_denoiser(root, passes=passes)
         assert denoiser.passes == passes
         np.testing.assert_allclose(denoiser(batch), expected, atol=1e-5)
-    # one cached model per setting: trimming one does not change another
-    assert load_denoiser(root, passes=1) is not load_denoiser(root)
-    assert len(load_denoiser(root).model.mirrorings) == 4
     image = rng.uniform(0, 100, size=(3, 20, 30))
     one = despeckle_array(image, bundle_root=root, passes=1)
-    assert np.abs(one - despeckle_array(image, bundle_root=root)).max() > 1e-3
+    assert np.abs(one - despeckle_array(image, bundle_root=root, passes=8)).max() > 1e-3
 
 
-def test_bad_passes_are_clear_errors(tmp_path, bundle):
-    root, _ = make_generator_bundle(tmp_path / "b", test_time_flips=2)
-    with pytest.raises(ValueError, match="averages 2"):
-        load_denoiser(root, passes=4)
+def test_an_export_with_a_built_in_ensemble_runs_one_pass_per_mirroring(tmp_path, rng):
+    root, generator = make_generator_bundle(tmp_path / "b", test_time_flips=4)
+    batch = rng.uniform(size=(1, 1, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        generator.mirrorings = generator.mirrorings[:1]
+        expected = generator(torch.from_numpy(batch)).clamp(0, 1).numpy()
+    np.testing.assert_allclose(load_denoiser(root, passes=1)(batch), expected, atol=1e-5)
+
+
+def test_passes_work_with_onnx_and_bad_values_are_clear_errors(bundle, rng):
+    batch = rng.uniform(size=(1, 1, 32, 32)).astype(np.float32)
+    np.testing.assert_allclose(
+        load_denoiser(bundle, backend="onnx", passes=8)(batch),
+        load_denoiser(bundle, passes=8)(batch),
+        atol=1e-5,
+    )
     with pytest.raises(ValueError, match="1, 2, 4, 8"):
-        load_denoiser(root, passes=3)
-    with pytest.raises(ValueError, match="torch backend"):
-        load_denoiser(bundle, backend="onnx", passes=1)
-    assert load_denoiser(bundle, passes=1).passes == 1  # a model without mirrorings is one pass
-    with pytest.raises(ValueError, match="averages 1"):
-        load_denoiser(bundle, passes=2)
+        load_denoiser(bundle, passes=3)
+
+
+class ShiftDenoiser(torch.nn.Module):
+    """Not mirror-symmetric: shifts the image one pixel down, so mirrored passes disagree."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.roll(x, 1, dims=2)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_uncertainty_is_zero_for_a_mirror_symmetric_model(bundle, rng, backend):
+    volume = rng.uniform(10, 90, size=(3, 24, 40))
+    output, spread = despeckle_array(volume, bundle_root=bundle, backend=backend, return_uncertainty=True)
+    np.testing.assert_allclose(
+        output, despeckle_array(volume, bundle_root=bundle, backend=backend), atol=1e-5
+    )
+    assert spread.shape == volume.shape and spread.dtype == np.float32
+    assert float(spread.max()) < 1e-4  # x**2 pixel by pixel: every mirroring gives the same answer
+
+
+def test_uncertainty_shows_where_mirrored_passes_disagree(tmp_path, rng):
+    root = tmp_path / "shift"
+    (root / "models").mkdir(parents=True)
+    (root / "configs").mkdir()
+    torch.jit.script(ShiftDenoiser()).save(str(root / "models" / "model.ts"))
+    write_metadata(root, ["models/model.ts"])
+    image = np.zeros((32, 32))
+    image[:, 16:] = 100.0  # an edge along the rows: the shift moves it only in transposed passes
+    image[10:20, :] = 50.0
+    output, spread = despeckle_array(image, bundle_root=root, return_uncertainty=True, strength=0.5)
+    assert spread.max() > 5.0  # mirrorings disagree at the horizontal edges, in input units
+    assert spread[25:, 2:14].max() < 1e-4  # flat areas agree
+    sitk_image = sitk.GetImageFromArray(image.astype(np.float32))
+    sitk_image.SetSpacing((0.3, 0.2))
+    sitk_image.SetOrigin((5.0, -2.0))
+    despeckled, spread_image = despeckle_image(sitk_image, bundle_root=root, return_uncertainty=True)
+    assert spread_image.GetSpacing() == (0.3, 0.2) and spread_image.GetOrigin() == (5.0, -2.0)
+    assert despeckled.GetSize() == spread_image.GetSize() == sitk_image.GetSize()
+    with pytest.raises(ValueError, match="needs the denoiser"):
+        despeckle_array(image, "median", return_uncertainty=True)

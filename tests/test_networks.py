@@ -177,3 +177,24 @@ def test_patchgan_is_70x70() -> None:
     height = int(touched[:, 0].max() - touched[:, 0].min()) + 1
     width = int(touched[:, 1].max() - touched[:, 1].min()) + 1
     assert (height, width) == (70, 70)
+
+
+def test_resize_upsampling_has_no_transposed_convolution_and_no_checkerboard() -> None:
+    torch.manual_seed(0)
+    resize = Pix2PixUNetGenerator(ngf=4, num_downs=4, norm="INSTANCE", upsample="resize").eval()
+    deconv = Pix2PixUNetGenerator(ngf=4, num_downs=4, norm="INSTANCE", upsample="deconv").eval()
+    assert not any(isinstance(m, nn.ConvTranspose2d) for m in resize.modules())
+    assert sum(isinstance(m, nn.ConvTranspose2d) for m in deconv.modules()) == 4
+    rows, cols = torch.meshgrid(torch.linspace(0, 1, 64), torch.linspace(0, 1, 64), indexing="ij")
+    x = (0.2 + 0.6 * rows * cols)[None, None]  # a smooth input: any period-2 pattern comes from the network
+
+    def period_two_power(net: nn.Module) -> float:
+        with torch.no_grad():
+            y = net(x)[0, 0]
+        spectrum = torch.fft.fft2(y - y.mean()).abs() ** 2
+        return float(spectrum[32, :].sum() + spectrum[:, 32].sum()) / float(spectrum.sum() + 1e-12)
+
+    # with random weights a transposed convolution already paints a checkerboard on a flat image
+    assert period_two_power(deconv) > 10 * period_two_power(resize)
+    with pytest.raises(ValueError, match="upsample"):
+        Pix2PixUNetGenerator(ngf=4, num_downs=4, upsample="bilinear-ish")

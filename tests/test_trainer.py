@@ -93,7 +93,28 @@ def test_training_reduces_l1() -> None:
     assert sum(l1[-4:]) / 4 < 0.75 * sum(l1[:4]) / 4  # about 0.63 seen with these seeds
 
 
-@pytest.mark.parametrize("kwargs", [{"gan_mode": "hinge"}, {"lambda_l1": -1.0}])
+def test_adversarial_weight_scales_the_adversarial_term() -> None:
+    trainer = _trainer(_pairs(2), lambda_adv=0.25)
+    trainer.run()
+    out = trainer.state.output
+    assert out["g_loss"] == pytest.approx(0.25 * out["g_adv"] + 100.0 * out["l1"], rel=1e-5)
+
+
+def test_zero_adversarial_weight_trains_on_l1_alone_without_the_discriminator() -> None:
+    trainer = _trainer(_pairs(4), max_epochs=3, lambda_adv=0.0)
+    before = [p.detach().clone() for p in trainer.d_network.parameters()]
+    calls = []
+    trainer.d_network.register_forward_hook(lambda *a: calls.append(1))
+    trainer.run()
+    out = trainer.state.output
+    assert not calls  # never run
+    for old, new in zip(before, trainer.d_network.parameters(), strict=True):
+        torch.testing.assert_close(old, new)  # never updated
+    assert out["g_loss"] == pytest.approx(100.0 * out["l1"], rel=1e-5)
+    assert out["g_adv"] == out["d_loss"] == 0.0
+
+
+@pytest.mark.parametrize("kwargs", [{"gan_mode": "hinge"}, {"lambda_l1": -1.0}, {"lambda_adv": -0.5}])
 def test_bad_settings_raise(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         _trainer(_pairs(2), **kwargs)

@@ -146,3 +146,37 @@ def echogenicity_pairs(dataset_dir: str | Path, datalist: str, split: str) -> li
     return [
         {**{k: v for k, v in d.items() if k != "echogenicity"}, "label": d["echogenicity"]} for d in entries
     ]
+
+
+def key_items(
+    dataset_dir: str | Path, datalist: str, split: str, source_key: str, target_key: str, repeats: int = 1
+) -> list[dict]:
+    """One datalist key's files as ``{target_key: absolute path}`` items, repeated ``repeats`` times.
+
+    Datasets whose items carry other keys (masks, regions, sources) cannot be concatenated and
+    batched with others; this keeps only the file a training config reads. Repeating a small list
+    (the real B-mode frames, say) weights it in a concatenation; random crops make the repeats differ.
+
+    Args:
+        dataset_dir: folder holding the datalist; paths in it are relative to this folder.
+        datalist: file name of the datalist, e.g. ``datalist_real_bmode.json``.
+        split: ``training``, ``validation`` or ``test``.
+        source_key: the key to read in each entry (``image``, ``label``, ``echogenicity``).
+        target_key: the key it gets in the returned items.
+        repeats: how many times the list is repeated (>= 1).
+
+    Returns:
+        ``repeats * len(entries)`` items, each ``{target_key: path}``.
+
+    Raises:
+        ValueError: repeats < 1, or an entry lacks ``source_key``.
+    """
+    import json
+
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1; got {repeats}.")
+    entries = json.loads((Path(dataset_dir) / datalist).read_text()).get(split, [])
+    missing = [e for e in entries if source_key not in e]
+    if missing:
+        raise ValueError(f"{datalist} {split}: {len(missing)} entries have no {source_key!r} key.")
+    return [{target_key: str(Path(dataset_dir) / e[source_key])} for e in entries] * int(repeats)

@@ -84,13 +84,14 @@ NATURAL_TEST = ("skimage:camera", "skimage:coins", "skimage:moon", "skimage:chel
 NATURAL_VALIDATION = ("skimage:astronaut", "skimage:gravel", "skimage:page")
 
 SIMULATOR_CONTRAST_DB = (20.0, 40.0)  # range of the decibel span given to an echogenicity map's grey levels
-_FORMAT = 2  # bump when the layout or the generation changes in a way that makes old data different
-_OWNED = ("mri", "mri_extra", "natural", "bmode", "echogenicity")
+_FORMAT = 3  # bump when the layout or the generation changes in a way that makes old data different
+_OWNED = ("mri", "mri_extra", "natural", "bmode", "echogenicity", "real_bmode")
 _DATALISTS = (
     "datalist_mri.json",
     "datalist_natural.json",
     "datalist_simulator.json",
     "datalist_mri_extra_test.json",
+    "datalist_real_bmode.json",
 )
 
 
@@ -109,6 +110,8 @@ class PrepareSettings:
         mri_views: images per kept MRI slice: the whole slice, then random zoomed crops (>= 1).
         natural_crops: crops per natural source photograph (>= 1).
         simulator_count: simulator B-mode images in all (split 80/10/10, thirds MRI/natural/shapes).
+        real_bmode: add the real B-mode frames of pydicom-data's clinical scans
+            (``datalist_real_bmode.json``; see :mod:`usdespeckle.real_bmode`).
     """
 
     seed: int = 0
@@ -117,6 +120,7 @@ class PrepareSettings:
     mri_views: int = 4
     natural_crops: int = 80
     simulator_count: int = 1500
+    real_bmode: bool = True
 
     def validate(self) -> None:
         """Raise ValueError naming the setting that is out of range."""
@@ -592,6 +596,13 @@ def prepare_dataset(
         rel = save(f"bmode/{stem}.png", bmode)
         datalists["simulator"][split].append({"image": rel, "echogenicity": echo_rel, "source": source})
 
+    # real B-mode from pydicom-data's clinical scans (usdespeckle.real_bmode) -----------------------
+    real_scans: list[dict] = []
+    if settings.real_bmode:
+        from usdespeckle.real_bmode import real_bmode_items
+
+        datalists["real_bmode"], real_scans = real_bmode_items(save, progress=progress)
+
     # datalists and manifest (written last: a folder without a manifest is an unfinished run) ---
     for name, content in datalists.items():
         (out / f"datalist_{name}.json").write_text(json.dumps(content, indent=1) + "\n")
@@ -605,6 +616,7 @@ def prepare_dataset(
             "simulator": "echogenicity maps from MRI slices, natural crops and skimage.draw.random_shapes; "
             f"amplitude 10**((g-1)*C/20), C ~ U{SIMULATOR_CONTRAST_DB} dB",
             "mri_split": f"slabs per orientation, {MRI_SLAB_GAP}-slice gaps between splits",
+            "real_bmode": real_scans,
         },
         "counts": {
             name: {s: len(items) for s, items in content.items()} for name, content in datalists.items()

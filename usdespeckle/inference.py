@@ -12,9 +12,11 @@ inferer needs the whole volume as one tensor and has no progress callback or can
 The denoiser is a 2D generator mapping ``(B, 1, H, W)`` float32 in [0, 1] to the same; H and W must
 be multiples of the divisor named in the bundle's ``metadata.json``
 (``network_data_format.inputs.image.spatial_shape``, e.g. ``["256*n", "256*n"]``). Slices are padded
-by reflection up to the next multiple and cropped back. The exported denoiser averages its output over
-mirrorings of each slice (flips, transposes; 8 in the shipped bundle); ``passes`` runs fewer of them
-with the TorchScript model, for speed.
+by reflection up to the next multiple and cropped back. The exported denoiser is one network pass;
+``passes`` > 1 averages it over that many mirrorings of each slice (flips, then transposes:
+:data:`MIRRORINGS`), each undone on its output (a self-ensemble), with either backend. The spread
+of the 8 mirrorings' outputs (``return_uncertainty``) shows where the network invents texture: there
+the mirrorings disagree.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from usdespeckle.bundle_utils import verify_checksums
 __all__ = [
     "CLASSICAL_METHODS",
     "METHODS",
+    "MIRRORINGS",
     "Denoiser",
     "DespeckleCancelled",
     "default_bundle_root",
@@ -54,8 +57,13 @@ METHODS = ("denoiser", *CLASSICAL_METHODS)
 PERCENTILES = (0.5, 99.5)
 #: Smallest in-plane side of a slice, pixels.
 MIN_SLICE_SIZE = 8
-#: Valid numbers of mirrorings averaged per slice (``passes``): the generator's ``test_time_flips``.
+#: Valid numbers of mirrorings averaged per slice (``passes``): the first n of :data:`MIRRORINGS`.
 PASSES = (1, 2, 4, 8)
+#: The 8 mirrorings of a slice, as (transpose the last two axes first?, axes to flip): identity,
+#: left-right, up-down, both, then the same four of the transposed slice (the generator's order).
+MIRRORINGS: tuple[tuple[bool, tuple[int, ...]], ...] = tuple(
+    (transpose, flips) for transpose in (False, True) for flips in ((), (-1,), (-2,), (-2, -1))
+)
 #: Model files inside the bundle, per backend.
 MODEL_FILES = {"torch": "models/model.ts", "onnx": "models/model.onnx"}
 #: Largest number of values used to estimate the percentiles (a strided sample beyond that).
@@ -107,8 +115,8 @@ class Denoiser:
         backend: ``"torch"`` (TorchScript) or ``"onnx"`` (ONNX Runtime).
         device: ``"cpu"`` or ``"cuda"``.
         divisor: H and W must be multiples of this, pixels.
-        model: the ``torch.jit.ScriptModule`` or ``onnxruntime.InferenceSession``.
-        passes: mirrorings of each slice averaged per call (``None``: as exported, unknown for ONNX).
+        model: the ``torch.jit.ScriptModule`` or ``onnxruntime.InferenceSession`` (one pass).
+        passes: mirrorings of each slice averaged per call, one of :data:`PASSES`.
     """
 
     path: Path
@@ -116,17 +124,41 @@ class Denoiser:
     device: str
     divisor: int
     model: Any = field(repr=False)
-    passes: int | None = None
+    passes: int = 1
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """Run the model.
+        """Run the model, averaged over ``passes`` mirrorings.
 
         Args:
             batch: float32 ``(B, 1, H, W)`` in [0, 1].
 
         Returns:
-            float32 ``(B, 1, H, W)`` clipped to [0, 1].
+            float32 ``(B, 1, H, W)`` in [0, 1].
         """
+        outputs = self.mirrored(batch, self.passes)
+        return outputs[0] if len(outputs) == 1 else np.mean(outputs, axis=0, dtype=np.float32)
+
+    def mirrored(self, batch: np.ndarray, passes: int) -> list[np.ndarray]:
+        """The model's outputs for the first ``passes`` mirrorings of the batch, each undone.
+
+        Args:
+            batch: float32 ``(B, 1, H, W)`` in [0, 1]; H and W multiples of ``divisor``.
+            passes: one of :data:`PASSES`.
+
+        Returns:
+            ``passes`` float32 arrays ``(B, 1, H, W)`` in [0, 1], aligned with the input.
+        """
+        outputs = []
+        for transpose, flips in MIRRORINGS[:passes]:
+            mirrored = batch.swapaxes(-2, -1) if transpose else batch
+            mirrored = np.flip(mirrored, flips) if flips else mirrored
+            out = self._run(mirrored)
+            out = np.flip(out, flips) if flips else out
+            outputs.append(np.ascontiguousarray(out.swapaxes(-2, -1) if transpose else out))
+        return outputs
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        """One network pass: float32 ``(B, 1, H, W)`` in [0, 1] in, clipped to [0, 1] out."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         if self.backend == "onnx":
             inp = self.model.get_inputs()[0]
@@ -164,10 +196,8 @@ def load_denoiser(
         backend: ``"torch"`` for ``models/model.ts`` (TorchScript) or ``"onnx"`` for
             ``models/model.onnx`` (ONNX Runtime).
         device: ``"cpu"`` or ``"cuda"``.
-        passes: mirrorings of each slice to average, one of :data:`PASSES`, at most as many as the
-            exported model has (8 in the shipped bundle); ``None`` keeps them all. Fewer is faster
-            (time grows with passes) and a little less accurate. TorchScript only: the ONNX graph
-            is fixed at export.
+        passes: mirrorings of each slice to average, one of :data:`PASSES`; ``None`` is 1, the
+            shipped model's setting. Time grows with passes.
 
     Returns:
         A callable :class:`Denoiser`.
@@ -177,17 +207,13 @@ def load_denoiser(
             get the weights).
         ValueError: for an unknown backend or device, an unavailable CUDA, a sha256 that does not
             match the metadata (or is not listed there), unusable metadata, or ``passes`` that is
-            not in :data:`PASSES`, exceeds the model's, or is given with the ONNX backend.
+            not in :data:`PASSES`.
     """
     if backend not in MODEL_FILES:
         raise ValueError(f"backend {backend!r} is not one of {sorted(MODEL_FILES)}")
     if passes is not None and passes not in PASSES:
         raise ValueError(f"passes must be one of {', '.join(map(str, PASSES))} (got {passes!r})")
-    if passes is not None and backend == "onnx":
-        raise ValueError(
-            "passes needs the torch backend: the ONNX model averages the mirrorings it was exported "
-            "with. Use backend 'torch', or leave passes unset."
-        )
+    passes = 1 if passes is None else passes
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device {device!r} is not 'cpu' or 'cuda'")
     root = Path(bundle_root) if bundle_root is not None else default_bundle_root()
@@ -238,16 +264,8 @@ def load_denoiser(
             with warnings.catch_warnings():  # TorchScript is what MONAI's ckpt_export writes
                 warnings.simplefilter("ignore", DeprecationWarning)
                 model = torch.jit.load(str(path), map_location=device).eval()
-            exported = len(model.mirrorings) if hasattr(model, "mirrorings") else 1
-            if passes is not None:
-                if passes > exported:
-                    raise ValueError(
-                        f"passes={passes} but {path} averages {exported} mirroring(s); choose at most "
-                        f"{exported}, or re-export the bundle (training/export_bundle.py)"
-                    )
-                if passes < exported:
-                    model.mirrorings = model.mirrorings[:passes]  # the first n are the n-pass setting
-            passes = passes if passes is not None else exported
+            if len(getattr(model, "mirrorings", ())) > 1:  # an export with a built-in self-ensemble
+                model.mirrorings = model.mirrorings[:1]  # one pass; this library mirrors
         denoiser = Denoiser(
             path=path, backend=backend, device=device, divisor=divisor, model=model, passes=passes
         )
@@ -327,7 +345,8 @@ def despeckle_array(
     progress: Progress | None = None,
     cancel: Cancel | None = None,
     passes: int | None = None,
-) -> np.ndarray:
+    return_uncertainty: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Despeckle a 2D image or a 3D volume slice by slice.
 
     Intensities are mapped to [0, 1] by a robust min-max of the whole array (0.5 and 99.5
@@ -349,11 +368,15 @@ def despeckle_array(
             process parts of a volume with one mapping).
         progress: called as ``progress(done, total)`` in slices, after each batch.
         cancel: a callable returning True, or a ``threading.Event`` that is set, to stop.
-        passes: denoiser only: mirrorings of each slice averaged (1, 2, 4 or 8; ``None``: all the
-            exported model has, 8 shipped). 1 is about 8x faster than 8. See :func:`load_denoiser`.
+        passes: denoiser only: mirrorings of each slice averaged (1, 2, 4 or 8; ``None``: 1, the
+            shipped setting). Time grows with passes. See :func:`load_denoiser`.
+        return_uncertainty: denoiser only: also return the per-pixel spread (standard deviation)
+            of the outputs of all 8 mirrorings, in the input's intensity units (times ``strength``).
+            It costs 8 passes whatever ``passes`` is; the despeckled output is unchanged.
 
     Returns:
-        float32 array of the input's shape.
+        float32 array of the input's shape; with ``return_uncertainty``, ``(output, spread)``, two
+        float32 arrays of the input's shape.
 
     Raises:
         ValueError: bad shape, axis, strength, batch size, method, non-finite values, slices
@@ -374,6 +397,10 @@ def despeckle_array(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if method not in METHODS:
         raise ValueError(f"method {method!r} is not one of {', '.join(METHODS)}")
+    if return_uncertainty and method != "denoiser":
+        raise ValueError(
+            f"return_uncertainty needs the denoiser (the spread of its mirrored passes); {method!r} has none"
+        )
     if array.size == 0:
         raise ValueError(f"array is empty (shape {array.shape})")
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
@@ -388,11 +415,15 @@ def despeckle_array(
         )
     output = np.empty(array.shape, dtype=np.float32)
     out_view = output[np.newaxis] if array.ndim == 2 else np.moveaxis(output, axis, 0)
+    spread = np.zeros(array.shape, dtype=np.float32) if return_uncertainty else None
+    spread_view = None
+    if spread is not None:
+        spread_view = spread[np.newaxis] if array.ndim == 2 else np.moveaxis(spread, axis, 0)
     if strength == 0.0:  # nothing to blend in: the input values, exactly
         out_view[...] = volume
         if progress is not None:
             progress(n, n)
-        return output
+        return (output, spread) if spread is not None else output
 
     if method == "denoiser":
         denoiser = load_denoiser(bundle_root, backend=backend, device=device, passes=passes)
@@ -415,7 +446,13 @@ def despeckle_array(
         mapped = np.clip((src - np.float32(lo)) / np.float32(scale), 0.0, 1.0)
         if method == "denoiser":
             padded, (rows, cols) = pad_to_multiple(mapped, denoiser.divisor)
-            result = denoiser(padded[:, np.newaxis])[:, 0, rows, cols]
+            if spread_view is None:
+                result = denoiser(padded[:, np.newaxis])[:, 0, rows, cols]
+            else:
+                passes_out = np.stack(denoiser.mirrored(padded[:, np.newaxis], len(MIRRORINGS)))
+                passes_out = passes_out[:, :, 0, rows, cols]
+                result = passes_out[: denoiser.passes].mean(axis=0, dtype=np.float32)
+                spread_view[start:stop] = passes_out.std(axis=0) * np.float32(scale * strength)
         else:
             result = np.stack([np.asarray(despeckle_slice(s), dtype=np.float32) for s in mapped])
         result = result * np.float32(scale) + np.float32(lo)
@@ -424,10 +461,12 @@ def despeckle_array(
         out_view[start:stop] = result
         if progress is not None:
             progress(stop, n)
-    return output
+    return (output, spread) if spread is not None else output
 
 
-def despeckle_image(image: sitk.Image, method: str = "denoiser", **kwargs: Any) -> sitk.Image:
+def despeckle_image(
+    image: sitk.Image, method: str = "denoiser", **kwargs: Any
+) -> sitk.Image | tuple[sitk.Image, sitk.Image]:
     """Despeckle a SimpleITK image; see :func:`despeckle_array` for the keyword arguments.
 
     Args:
@@ -437,7 +476,8 @@ def despeckle_image(image: sitk.Image, method: str = "denoiser", **kwargs: Any) 
         **kwargs: passed to :func:`despeckle_array`.
 
     Returns:
-        A float32 image with the input's spacing, origin, direction and metadata.
+        A float32 image with the input's spacing, origin, direction and metadata; with
+        ``return_uncertainty=True``, ``(despeckled, spread)``, both with that geometry.
 
     Raises:
         ValueError: for a vector-pixel image (call ``usdespeckle.io.to_grey`` first), and as
@@ -448,10 +488,15 @@ def despeckle_image(image: sitk.Image, method: str = "denoiser", **kwargs: Any) 
             f"image has {image.GetNumberOfComponentsPerPixel()} components per pixel; "
             "convert it with usdespeckle.io.to_grey first"
         )
-    result = sitk.GetImageFromArray(
-        despeckle_array(sitk.GetArrayViewFromImage(image), method, **kwargs), isVector=False
-    )
-    result.CopyInformation(image)
-    for key in image.GetMetaDataKeys():
-        result.SetMetaData(key, image.GetMetaData(key))
-    return result
+    arrays = despeckle_array(sitk.GetArrayViewFromImage(image), method, **kwargs)
+
+    def like_input(array: np.ndarray) -> sitk.Image:
+        result = sitk.GetImageFromArray(array, isVector=False)
+        result.CopyInformation(image)
+        for key in image.GetMetaDataKeys():
+            result.SetMetaData(key, image.GetMetaData(key))
+        return result
+
+    if isinstance(arrays, tuple):
+        return like_input(arrays[0]), like_input(arrays[1])
+    return like_input(arrays)

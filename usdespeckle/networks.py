@@ -20,7 +20,9 @@ from monai.networks.nets import PatchDiscriminator
 from monai.networks.utils import normal_init
 from torch import nn
 
-__all__ = ["Pix2PixUNetGenerator", "UNetSkipBlock", "patchgan_discriminator"]
+__all__ = ["UPSAMPLE_MODES", "Pix2PixUNetGenerator", "UNetSkipBlock", "patchgan_discriminator"]
+
+UPSAMPLE_MODES = ("deconv", "resize")
 
 
 class UNetSkipBlock(nn.Module):
@@ -39,6 +41,11 @@ class UNetSkipBlock(nn.Module):
         outermost: whether this is the top level (no norm, tanh out, no skip concatenation).
         norm: normalisation type and arguments, as MONAI's Norm factory names them ("BATCH", "INSTANCE").
         dropout: dropout probability after the up path (pix2pix uses 0.5 in the deep middle blocks).
+        upsample: "deconv" (pix2pix: stride-2 4x4 transposed convolution) or "resize" (nearest-neighbour
+            2x upsampling, then a 3x3 convolution: Odena, Dumoulin and Olah, "Deconvolution and
+            checkerboard artifacts", Distill 2016, doi:10.23915/distill.00003). A transposed
+            convolution whose kernel size is not divisible by its stride overlaps unevenly and paints a
+            checkerboard; resize-convolution cannot.
     """
 
     def __init__(
@@ -51,8 +58,11 @@ class UNetSkipBlock(nn.Module):
         outermost: bool = False,
         norm: str | tuple = Norm.BATCH,
         dropout: float = 0.0,
+        upsample: str = "deconv",
     ) -> None:
         super().__init__()
+        if upsample not in UPSAMPLE_MODES:
+            raise ValueError(f"upsample must be one of {UPSAMPLE_MODES} (got {upsample!r}).")
         self.outermost = outermost
         innermost = submodule is None
         in_channels = outer_channels if in_channels is None else in_channels
@@ -62,6 +72,16 @@ class UNetSkipBlock(nn.Module):
         conv_type = Conv[Conv.CONV, spatial_dims]
         convtrans_type = Conv[Conv.CONVTRANS, spatial_dims]
 
+        def up_conv_of(channels_in: int, channels_out: int, bias: bool) -> nn.Module:
+            if upsample == "deconv":
+                return convtrans_type(
+                    channels_in, channels_out, kernel_size=4, stride=2, padding=1, bias=bias
+                )
+            return nn.Sequential(
+                nn.Upsample(scale_factor=2, mode="nearest"),
+                conv_type(channels_in, channels_out, kernel_size=3, stride=1, padding=1, bias=bias),
+            )
+
         down_conv = conv_type(in_channels, inner_channels, kernel_size=4, stride=2, padding=1, bias=use_bias)
         down_act = get_act_layer((Act.LEAKYRELU, {"negative_slope": 0.2, "inplace": True}))
         up_act = get_act_layer((Act.RELU, {"inplace": True}))
@@ -70,14 +90,14 @@ class UNetSkipBlock(nn.Module):
 
         layers: list[nn.Module]
         if outermost:
-            up_conv = convtrans_type(up_in, outer_channels, kernel_size=4, stride=2, padding=1, bias=True)
+            up_conv = up_conv_of(up_in, outer_channels, True)
             layers = [down_conv, submodule, up_act, up_conv, nn.Tanh()]  # type: ignore[list-item]
         elif innermost:
-            up_conv = convtrans_type(up_in, outer_channels, kernel_size=4, stride=2, padding=1, bias=use_bias)
+            up_conv = up_conv_of(up_in, outer_channels, use_bias)
             up_norm = get_norm_layer(norm, spatial_dims=spatial_dims, channels=outer_channels)
             layers = [down_act, down_conv, up_act, up_conv, up_norm]
         else:
-            up_conv = convtrans_type(up_in, outer_channels, kernel_size=4, stride=2, padding=1, bias=use_bias)
+            up_conv = up_conv_of(up_in, outer_channels, use_bias)
             down_norm = get_norm_layer(norm, spatial_dims=spatial_dims, channels=inner_channels)
             up_norm = get_norm_layer(norm, spatial_dims=spatial_dims, channels=outer_channels)
             layers = [down_act, down_conv, down_norm, submodule, up_act, up_conv, up_norm]  # type: ignore[list-item]
@@ -116,6 +136,8 @@ class Pix2PixUNetGenerator(nn.Module):
             4 (+ up-down and both), 8 (the same four of the transposed image; 2 spatial dims only).
             Training mode always runs one pass. It adds no parameters, so the same weights load at
             any setting; it costs that many passes.
+        upsample: "deconv" (pix2pix's transposed convolutions) or "resize" (upsampling then
+            convolution, free of checkerboard artefacts), see :class:`UNetSkipBlock`.
 
     Raises:
         ValueError: num_downs < 2, ngf < 1, dropout outside [0, 1) or test_time_flips not 1, 2, 4
@@ -132,6 +154,7 @@ class Pix2PixUNetGenerator(nn.Module):
         norm: str | tuple = Norm.BATCH,
         dropout: float = 0.5,
         test_time_flips: int = 1,
+        upsample: str = "deconv",
     ) -> None:
         super().__init__()
         if num_downs < 2:
@@ -171,6 +194,7 @@ class Pix2PixUNetGenerator(nn.Module):
                 submodule=block,
                 norm=norm,
                 dropout=dropout if deep_middle else 0.0,
+                upsample=upsample,
             )
         self.model = UNetSkipBlock(
             spatial_dims,
@@ -180,6 +204,7 @@ class Pix2PixUNetGenerator(nn.Module):
             in_channels=in_channels,
             outermost=True,
             norm=norm,
+            upsample=upsample,
         )
         # pix2pix initialisation: conv weights N(0, 0.02), batch-norm weights N(1, 0.02), biases 0
         self.apply(normal_init)

@@ -116,6 +116,8 @@ class Pix2PixTrainer(Trainer):
             whose last element is the logit map (MONAI's PatchDiscriminator).
         d_optimizer: optimizer of the discriminator's parameters.
         lambda_l1: weight of the L1 term in the generator loss (100 in pix2pix).
+        lambda_adv: weight of the adversarial term in the generator loss (1 in pix2pix). 0 trains
+            the generator on L1 alone and skips the discriminator (its losses are reported as 0).
         gan_mode: "lsgan" or "vanilla" (BCE with logits), see :func:`gan_loss`.
         epoch_length: iterations per epoch; defaults to ``len(train_data_loader)``.
         non_blocking: asynchronous host-to-device copies.
@@ -147,6 +149,7 @@ class Pix2PixTrainer(Trainer):
         d_optimizer: Optimizer,
         lambda_l1: float = 100.0,
         gan_mode: str = "lsgan",
+        lambda_adv: float = 1.0,
         epoch_length: int | None = None,
         non_blocking: bool = False,
         prepare_batch: Callable = default_prepare_batch,
@@ -169,6 +172,8 @@ class Pix2PixTrainer(Trainer):
             raise ValueError(f"gan_mode must be one of {GAN_MODES}, got {gan_mode!r}.")
         if lambda_l1 < 0:
             raise ValueError(f"lambda_l1 must be >= 0, got {lambda_l1}; pix2pix uses 100.")
+        if lambda_adv < 0:
+            raise ValueError(f"lambda_adv must be >= 0, got {lambda_adv}; pix2pix uses 1.")
         super().__init__(
             device=device,
             max_epochs=max_epochs,
@@ -194,6 +199,7 @@ class Pix2PixTrainer(Trainer):
         self.d_network = d_network
         self.d_optimizer = d_optimizer
         self.lambda_l1 = float(lambda_l1)
+        self.lambda_adv = float(lambda_adv)
         self.gan_mode = gan_mode
         self.g_inferer = SimpleInferer() if g_inferer is None else g_inferer
         self.optim_set_to_none = optim_set_to_none
@@ -222,6 +228,26 @@ class Pix2PixTrainer(Trainer):
         with torch.autocast("cuda", **engine.amp_kwargs, enabled=engine.amp):
             pred = engine.g_inferer(image, engine.g_network)
 
+        if engine.lambda_adv == 0.0:  # L1 alone: no discriminator to train or to fool
+            engine.g_optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+            with torch.autocast("cuda", **engine.amp_kwargs, enabled=engine.amp):
+                l1 = nn.functional.l1_loss(pred, label)
+                g_loss = engine.lambda_l1 * l1
+            self._backward_step(g_loss, engine.g_optimizer)
+            zero = 0.0
+            return {
+                CommonKeys.IMAGE: image,
+                CommonKeys.LABEL: label,
+                CommonKeys.PRED: pred.detach(),
+                CommonKeys.LOSS: g_loss.item(),
+                "g_loss": g_loss.item(),
+                "g_adv": zero,
+                "l1": l1.item(),
+                "d_loss": zero,
+                "d_real": zero,
+                "d_fake": zero,
+            }
+
         # Discriminator step: real pairs -> 1, fake pairs (generator detached) -> 0. The fake pair goes
         # through the unwrapped module so that a DistributedDataParallel discriminator runs one
         # synchronised forward/backward per step; both losses share one backward, so gradients are summed
@@ -245,7 +271,7 @@ class Pix2PixTrainer(Trainer):
             g_logits = _logits(_unwrap(engine.d_network)(torch.cat([image, pred], dim=1)))
             g_adv = gan_loss(g_logits, True, engine.gan_mode)
             l1 = nn.functional.l1_loss(pred, label)
-            g_loss = g_adv + engine.lambda_l1 * l1
+            g_loss = engine.lambda_adv * g_adv + engine.lambda_l1 * l1
         self._backward_step(g_loss, engine.g_optimizer)
         for p in engine.d_network.parameters():
             p.requires_grad_(True)

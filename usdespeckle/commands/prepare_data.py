@@ -19,6 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--simulator-count", type=int, default=1500, help="simulated B-mode images in all (default 1500)"
     )
+    parser.add_argument(
+        "--no-real-bmode",
+        action="store_true",
+        help="leave out the real B-mode frames of the pydicom-data scans (datalist_real_bmode.json)",
+    )
     parser.add_argument("--force", action="store_true", help="replace a different dataset in OUT_DIR")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -35,6 +40,7 @@ def _command_line(args: argparse.Namespace) -> list[str]:
         f"--mri-views={args.mri_views}",
         f"--natural-crops={args.natural_crops}",
         f"--simulator-count={args.simulator_count}",
+        *(["--no-real-bmode"] if args.no_real_bmode else []),
     ]
 
 
@@ -50,6 +56,7 @@ def main(args: argparse.Namespace) -> int:
         mri_views=args.mri_views,
         natural_crops=args.natural_crops,
         simulator_count=args.simulator_count,
+        real_bmode=not args.no_real_bmode,
     )
     try:
         settings.validate()

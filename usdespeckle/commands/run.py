@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 
@@ -75,8 +76,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         choices=(1, 2, 4, 8),
         default=None,
-        help="denoiser: mirrorings (flips, transposes) of each slice averaged; the shipped model "
-        "averages 8 (default, best quality); 1 is about 8x faster (torch backend only)",
+        help="denoiser: mirrorings (flips, transposes) of each slice averaged (default 1, the "
+        "shipped setting); time grows with passes",
+    )
+    parser.add_argument(
+        "--uncertainty",
+        metavar="PATH",
+        help="denoiser: also write the per-pixel spread of its 8 mirrored passes (input units, the "
+        "input's geometry) to PATH: high where the network invents texture (costs 8 passes)",
     )
     parser.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
     parser.add_argument(
@@ -127,6 +134,14 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         check_output_path(args.output, force=args.force, source=args.input)
+        if args.uncertainty:
+            if args.method != "denoiser":
+                raise ValueError(
+                    f"--uncertainty needs the denoiser; --method {args.method} has no mirrored passes"
+                )
+            check_output_path(args.uncertainty, force=args.force, source=args.input)
+            if os.path.abspath(args.uncertainty) == os.path.abspath(args.output):
+                raise ValueError("--uncertainty must name another file than OUTPUT")
         image = read_image(args.input)
         if image.GetDimension() == 2 and args.axis != 0:
             raise ValueError(f"--axis {args.axis} needs a volume; {args.input} is a 2D image")
@@ -145,10 +160,16 @@ def main(args: argparse.Namespace) -> int:
                 backend=args.backend,
                 progress=callback,
                 passes=args.passes,
+                return_uncertainty=bool(args.uncertainty),
             )
         finally:
             close()
+        spread = None
+        if isinstance(result, tuple):
+            result, spread = result
         write_image(result, args.output, force=args.force, source=args.input)
+        if spread is not None:
+            write_image(spread, args.uncertainty, force=args.force, source=args.input)
     except (ValueError, FileNotFoundError) as err:
         raise UserError(" ".join(str(err).split())) from None  # one line
     if args.progress != "none":
