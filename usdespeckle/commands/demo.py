@@ -1,4 +1,9 @@
-"""``usdespeckle demo``: make a small ultrasound-like volume from data shipped in installed packages, despeckle it."""
+"""``usdespeckle demo``: despeckle a small ultrasound-like volume made from data shipped in installed packages.
+
+``usdespeckle demo`` renders MNI152 slices as B-mode with the shipped simulator; ``usdespeckle demo
+--real`` despeckles held-out frames of a real cardiac cine loop (pydicom-data) with the chosen method
+and with a classical method beside it.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,16 @@ import numpy as np
 
 from usdespeckle.cli import UserError
 
-HELP = "Make a demo B-mode volume (MNI152 slices from nilearn rendered by the shipped simulator), despeckle it, write input/output/PNG."
+HELP = (
+    "Make a demo B-mode volume (MNI152 slices from nilearn rendered by the shipped simulator), or take "
+    "held-out real cine frames with --real, despeckle it, write input/output/PNG."
+)
 
 _METHODS = ("denoiser", "median", "lee", "frost", "kuan", "srad", "obnlm", "bm3d", "mulog", "nlm", "tv")
+#: Classical method shown beside the chosen one with ``--real``.
+REAL_CLASSICAL = "obnlm"
+#: Held-out real frames despeckled with ``--real``.
+REAL_FRAMES = 4
 #: Classical method used when no denoiser weights are shipped yet.
 FALLBACK_METHOD = "median"
 #: Axial slices of the MNI152 template used (k indices of the 197x233x189 volume).
@@ -30,6 +42,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"despeckler (default denoiser; {FALLBACK_METHOD} with a notice if no weights are shipped)",
     )
     parser.add_argument("--seed", type=int, default=SEED, help=f"speckle random seed (default {SEED})")
+    parser.add_argument(
+        "--real",
+        action="store_true",
+        help="despeckle held-out frames of the real cardiac cine loop (pydicom-data) instead of MNI152 slices",
+    )
+    parser.add_argument(
+        "--data",
+        default=None,
+        metavar="DIR",
+        help="with --real: folder made by `usdespeckle prepare-data` holding datalist_real_bmode.json",
+    )
+    parser.add_argument(
+        "--classical",
+        default=REAL_CLASSICAL,
+        metavar="NAME",
+        help=f"with --real: classical filter shown beside --method (default {REAL_CLASSICAL})",
+    )
+    parser.add_argument(
+        "--frames",
+        type=int,
+        default=REAL_FRAMES,
+        metavar="N",
+        help=f"with --real: number of consecutive held-out frames (default {REAL_FRAMES})",
+    )
 
 
 def _template_path() -> Path:
@@ -84,25 +120,107 @@ def _side_by_side(before: np.ndarray, after: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(joined, 0, 1) * 255).astype(np.uint8)
 
 
+def held_out_cine_frames(data_dir: str | Path | None, count: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """``count`` consecutive held-out frames of the real cine loop, their field mask, and their origin.
+
+    Args:
+        data_dir: folder made by ``usdespeckle prepare-data`` (its ``datalist_real_bmode.json``
+            ``cine_test`` block).
+        count: number of frames (>= 1); the centred run of the held-out block.
+
+    Returns:
+        ``(frames, field, origin)``: float32 (T, H, W) in [0, 1], bool (H, W) valid-pixel mask
+        shared by all frames, and a one-line description of where the frames come from.
+
+    Raises:
+        UserError: without a data folder, a real_bmode dataset, or with a bad count.
+    """
+    from usdespeckle.benchmark.sets import REAL_DATALIST, _load_cine
+
+    if count < 2:
+        raise UserError(f"--frames must be at least 2, got {count}")
+    if data_dir is None:
+        raise UserError(
+            "--real needs --data DIR, a folder made by `usdespeckle prepare-data DIR` (it extracts the "
+            "real B-mode frames from the pydicom-data DICOMs)"
+        )
+    if not (Path(data_dir) / REAL_DATALIST).is_file():
+        raise UserError(f"{Path(data_dir) / REAL_DATALIST} does not exist; rerun `usdespeckle prepare-data`")
+    loaded = _load_cine(Path(data_dir), count, 0, 0)
+    if not loaded.cases:
+        raise UserError("; ".join(loaded.notes))
+    case = loaded.cases[0]
+    return case.image, case.field, loaded.notes[0].split(": ", 1)[-1]
+
+
+def _usable_method(method: str) -> str:
+    """``method``, or the classical fallback (with a notice) when the denoiser has no weights."""
+    from usdespeckle.inference import load_denoiser
+
+    if method != "denoiser":
+        return method
+    try:
+        load_denoiser()
+    except (FileNotFoundError, ValueError) as err:
+        print(f"notice: {err} Using the classical '{FALLBACK_METHOD}' filter for this demo.", file=sys.stderr)
+        return FALLBACK_METHOD
+    return method
+
+
+def _despeckle_frames(frames: np.ndarray, method: str) -> np.ndarray:
+    """Every frame despeckled by ``method`` (the frames are display images in [0, 1])."""
+    from usdespeckle import filters
+    from usdespeckle.inference import despeckle_array
+
+    if method == "denoiser":
+        return despeckle_array(frames, method="denoiser", axis=0, intensity_range=(0.0, 1.0))
+    if method not in filters.FILTERS:
+        raise UserError(f"unknown classical method {method!r}; choose from {', '.join(filters.FILTERS)}")
+    return np.stack([filters.FILTERS[method](frame) for frame in frames]).astype(np.float32)
+
+
+def run_real(args: argparse.Namespace) -> int:
+    """``demo --real``: despeckle held-out cine frames; write the frames, the outputs and a labelled PNG."""
+    import SimpleITK as sitk
+
+    from usdespeckle.benchmark.figures import compose_panels, save_png
+    from usdespeckle.io import write_image
+
+    out = Path(args.out)
+    method = _usable_method(args.method)
+    frames, field, origin = held_out_cine_frames(args.data, args.frames)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        outputs = {name: _despeckle_frames(frames, name) for name in dict.fromkeys([args.classical, method])}
+        write_image(sitk.GetImageFromArray(frames), out / "input.nii.gz", force=True)
+        write_image(sitk.GetImageFromArray(outputs[method]), out / "output.nii.gz", force=True)
+        if args.classical != method:
+            write_image(sitk.GetImageFromArray(outputs[args.classical]), out / "classical.nii.gz", force=True)
+        middle = frames.shape[0] // 2
+        tiles = [frames[middle]] + [np.where(field, o[middle], 0.0) for o in outputs.values()]
+        labels = ["input (held-out real frame)", *outputs]
+        save_png(compose_panels(tiles, labels, columns=len(tiles)), out / "side_by_side.png")
+    except (ValueError, FileNotFoundError) as err:
+        raise UserError(" ".join(str(err).split())) from None
+    print(
+        f"demo: {frames.shape[0]} held-out real frames ({origin}) despeckled with {' and '.join(outputs)}; "
+        f"wrote {out / 'input.nii.gz'}, {out / 'output.nii.gz'}, {out / 'side_by_side.png'}"
+    )
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
     """Write input.nii.gz, output.nii.gz and side_by_side.png into ``--out``; returns 0."""
     import SimpleITK as sitk
 
-    from usdespeckle.inference import despeckle_image, load_denoiser
+    from usdespeckle.inference import despeckle_image
     from usdespeckle.io import write_image
 
+    if getattr(args, "real", False):
+        return run_real(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    method = args.method
-    if method == "denoiser":
-        try:
-            load_denoiser()
-        except (FileNotFoundError, ValueError) as err:
-            print(
-                f"notice: {err} Using the classical '{FALLBACK_METHOD}' filter for this demo.",
-                file=sys.stderr,
-            )
-            method = FALLBACK_METHOD
+    method = _usable_method(args.method)
     try:
         from usdespeckle.pairs import load_simulator
 

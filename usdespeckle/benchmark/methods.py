@@ -1,0 +1,144 @@
+"""The methods a benchmark runs: the classical filters, the shipped denoiser, and registered extras."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "INPUT",
+    "DENOISER",
+    "Method",
+    "available_methods",
+    "classical_names",
+    "register_method",
+    "resolve_methods",
+]
+
+INPUT = "input"  # the name of the baseline row: the speckled input, unchanged
+DENOISER = "denoiser"  # the shipped network's row
+
+ArrayFn = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class Method:
+    """A despeckling method: a function from a 2D float image in [0, 1] to a float32 image.
+
+    Attributes:
+        name: registry name (``median``, ``bm3d``, ``denoiser``, ...).
+        fn: ``fn(image) -> image``, both 2D float in [0, 1], same shape.
+        description: one line for the report.
+    """
+
+    name: str
+    fn: ArrayFn
+    description: str = ""
+
+
+_EXTRA_METHODS: dict[str, Method] = {}
+
+
+def register_method(name: str, fn: ArrayFn, description: str = "") -> None:
+    """Add (or replace) a method in the registry, e.g. a new filter or a second network.
+
+    Args:
+        name: registry name; must not be ``"input"``.
+        fn: ``fn(image2d float [0, 1]) -> float32 image`` of the same shape.
+        description: one line shown in the report.
+
+    Raises:
+        ValueError: if the name is ``"input"`` or empty.
+    """
+    if not name or name == INPUT:
+        raise ValueError(f"method name must be a non-empty name other than {INPUT!r}; got {name!r}.")
+    _EXTRA_METHODS[name] = Method(name, fn, description)
+
+
+def classical_names() -> tuple[str, ...]:
+    """Names of the classical filters (``usdespeckle.filters.FILTERS``), empty if not importable."""
+    try:
+        from usdespeckle import filters
+    except ImportError:
+        return ()
+    return tuple(filters.FILTERS)
+
+
+def _classical_methods() -> dict[str, Method]:
+    from usdespeckle import filters
+
+    return {
+        name: Method(name, fn, (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "")
+        for name, fn in filters.FILTERS.items()
+    }
+
+
+def _denoiser_method() -> tuple[Method | None, str]:
+    """The shipped denoiser as a method, or ``(None, why it is skipped)``."""
+    try:
+        from usdespeckle import inference
+    except ImportError as err:
+        return None, f"usdespeckle.inference is not importable ({err})"
+    try:
+        inference.load_denoiser()  # checks the weights exist and match the bundle's metadata
+    except (FileNotFoundError, ValueError) as err:
+        return None, str(err)
+
+    def run_denoiser(image: np.ndarray) -> np.ndarray:
+        # The test images are already in [0, 1]: map them as they are, not by robust percentiles.
+        return inference.despeckle_array(image, method=DENOISER, intensity_range=(0.0, 1.0))
+
+    where = inference.default_bundle_root() / inference.MODEL_FILES["torch"]
+    return Method(DENOISER, run_denoiser, f"the shipped pix2pix denoiser ({where})"), ""
+
+
+def available_methods() -> tuple[dict[str, Method], dict[str, str]]:
+    """All methods that can run here, and the skipped ones with the reason.
+
+    Returns:
+        ``(methods, skipped)``: name -> :class:`Method` (classical filters, the denoiser when its
+        weights exist, and anything added by :func:`register_method`), and name -> reason.
+    """
+    methods: dict[str, Method] = {}
+    skipped: dict[str, str] = {}
+    try:
+        methods.update(_classical_methods())
+    except ImportError as err:
+        skipped["filters"] = f"usdespeckle.filters is not importable ({err})"
+    denoiser, why = _denoiser_method()
+    if denoiser is None:
+        skipped[DENOISER] = why
+    else:
+        methods[DENOISER] = denoiser
+    methods.update(_EXTRA_METHODS)
+    return methods, skipped
+
+
+def resolve_methods(names: Sequence[str] | None) -> tuple[dict[str, Method], dict[str, str]]:
+    """Pick methods by name (None or ``["all"]``: every available one).
+
+    Returns:
+        ``(methods, skipped)`` where skipped maps unavailable names to the reason.
+
+    Raises:
+        ValueError: for a name that is neither available nor a known-but-skipped method.
+    """
+    available, skipped = available_methods()
+    if names is None or list(names) == ["all"]:
+        return available, skipped
+    chosen: dict[str, Method] = {}
+    chosen_skipped: dict[str, str] = {}
+    for name in names:
+        if name == INPUT:
+            continue  # always included as the baseline
+        if name in available:
+            chosen[name] = available[name]
+        elif name in skipped:
+            chosen_skipped[name] = skipped[name]
+        else:
+            known = sorted((set(available) | set(skipped)) - {"filters"})
+            why = f" ({skipped['filters']})" if "filters" in skipped else ""
+            raise ValueError(f"unknown method {name!r}; choose from {known} (or 'all'){why}.")
+    return chosen, chosen_skipped
