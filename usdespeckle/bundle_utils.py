@@ -97,10 +97,22 @@ def verify_checksums(
 
     Raises:
         FileNotFoundError: no metadata, or (require_all) a recorded file is missing.
-        ValueError: a file's sha256 differs from the recorded one.
+        ValueError: a file's sha256 differs from the recorded one, or the metadata is not a JSON
+            object with a ``weights_sha256`` mapping.
     """
-    meta = json.loads(_metadata_path(bundle_root).read_text())
+    meta_path = _metadata_path(bundle_root)
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{meta_path} is not valid JSON: {err}; restore the bundle's metadata") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{meta_path} holds a {type(meta).__name__}, not a JSON object of bundle metadata")
     recorded = meta.get(_CHECKSUM_KEY) or {}
+    if not isinstance(recorded, dict) or not all(isinstance(v, str) or v is None for v in recorded.values()):
+        raise ValueError(
+            f'{meta_path}: "{_CHECKSUM_KEY}" must map file names to sha256 strings, got {recorded!r:.100}; '
+            "restore the bundle or run usdespeckle.bundle_utils.update_checksums"
+        )
     result: dict[str, str] = {}
     for rel in files:
         path = Path(bundle_root) / rel
