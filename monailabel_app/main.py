@@ -10,9 +10,10 @@ Start it (no download at start; see README.md beside this file)::
 - ``bundle``: MONAI bundle folder with the denoiser (default ``$USDESPECKLE_BUNDLE`` or the
   repository's ``monai_bundle/``).
 - ``device``: ``cpu`` (default) or ``cuda``; ``backend``: ``torch`` (default) or ``onnx``.
-- ``simulator``: the simulator's weights file (default ``<bundle>/models/simulator.ts`` or
-  ``simulator.pt``); ``simulator_args``: JSON keyword arguments of ``Pix2PixUNetGenerator`` for a
-  state-dict file.
+- ``simulator_bundle``: the bundle folder holding the simulator (``models/simulator.ts`` or
+  ``simulator.pt``, sha256 checked against its metadata; default: ``bundle``).
+- ``max_upload_mb``: largest upload, MB (default 1024); ``max_voxels``: largest number of values
+  an image's header may declare (default ``usdespeckle.io.MAX_VOXELS``, 2**28).
 - ``threads``: torch CPU threads (default: torch's choice).
 - ``sam2``: accepted and ignored; this app never adds MONAI Label's SAM2 task (which would download
   weights).
@@ -24,12 +25,13 @@ import logging
 import os
 
 import monailabel
+from lib import endpoint
 from lib.infers import DespeckleInferTask, SimulateInferTask
-from lib.infers.simulate import parse_network_args
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 
 import usdespeckle
+from usdespeckle.io import MAX_VOXELS
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +60,15 @@ class DespeckleApp(MONAILabelApp):
         self.backend = conf.get("backend", "torch")
         if self.backend not in ("torch", "onnx"):
             raise ValueError(f"--conf backend must be torch or onnx, got {self.backend!r}")
-        self.simulator = conf.get("simulator") or None
-        self.simulator_args = parse_network_args(conf.get("simulator_args"))
+        for removed in ("simulator", "simulator_args"):
+            if conf.get(removed):
+                raise ValueError(
+                    f"--conf {removed} is not supported: the simulator is read from a bundle, with its "
+                    "checksum; use --conf simulator_bundle <bundle folder>"
+                )
+        self.simulator_bundle = conf.get("simulator_bundle") or self.bundle_root
+        self.max_upload_bytes = _positive_int(conf, "max_upload_mb", 1024) * 1024 * 1024
+        self.max_voxels = _positive_int(conf, "max_voxels", MAX_VOXELS)
         threads = conf.get("threads")
         if threads:
             import torch
@@ -76,11 +85,39 @@ class DespeckleApp(MONAILabelApp):
 
     def init_infers(self) -> dict[str, InferTask]:
         """The two tasks; nothing is loaded or downloaded until the first request."""
+        datastore_root = os.path.realpath(self.studies) if os.path.isdir(self.studies) else None
         return {
             "despeckle": DespeckleInferTask(
-                bundle_root=self.bundle_root, device=self.device, backend=self.backend
+                bundle_root=self.bundle_root,
+                device=self.device,
+                backend=self.backend,
+                datastore_root=datastore_root,
+                max_voxels=self.max_voxels,
             ),
             "simulate": SimulateInferTask(
-                simulator=self.simulator, network_args=self.simulator_args, device=self.device
+                bundle_root=self.simulator_bundle,
+                device=self.device,
+                datastore_root=datastore_root,
+                max_voxels=self.max_voxels,
             ),
         }
+
+    def on_init_complete(self) -> None:
+        """Once the server runs: swap in the app's checked ``/infer`` endpoint (``lib/endpoint.py``)."""
+        super().on_init_complete()
+        from monailabel.app import app  # the running FastAPI application
+
+        endpoint.install(app, self.max_upload_bytes)
+
+
+def _positive_int(conf: dict[str, str], key: str, default: int) -> int:
+    text = conf.get(key)
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"--conf {key} must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise ValueError(f"--conf {key} must be a positive integer, got {value}")
+    return value

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -28,8 +29,10 @@ import SimpleITK as sitk
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(os.environ.get("MONAILABEL_VENV", ROOT / ".venv-monailabel"))
 SETUP = ROOT / "training" / "setup_monailabel_env.sh"
-START_TIMEOUT_S = 180
+START_TIMEOUT_S = int(os.environ.get("MONAILABEL_START_TIMEOUT_S", "180"))  # a loaded machine needs more
 REQUEST_TIMEOUT_S = 120
+MAX_UPLOAD_MB = 1  # the test server's limits (--conf max_upload_mb, max_voxels)
+MAX_VOXELS = 1_000_000
 # pip's words when a registry cannot be reached (the only reason to skip rather than fail)
 _OFFLINE = (
     "NewConnectionError",
@@ -107,12 +110,17 @@ def server(tmp_path_factory):
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, OMP_NUM_THREADS="2", MONAI_LABEL_DATASTORE_AUTO_RELOAD="false")
+    server_tmp = work / "server_tmp"  # the server's temporary folder: uploads must not stay there
+    server_tmp.mkdir()
+    env = dict(
+        os.environ, OMP_NUM_THREADS="2", MONAI_LABEL_DATASTORE_AUTO_RELOAD="false", TMPDIR=str(server_tmp)
+    )
     log = open(work / "server.log", "w")  # noqa: SIM115 (closed in the finaliser)
     command = [
         str(VENV / "bin" / "python"), "-m", "monailabel.main", "start_server",
         "--app", str(app), "--studies", str(studies), "--host", "127.0.0.1", "--port", str(port),
         "--conf", "bundle", str(bundle), "--conf", "threads", "2", "--conf", "sam2", "false",
+        "--conf", "max_upload_mb", str(MAX_UPLOAD_MB), "--conf", "max_voxels", str(MAX_VOXELS),
     ]  # fmt: skip
     # cwd outside the checkout: `python -m` puts the cwd first on sys.path
     process = subprocess.Popen(
@@ -135,7 +143,16 @@ def server(tmp_path_factory):
                     f"no /info/ after {START_TIMEOUT_S} s:\n{(work / 'server.log').read_text()[-3000:]}"
                 )
             time.sleep(1.0)
-        yield {"url": url, "bundle": bundle, "work": work, "stored": stored, "process": process}
+        yield {
+            "url": url,
+            "bundle": bundle,
+            "work": work,
+            "stored": stored,
+            "process": process,
+            "tmp": server_tmp,
+            "studies": studies,
+            "app": app,
+        }
     finally:
         try:
             os.killpg(process.pid, signal.SIGTERM)
@@ -308,3 +325,213 @@ def test_multipart_body_is_well_formed():
     assert b'name="params"\r\n\r\n{"a": 1}\r\n' in parts[1]
     assert b'filename="x.nii.gz"' in parts[2] and parts[2].endswith(b"\x00\x01binary\r\n")
     assert json.loads(parts[1].split(b"\r\n\r\n")[1].strip()) == {"a": 1}
+
+
+def _post(url: str, fields: dict[str, str] | None = None, files: dict | None = None) -> tuple[int, bytes]:
+    """POST a multipart form (or an empty body) and return (status, body) without raising."""
+    if fields is None and files is None:
+        request = urllib.request.Request(url, data=b"", method="POST")
+    else:
+        body, content_type = client._multipart(fields or {}, files or {})
+        request = urllib.request.Request(
+            url, data=body, method="POST", headers={"Content-Type": content_type}
+        )
+    try:
+        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def _detail(body: bytes) -> str:
+    return str(json.loads(body).get("detail"))
+
+
+def _upload_bytes(rng_seed: int = 11, shape=(2, 32, 32)) -> bytes:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "in.nii.gz"
+        sitk.WriteImage(_volume(np.random.default_rng(rng_seed), shape=shape), str(path))
+        return path.read_bytes()
+
+
+def _wait_for_empty(folder: Path, timeout_s: float = 30.0) -> list[str]:
+    """The files left in ``folder`` once the server's background clean-ups have had their chance."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = sorted(p.name for p in folder.iterdir())
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_server_reads_no_path_a_client_names(server):
+    """Only uploads and datastore ids are images; every other name gets one uniform 404."""
+    url = server["url"] + "/infer/despeckle?output=image&image="
+    stored_file = server["studies"] / "stored_volume.nii.gz"
+    existing = [str(stored_file), str(server["bundle"] / "models" / "model.ts"), "/etc/hostname", "../"]
+    missing = [str(server["work"] / "nowhere.nii.gz"), "no_such_id", "../studies/stored_volume"]
+    answers = {name: _post(url + urllib.parse.quote(name, safe="")) for name in existing + missing}
+    for name, (status, body) in answers.items():
+        assert status == 404, (name, status, body[:200])
+        detail = _detail(body)
+        # the same sentence whether or not the path exists on the server
+        assert detail.replace(repr(name[:100]), "X") == _detail(answers["no_such_id"][1]).replace(
+            repr("no_such_id"), "X"
+        )
+    upload = {"file": ("in.nii.gz", _upload_bytes())}
+    for params in ({"image": str(stored_file)}, {"image": "stored_volume"}, {"label": "/etc/hostname"}):
+        status, body = _post(
+            server["url"] + "/infer/despeckle?output=image", {"params": json.dumps(params)}, upload
+        )
+        assert status == 400 and "may not set" in _detail(body), (params, status, body[:200])
+        status, body = _post(server["url"] + "/infer/despeckle?output=image", {"params": json.dumps(params)})
+        assert status == 400, (params, status, body[:200])
+    status, _ = _post(server["url"] + "/infer/despeckle?output=image&image=stored_volume")
+    assert status == 200  # a datastore id still works
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("path", "fields", "with_file", "status", "words"),
+    [
+        ("/infer/despeckle?output=image", {"params": "{not json"}, True, 400, "JSON"),
+        ("/infer/despeckle?output=image", {"params": "[1, 2]"}, True, 400, "JSON object"),
+        ("/infer/despeckle?output=image", {"params": "{}"}, False, 400, "no image"),
+        ("/infer/no_such_model?output=image", {"params": "{}"}, True, 404, "no model"),
+        ("/infer/despeckle?output=picture", {"params": "{}"}, True, 400, "output"),
+        ("/infer/despeckle?output=image&image=stored_volume", {"params": "{}"}, True, 400, "not both"),
+        ("/infer/despeckle?output=image&session_id=abc", {"params": "{}"}, True, 400, "session"),
+        ("/infer/despeckle?output=image", {"params": '{"method": "nope"}'}, True, 400, "method"),
+        ("/infer/despeckle?output=image", {"params": '{"axis": 5}'}, True, 400, "axis"),
+    ],
+)
+def test_bad_requests_get_4xx_not_500(server, path, fields, with_file, status, words):
+    files = {"file": ("in.nii.gz", _upload_bytes())} if with_file else None
+    got, body = _post(server["url"] + path, fields, files)
+    assert got == status, (got, body[:300])
+    assert words in _detail(body)
+    assert str(server["work"]) not in _detail(body)
+
+
+def _huge_header_nifti() -> bytes:
+    import nibabel as nib
+
+    header = nib.Nifti1Header()
+    header.set_data_shape((20000, 20000))
+    header.set_data_dtype(np.float32)
+    return header.binaryblock + b"\0" * 4
+
+
+def _truncated_nifti() -> bytes:
+    data = _upload_bytes(shape=(4, 32, 32))
+    return data[: len(data) // 2]
+
+
+def _nan_nifti() -> bytes:
+    import tempfile
+
+    import nibabel as nib
+
+    array = np.random.default_rng(5).random((32, 32, 3)).astype(np.float32)
+    array[4, 4, 1] = np.nan
+    with tempfile.TemporaryDirectory() as folder:
+        nib.save(nib.Nifti1Image(array, np.eye(4)), f"{folder}/nan.nii.gz")
+        return Path(f"{folder}/nan.nii.gz").read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "make", "status", "words"),
+    [
+        ("huge.nii", _huge_header_nifti, 400, "declares"),  # 352 bytes declaring 400 M voxels
+        ("truncated.nii.gz", _truncated_nifti, 400, "truncated"),
+        ("nan.nii.gz", _nan_nifti, 400, "NaN"),
+        ("big.nii", lambda: b"\0" * (MAX_UPLOAD_MB * 1024 * 1024 + 4096), 413, "limit"),
+        ("empty.nii.gz", lambda: b"", 400, "empty"),
+        ("../../escape.nii.gz", lambda: _upload_bytes(), 200, ""),  # the name is only a suffix hint
+    ],
+)
+def test_uploads_are_limited_and_always_deleted(server, name, make, status, words):
+    got, body = _post(
+        server["url"] + "/infer/despeckle?output=image", {"params": "{}"}, {"file": (name, make())}
+    )
+    assert got == status, (got, body[:300])
+    if words:
+        assert words in _detail(body) and str(server["work"]) not in _detail(body)
+    assert _wait_for_empty(server["tmp"]) == []  # no upload or result left in the server's temp folder
+    assert server["process"].poll() is None
+
+
+@pytest.mark.slow
+def test_info_answers_while_an_inference_runs(server, tmp_path):
+    """Inference runs off the event loop: /info/ answers before a long despeckle finishes."""
+    import threading
+
+    rng = np.random.default_rng(8)
+    slow = sitk.GetImageFromArray((rng.rayleigh(1.0, size=(30, 96, 96)) * 60).astype(np.uint8))
+    sitk.WriteImage(slow, str(tmp_path / "slow.nii.gz"))
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            client.despeckle_via_server(
+                server["url"], tmp_path / "slow.nii.gz", tmp_path / "out.nii.gz", method="bm3d"
+            )
+            outcome["ok"] = True
+        except Exception as err:  # reported by the assertion below
+            outcome["error"] = err
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    log = server["work"] / "server.log"
+    deadline = time.monotonic() + REQUEST_TIMEOUT_S
+    while "infer despeckle on an upload" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    status, _ = _get(server["url"] + "/info/")
+    still_running = worker.is_alive()
+    worker.join(timeout=5 * REQUEST_TIMEOUT_S)
+    assert status == 200
+    assert still_running, "the inference ended before /info/ answered: make the test volume larger"
+    assert outcome.get("ok"), outcome
+
+
+def _server_python(server, code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in the server's environment with the app's lib/ importable."""
+    return subprocess.run(
+        [str(VENV / "bin" / "python"), "-c", code],
+        cwd=server["app"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=f"{server['app']}:{ROOT}", OMP_NUM_THREADS="1"),
+    )
+
+
+@pytest.mark.slow
+def test_simulate_loads_the_shipped_simulator_through_the_library_with_its_checksum(server, tmp_path):
+    import shutil
+
+    shipped = ROOT / "monai_bundle"
+    if not (shipped / "models" / "simulator.pt").is_file():
+        pytest.skip("no shipped simulator.pt in monai_bundle/models")
+    copy = tmp_path / "bundle"
+    shutil.copytree(shipped / "configs", copy / "configs")
+    (copy / "models").mkdir()
+    shutil.copy(shipped / "models" / "simulator.pt", copy / "models" / "simulator.pt")
+    code = (
+        "import sys, torch; from pathlib import Path; from lib.infers.simulate import load_simulator\n"
+        "model = load_simulator(Path(sys.argv[1]), 'cpu')\n"
+        "out = model(torch.rand(1, 1, model.divisor, model.divisor))\n"
+        "print(tuple(out.shape), float(out.min()) >= 0.0, float(out.max()) <= 1.0)\n"
+    )
+    result = _server_python(server, code.replace("sys.argv[1]", repr(str(copy))))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("True True"), result.stdout
+    # a simulator.pt whose sha256 does not match metadata.json is refused
+    with open(copy / "models" / "simulator.pt", "ab") as f:
+        f.write(b"\0")
+    result = _server_python(server, code.replace("sys.argv[1]", repr(str(copy))))
+    assert result.returncode != 0 and "sha256" in result.stderr, result.stderr[-2000:]

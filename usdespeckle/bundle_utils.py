@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
+import warnings
+import zipfile
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "WEIGHT_FILES",
+    "checkpoint_problem",
     "latest_checkpoint",
     "sha256_file",
     "update_checksums",
@@ -20,11 +26,39 @@ WEIGHT_FILES = ("models/model.pt", "models/model.ts", "models/model.onnx", "mode
 _CHECKSUM_KEY = "weights_sha256"
 
 
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why a checkpoint file cannot be resumed from, or None when it reads.
+
+    ``torch.save`` writes a zip archive; every member's CRC is checked (a truncated file has no
+    central directory, a damaged one a bad CRC) without unpickling. A file in torch's legacy format
+    is loaded with ``weights_only=True`` instead.
+
+    Args:
+        path: a ``.pt`` checkpoint.
+
+    Returns:
+        A short reason, or None.
+    """
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+            return f"member {bad} is corrupt" if bad else None
+        import torch
+
+        torch.load(path, map_location="cpu", weights_only=True)
+        return None
+    except Exception as err:  # any failure to read means: do not resume from it
+        return f"{type(err).__name__}: {str(err).strip().splitlines()[0][:120] if str(err).strip() else ''}"
+
+
 def latest_checkpoint(directory: str | Path, prefix: str) -> str | None:
-    """The newest resumable checkpoint MONAI's CheckpointSaver wrote with ``file_prefix=prefix``.
+    """The newest readable checkpoint MONAI's CheckpointSaver wrote with ``file_prefix=prefix``.
 
     CheckpointSaver names interval checkpoints ``{prefix}_checkpoint_epoch={n}.pt`` (or
-    ``..._iteration={n}.pt``); the one with the largest ``n`` is returned.
+    ``..._iteration={n}.pt``); the readable one with the largest ``n`` is returned. A newer one
+    that does not read (a run killed while saving it) is skipped with a warning, so training
+    resumes from the one before.
 
     Args:
         directory: folder of the checkpoints (it may not exist yet).
@@ -37,8 +71,17 @@ def latest_checkpoint(directory: str | Path, prefix: str) -> str | None:
     if not folder.is_dir():
         return None
     pattern = re.compile(rf"^{re.escape(prefix)}_checkpoint_(?:epoch|iteration)=(\d+)\.pt$")
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := pattern.match(p.name))]
-    return str(max(found)[1]) if found else None
+    found = sorted(
+        ((int(m.group(1)), p) for p in folder.iterdir() if (m := pattern.match(p.name))), reverse=True
+    )
+    for _, path in found:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return str(path)
+        message = f"checkpoint {path} cannot be read ({problem}); resuming from an older one if any"
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+        logger.warning(message)
+    return None
 
 
 def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
@@ -97,10 +140,22 @@ def verify_checksums(
 
     Raises:
         FileNotFoundError: no metadata, or (require_all) a recorded file is missing.
-        ValueError: a file's sha256 differs from the recorded one.
+        ValueError: a file's sha256 differs from the recorded one, or the metadata is not a JSON
+            object with a ``weights_sha256`` mapping.
     """
-    meta = json.loads(_metadata_path(bundle_root).read_text())
+    meta_path = _metadata_path(bundle_root)
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{meta_path} is not valid JSON: {err}; restore the bundle's metadata") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{meta_path} holds a {type(meta).__name__}, not a JSON object of bundle metadata")
     recorded = meta.get(_CHECKSUM_KEY) or {}
+    if not isinstance(recorded, dict) or not all(isinstance(v, str) or v is None for v in recorded.values()):
+        raise ValueError(
+            f'{meta_path}: "{_CHECKSUM_KEY}" must map file names to sha256 strings, got {recorded!r:.100}; '
+            "restore the bundle or run usdespeckle.bundle_utils.update_checksums"
+        )
     result: dict[str, str] = {}
     for rel in files:
         path = Path(bundle_root) / rel

@@ -11,6 +11,7 @@ Example::
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import tempfile
@@ -21,9 +22,24 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ServerError", "despeckle_via_server", "infer_via_server", "server_info"]
+__all__ = [
+    "RESULT_SUFFIXES",
+    "ServerError",
+    "despeckle_via_server",
+    "infer_via_server",
+    "server_info",
+    "uploadable",
+]
 
-_SUFFIXES = (".nii.gz", ".seg.nrrd", ".nii", ".nrrd", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".dcm", ".tif")
+_SUFFIXES = (
+    ".nii.gz", ".seg.nrrd", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".hdr", ".img",
+    ".png", ".jpg", ".jpeg", ".bmp", ".dcm", ".dicom", ".tif", ".tiff",
+)  # fmt: skip
+#: Result formats the server writes (float32 pixels); other outputs need a local conversion
+#: (``usdespeckle run --server`` does it).
+RESULT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+# Formats whose pixels live in a second file: one upload cannot carry them.
+_TWO_FILE = (".mhd", ".hdr", ".img", ".nhdr")
 
 
 class ServerError(RuntimeError):
@@ -46,6 +62,12 @@ def _suffix(path: Path) -> str:
         if name.endswith(suffix):
             return suffix
     return path.suffix.lower()
+
+
+def uploadable(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is one file that holds a whole image (not a folder, not .mhd/.raw or .hdr/.img)."""
+    path = Path(path)
+    return path.is_file() and _suffix(path) not in _TWO_FILE
 
 
 def _multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tuple[bytes, str]:
@@ -108,8 +130,8 @@ def infer_via_server(
         url: server address, e.g. ``http://127.0.0.1:8000``.
         task: ``despeckle`` or ``simulate``.
         image_path: an image file the server's ``usdespeckle.io.read_image`` reads (NIfTI, NRRD, MHA, ...).
-        out_path: where to write the result; its extension should match ``result_extension``
-            (default ``.nii.gz``, else taken from ``out_path``).
+        out_path: where to write the result: ``.nii.gz``, ``.nii``, ``.nrrd`` or ``.mha``
+            (:data:`RESULT_SUFFIXES`), asked of the server as ``result_extension``.
         force: overwrite ``out_path`` if it exists.
         timeout: seconds to wait for the answer.
         **params: task parameters sent as the ``params`` JSON (``axis``, ``strength``, ...).
@@ -119,43 +141,72 @@ def infer_via_server(
 
     Raises:
         FileNotFoundError: ``image_path`` does not exist.
-        ValueError: ``out_path`` exists and ``force`` is False, or its folder does not exist.
+        ValueError: ``image_path`` is a folder or a two-file format (.mhd, .hdr); ``out_path`` has
+            another extension than :data:`RESULT_SUFFIXES`, exists and ``force`` is False, its
+            folder does not exist, or it cannot be written (full disk: nothing is replaced).
         ServerError: the server is unreachable or answered with an error (its message included).
     """
     image_path, out_path = Path(image_path), Path(out_path)
+    if image_path.is_dir():
+        raise ValueError(
+            f"{image_path} is a folder; the server takes one image file (usdespeckle run --server "
+            "converts DICOM folders)"
+        )
     if not image_path.is_file():
         raise FileNotFoundError(f"{image_path}: no such file")
+    if not uploadable(image_path):
+        raise ValueError(
+            f"{image_path} keeps its pixels in a second file, which one upload cannot carry; convert it "
+            "to .nrrd or .nii.gz first (usdespeckle run --server does that)"
+        )
+    out_suffix = _suffix(out_path)
+    if out_suffix not in RESULT_SUFFIXES:
+        raise ValueError(
+            f"output {out_path}: the server answers in {', '.join(RESULT_SUFFIXES)} only; choose one of "
+            "those (usdespeckle run --server converts to other formats)"
+        )
     if out_path.exists() and not force:
         raise ValueError(f"output {out_path} exists; pass force=True (--force) to overwrite it")
     if not out_path.parent.is_dir():
         raise ValueError(f"output folder {out_path.parent} does not exist; create it first")
     params = dict(params)
-    out_suffix = _suffix(out_path)
-    if out_suffix in (".nii.gz", ".nii", ".nrrd", ".mha"):
-        params.setdefault("result_extension", out_suffix)
+    params["result_extension"] = out_suffix
     body, content_type = _multipart(
         {"params": json.dumps(params)}, {"file": (f"upload{_suffix(image_path)}", image_path.read_bytes())}
     )
-    endpoint = f"{url.rstrip('/')}/infer/{urllib.parse.quote(task)}?output=image"
+    endpoint = f"{url.rstrip('/')}/infer/{urllib.parse.quote(task, safe='')}?output=image"
     request = urllib.request.Request(
         endpoint, data=body, method="POST", headers={"Content-Type": content_type}
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            data = response.read()
+            data = response.read()  # raises IncompleteRead when fewer bytes than Content-Length come
     except urllib.error.HTTPError as err:
         raise ServerError(err.code, _error_detail(err)) from None
-    except (urllib.error.URLError, OSError) as err:
+    except http.client.IncompleteRead as err:
+        raise ServerError(0, f"the answer from {url} was cut off ({len(err.partial)} bytes)") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
         raise ServerError(0, f"cannot reach MONAI Label server at {url}: {err}") from None
-    # atomic write: a temporary file in the output folder, then os.replace
-    handle, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=".usdespeckle-", suffix=out_suffix)
+    if not data:
+        raise ServerError(0, f"the server at {url} answered with an empty file")
+    # atomic write: a temporary file in the output folder, flushed, then os.replace
     try:
-        with os.fdopen(handle, "wb") as f:
-            f.write(data)
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        handle, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=".usdespeckle-", suffix=out_suffix)
+        try:
+            with os.fdopen(handle, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            if os.path.getsize(tmp) != len(data):
+                raise OSError(f"wrote {os.path.getsize(tmp)} of {len(data)} bytes")
+            os.replace(tmp, out_path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as err:
+        raise ValueError(
+            f"cannot write {out_path}: {err.strerror or err}; an existing output was left unchanged"
+        ) from None
     return {"path": str(out_path), "bytes": len(data)}
 
 

@@ -456,6 +456,11 @@ def despeckle_array(
         else:
             result = np.stack([np.asarray(despeckle_slice(s), dtype=np.float32) for s in mapped])
         result = result * np.float32(scale) + np.float32(lo)
+        if not np.isfinite(result).all():  # a broken model file, or a filter that diverged
+            raise ValueError(
+                f"method {method!r} returned NaN or infinite values on slices {start}-{stop - 1} of {n}; "
+                "the model file may be corrupt (restore the bundle) or the filter diverged. Nothing was written."
+            )
         if strength < 1.0:
             result = np.float32(1.0 - strength) * src + np.float32(strength) * result
         out_view[start:stop] = result

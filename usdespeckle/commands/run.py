@@ -85,7 +85,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="denoiser: also write the per-pixel spread of its 8 mirrored passes (input units, the "
         "input's geometry) to PATH: high where the network invents texture (costs 8 passes)",
     )
-    parser.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite OUTPUT (and its data file, for .mhd/.hdr) if it exists",
+    )
+    parser.add_argument(
+        "--max-voxels",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="refuse inputs whose header declares more than N values (voxels x colour components), "
+        "before reading them (default 2**28 = 268435456: 1 GiB as float32)",
+    )
     parser.add_argument(
         "--server",
         metavar="URL",
@@ -125,8 +137,18 @@ def _progress_callback(
     return None, lambda: None
 
 
+def _max_voxels(args: argparse.Namespace) -> int:
+    from usdespeckle.io import MAX_VOXELS
+
+    return args.max_voxels if args.max_voxels is not None else MAX_VOXELS
+
+
 def main(args: argparse.Namespace) -> int:
-    """Read INPUT, despeckle it, write OUTPUT atomically; returns 0 on success."""
+    """Read INPUT, despeckle it, write OUTPUT atomically; returns 0 on success.
+
+    Everything that can be checked before the computation is: the output's format, folder,
+    collisions with the input and existing files, and the format against the image's dimension.
+    """
     if args.server:
         return _main_via_server(args)
     from usdespeckle.inference import despeckle_image, load_denoiser
@@ -134,19 +156,29 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         check_output_path(args.output, force=args.force, source=args.input)
+        image = read_image(args.input, max_voxels=_max_voxels(args))
+        check_output_path(args.output, force=args.force, source=args.input, dimension=image.GetDimension())
         if args.uncertainty:
             if args.method != "denoiser":
                 raise ValueError(
                     f"--uncertainty needs the denoiser; --method {args.method} has no mirrored passes"
                 )
-            check_output_path(args.uncertainty, force=args.force, source=args.input)
+            check_output_path(
+                args.uncertainty, force=args.force, source=args.input, dimension=image.GetDimension()
+            )
             if os.path.abspath(args.uncertainty) == os.path.abspath(args.output):
                 raise ValueError("--uncertainty must name another file than OUTPUT")
-        image = read_image(args.input)
         if image.GetDimension() == 2 and args.axis != 0:
             raise ValueError(f"--axis {args.axis} needs a volume; {args.input} is a 2D image")
         if args.method == "denoiser":  # fail on missing or bad weights before any work
-            load_denoiser(backend=args.backend, device=args.device, passes=args.passes)
+            try:
+                load_denoiser(backend=args.backend, device=args.device, passes=args.passes)
+            except RuntimeError as err:  # TorchScript or ONNX Runtime cannot load the file
+                detail = (str(err).strip().splitlines() or [""])[0][:200]
+                raise ValueError(
+                    f"the denoiser model file cannot be loaded ({detail}); it is corrupt: restore the "
+                    "bundle's models/ folder"
+                ) from None
         slices = 1 if image.GetDimension() == 2 else image.GetSize()[::-1][args.axis]
         callback, close = _progress_callback(args.progress, slices)
         try:
@@ -170,7 +202,7 @@ def main(args: argparse.Namespace) -> int:
         write_image(result, args.output, force=args.force, source=args.input)
         if spread is not None:
             write_image(spread, args.uncertainty, force=args.force, source=args.input)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # FileNotFoundError is an OSError
         raise UserError(" ".join(str(err).split())) from None  # one line
     if args.progress != "none":
         print(f"wrote {args.output}", file=sys.stderr)
@@ -178,26 +210,59 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _main_via_server(args: argparse.Namespace) -> int:
-    """Send INPUT to a MONAI Label server's ``despeckle`` task and write its answer to OUTPUT."""
-    from usdespeckle.client import ServerError, despeckle_via_server
-    from usdespeckle.io import check_output_path
+    """Send INPUT to a MONAI Label server's ``despeckle`` task and write its answer to OUTPUT.
+
+    The server takes one file and answers in a float format (NRRD here). An input that is not one
+    file (a DICOM folder, .mhd/.raw, .hdr/.img) is read and validated here and uploaded as NRRD;
+    the answer is read back, checked and written to OUTPUT in the format its extension names,
+    through the same verified atomic write as a local run.
+    """
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    from usdespeckle.client import ServerError, despeckle_via_server, uploadable
+    from usdespeckle.io import check_output_path, read_image, write_image
 
     try:
         check_output_path(args.output, force=args.force, source=args.input)
-        despeckle_via_server(
-            args.server,
-            args.input,
-            args.output,
-            force=args.force,
-            method=args.method,
-            axis=args.axis,
-            strength=args.strength,
-            batch_size=args.batch,
-            backend=args.backend,
-            device=args.device,
-            **({} if args.passes is None else {"passes": args.passes}),
-        )
-    except (ValueError, FileNotFoundError, ServerError) as err:
+        source = Path(args.input)
+        if not source.exists():
+            raise FileNotFoundError(f"{source}: no such file or folder")
+        with tempfile.TemporaryDirectory(prefix="usdespeckle-server-") as work:
+            upload = source
+            if not uploadable(source):
+                image = read_image(source, max_voxels=_max_voxels(args))
+                dims = image.GetDimension()
+                check_output_path(args.output, force=args.force, source=args.input, dimension=dims)
+                upload = Path(work) / "input.nrrd"
+                sitk.WriteImage(image, str(upload), useCompression=True)
+            answer = Path(work) / "result.nrrd"
+            despeckle_via_server(
+                args.server,
+                upload,
+                answer,
+                method=args.method,
+                axis=args.axis,
+                strength=args.strength,
+                batch_size=args.batch,
+                backend=args.backend,
+                device=args.device,
+                **({} if args.passes is None else {"passes": args.passes}),
+            )
+            try:
+                result = sitk.ReadImage(str(answer))
+            except RuntimeError:
+                raise ValueError(
+                    f"the server at {args.server} answered with a file that is not an image"
+                ) from None
+            values = sitk.GetArrayViewFromImage(result)
+            if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+                raise ValueError(f"the server at {args.server} answered with NaN or infinite values")
+            write_image(result, args.output, force=args.force, source=args.input)
+    except (ValueError, OSError, ServerError) as err:
         raise UserError(" ".join(str(err).split())) from None
     if args.progress != "none":
         print(f"wrote {args.output} (from {args.server})", file=sys.stderr)

@@ -3,7 +3,7 @@
 MONAI Label's ``/infer/{model}`` endpoint has no handler for task errors: any exception becomes an
 HTTP 500 with no message. Our tasks therefore turn the library's ``ValueError`` (bad input) into
 HTTP 400 and ``FileNotFoundError`` for missing weights into HTTP 503, both with the library's
-message as ``detail``, by raising FastAPI's ``HTTPException`` (the task runs inside the endpoint).
+message as ``detail`` (file paths replaced by ``<server file>``), by raising FastAPI's ``HTTPException`` (the task runs inside the endpoint).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +20,7 @@ from typing import Any
 import SimpleITK as sitk
 from fastapi import HTTPException
 
-from usdespeckle.io import read_image, write_image
+from usdespeckle.io import MAX_VOXELS, read_image, write_image
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,14 @@ logger = logging.getLogger(__name__)
 RESULT_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha")
 #: Devices a request may name.
 DEVICES = ("cpu", "cuda")
+
+
+_PATH = re.compile(r"(?<![\w.<])(?:[A-Za-z]:)?[/\\](?:[^\s'\"/\\]+[/\\])*[^\s'\",;:()/\\]+")
+
+
+def scrub_paths(message: str) -> str:
+    """``message`` with every absolute file path replaced by ``<server file>`` (answers never name them)."""
+    return _PATH.sub("<server file>", message)
 
 
 def bad_request(message: str) -> HTTPException:
@@ -52,11 +61,16 @@ def http_errors(task: str, hide: str | None = None) -> Iterator[None]:
         raise
     except FileNotFoundError as err:
         logger.warning("%s: %s", task, err)
-        raise HTTPException(status_code=503, detail=f"{task}: {err}") from None
+        raise HTTPException(
+            status_code=503, detail=f"{task}: {scrub_paths(str(err))} (the server log names the file)"
+        ) from None
     except ValueError as err:
         logger.warning("%s: %s", task, err)
-        message = str(err).replace(hide, "the image") if hide else str(err)
-        raise bad_request(f"{task}: {message}") from None
+        message = str(err)
+        if hide:
+            for path in dict.fromkeys((hide, os.path.realpath(hide))):
+                message = message.replace(path, "the image")
+        raise bad_request(f"{task}: {scrub_paths(message)}") from None
 
 
 def get_int(params: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
@@ -93,20 +107,38 @@ def get_choice(params: dict[str, Any], key: str, default: str, choices: tuple[st
     return str(value)
 
 
-def read_request_image(request: dict[str, Any], task: str) -> sitk.Image:
-    """Read and validate the request's image (an uploaded temporary file or a datastore image).
+def read_request_image(
+    request: dict[str, Any], task: str, *, datastore_root: str | None, max_voxels: int = MAX_VOXELS
+) -> sitk.Image:
+    """Read and validate the request's image: an upload in progress or an image of the datastore.
+
+    Any other path (a client naming a file on the server) gets the same 404 as an unknown id, so
+    answers tell nothing about the server's files.
+
+    Args:
+        request: the task request; ``request["image"]`` is a path set by the app's endpoint.
+        task: the task name, prefixed to messages.
+        datastore_root: the datastore folder; images under it are trusted.
+        max_voxels: largest number of values the image's header may declare (checked before the
+            pixels are read).
 
     Raises:
         HTTPException: 400 when there is no image, it cannot be read, or it fails validation
-            (4D, NaN, constant, too small ...).
+            (4D, NaN, truncated, constant, too small, over ``max_voxels`` ...); 404 when the path
+            is neither an upload nor in the datastore.
     """
+    from lib.endpoint import is_upload, not_found
+
     path = request.get("image")
     if not isinstance(path, str) or not path:
         raise bad_request(f"{task}: no image: upload a file or give the id of a stored image")
+    real = os.path.realpath(path)
+    root = os.path.realpath(datastore_root) if datastore_root else None
+    in_datastore = root is not None and os.path.commonpath([real, root]) == root and real != root
+    if not (is_upload(real) or in_datastore) or not os.path.exists(real):
+        raise not_found(os.path.basename(path))
     with http_errors(task, hide=path):
-        if not os.path.exists(path):
-            raise ValueError(f"image {path!r} is neither an uploaded file nor an image in the datastore")
-        return read_image(path)
+        return read_image(path, max_voxels=max_voxels)
 
 
 def write_result(image: sitk.Image, extension: str) -> str:

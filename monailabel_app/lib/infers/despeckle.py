@@ -26,6 +26,7 @@ from lib.infers.common import (
     write_result,
 )
 from usdespeckle.inference import METHODS, despeckle_image
+from usdespeckle.io import MAX_VOXELS
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +47,18 @@ class DespeckleInferTask(InferTask):
             (``$USDESPECKLE_BUNDLE`` or the repository's ``monai_bundle/``).
         device: default device, ``"cpu"`` or ``"cuda"``.
         backend: default backend, ``"torch"`` or ``"onnx"``.
+        datastore_root: the datastore folder, whose images requests may name by id.
+        max_voxels: largest number of values an input's header may declare.
     """
 
-    def __init__(self, bundle_root: str | None = None, device: str = "cpu", backend: str = "torch") -> None:
+    def __init__(
+        self,
+        bundle_root: str | None = None,
+        device: str = "cpu",
+        backend: str = "torch",
+        datastore_root: str | None = None,
+        max_voxels: int = MAX_VOXELS,
+    ) -> None:
         super().__init__(
             type=InferType.OTHERS,
             labels=None,
@@ -66,6 +76,8 @@ class DespeckleInferTask(InferTask):
             },
         )
         self.bundle_root = bundle_root
+        self.datastore_root = datastore_root
+        self.max_voxels = max_voxels
 
     def is_valid(self) -> bool:
         """Always listed; a request without weights on the server gets HTTP 503 with the reason."""
@@ -95,7 +107,9 @@ class DespeckleInferTask(InferTask):
             raise bad_request(f"parameter 'passes' must be 0 (all), 1, 2, 4 or 8, got {passes}")
         extension = get_choice(params, "result_extension", ".nii.gz", RESULT_EXTENSIONS)
 
-        image = read_request_image(request, "despeckle")
+        image = read_request_image(
+            request, "despeckle", datastore_root=self.datastore_root, max_voxels=self.max_voxels
+        )
         with http_errors("despeckle"):
             result, seconds = run_timed(
                 lambda: despeckle_image(

@@ -8,14 +8,15 @@ the input's geometry.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
+from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from lib.infers.common import (
@@ -27,9 +28,11 @@ from lib.infers.common import (
     http_errors,
     read_request_image,
     run_timed,
+    scrub_paths,
     write_result,
 )
 from usdespeckle.inference import default_bundle_root
+from usdespeckle.io import MAX_VOXELS
 from usdespeckle.pairs import simulate_bmode_from_mri
 
 logger = logging.getLogger(__name__)
@@ -37,54 +40,68 @@ logger = logging.getLogger(__name__)
 #: Simulator files looked for in the bundle's models/ folder, in this order.
 SIMULATOR_FILES = ("simulator.ts", "simulator.pt")
 
-_MODELS: dict[tuple[str, int, str], Any] = {}
+_MODELS: dict[tuple[str, int, int, str], Any] = {}
 _MODELS_LOCK = threading.Lock()
 
 
-def load_simulator(path: Path, device: str, network_args: dict[str, Any]) -> Any:
-    """Load the simulator's generator, TorchScript or a state dict, cached per file and device.
+def load_simulator(bundle_root: Path, device: str) -> Any:
+    """Load the bundle's simulator after checking its sha256 against ``configs/metadata.json``.
+
+    ``models/simulator.ts`` (TorchScript) is loaded as is; ``models/simulator.pt`` goes through
+    :func:`usdespeckle.pairs.load_simulator`, which builds the generator ``train_simulator.json``
+    describes. Cached per file (size and modification time included) and device.
 
     Args:
-        path: ``simulator.ts`` (TorchScript) or ``simulator.pt`` (a state dict of
-            ``usdespeckle.networks.Pix2PixUNetGenerator``).
+        bundle_root: the MONAI bundle folder.
         device: ``"cpu"`` or ``"cuda"``.
-        network_args: keyword arguments of ``Pix2PixUNetGenerator`` for a state dict.
 
     Returns:
         A module in eval mode mapping ``(B, 1, H, W)`` in [0, 1] to the same.
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file is neither TorchScript nor a matching state dict.
+        FileNotFoundError: no simulator file or no metadata in the bundle.
+        ValueError: the file's sha256 is not the one recorded, or none is recorded, or the file
+            cannot be loaded.
     """
     import torch
 
-    if not path.is_file():
+    from usdespeckle import pairs
+    from usdespeckle.bundle_utils import verify_checksums
+
+    models = bundle_root / "models"
+    path = next((models / n for n in SIMULATOR_FILES if (models / n).is_file()), None)
+    if path is None:
         raise FileNotFoundError(
-            f"no simulator weights at {path}; train the simulator (training/ recipe) and save its "
-            "generator there, or start the server with --conf simulator <file>"
+            f"no simulator weights in {models}; train the simulator (training/ recipe) and export "
+            "it into the bundle, or start the server with --conf bundle <a bundle that has it>"
         )
-    key = (str(path.resolve()), path.stat().st_mtime_ns, device)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, device)
     with _MODELS_LOCK:
         if key in _MODELS:
             return _MODELS[key]
         if path.suffix == ".ts":
-            model = torch.jit.load(str(path), map_location=device)
-        else:
-            from usdespeckle.networks import Pix2PixUNetGenerator
-
-            state = torch.load(str(path), map_location=device, weights_only=True)
-            model = Pix2PixUNetGenerator(**network_args)
-            try:
-                model.load_state_dict(state)
-            except RuntimeError as err:
-                first = str(err).strip().splitlines()[0][:200]
+            rel = f"models/{path.name}"
+            if verify_checksums(bundle_root, files=(rel,))[rel] != "ok":  # ValueError on a mismatch
                 raise ValueError(
-                    f"{path} does not fit Pix2PixUNetGenerator({network_args}): {first}; pass the "
-                    'network\'s arguments with --conf simulator_args \'{"num_downs": 8, "ngf": 64}\''
+                    f"the bundle's metadata.json records no sha256 for {rel}; re-export the bundle"
+                )
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    model = torch.jit.load(str(path), map_location=device).eval()
+            except RuntimeError as err:
+                raise ValueError(
+                    f"the simulator file cannot be loaded: {str(err).splitlines()[0][:200]}"
                 ) from None
-            model = model.to(device)
-        model.eval()
+        else:
+            try:
+                model = pairs.load_simulator(bundle_root, device=device)
+            except RuntimeError as err:  # a state dict that does not fit train_simulator.json's network
+                raise ValueError(
+                    f"the simulator weights do not fit the bundle's train_simulator.json network: "
+                    f"{str(err).strip().splitlines()[0][:200]}"
+                ) from None
         _MODELS[key] = model
         return model
 
@@ -135,20 +152,22 @@ class SimulateInferTask(InferTask):
     ``result_extension``.
 
     Args:
-        simulator: the simulator's weights file; None looks for ``simulator.ts`` then
-            ``simulator.pt`` in the bundle's ``models/`` folder.
-        network_args: ``Pix2PixUNetGenerator`` arguments for a state-dict file.
+        bundle_root: the bundle holding ``models/simulator.ts`` or ``models/simulator.pt`` with its
+            sha256 in ``configs/metadata.json``; None uses the library's default bundle.
         divisor: model input sides must be multiples of this; None takes the model's ``divisor``
             attribute (``2**num_downs``), else 256.
         device: default device.
+        datastore_root: the datastore folder, whose images requests may name by id.
+        max_voxels: largest number of values an input's header may declare.
     """
 
     def __init__(
         self,
-        simulator: str | None = None,
-        network_args: dict[str, Any] | None = None,
+        bundle_root: str | None = None,
         divisor: int | None = None,
         device: str = "cpu",
+        datastore_root: str | None = None,
+        max_voxels: int = MAX_VOXELS,
     ) -> None:
         super().__init__(
             type=InferType.OTHERS,
@@ -157,15 +176,18 @@ class SimulateInferTask(InferTask):
             description="MRI to synthetic ultrasound B-mode (pix2pix simulator on the low-level map); float32 in [0, 1]",
             config={"axis": 0, "batch_size": 8, "device": device, "result_extension": ".nii.gz"},
         )
-        self.simulator = simulator
-        self.network_args = dict(network_args or {})
+        self.bundle_root = Path(bundle_root) if bundle_root else None
         self.divisor = divisor
+        self.datastore_root = datastore_root
+        self.max_voxels = max_voxels
+
+    def bundle(self) -> Path:
+        """The bundle folder the simulator is read from."""
+        return self.bundle_root or default_bundle_root()
 
     def simulator_path(self) -> Path:
         """The weights file this task uses (it may not exist yet)."""
-        if self.simulator:
-            return Path(self.simulator)
-        models = default_bundle_root() / "models"
+        models = self.bundle() / "models"
         for name in SIMULATOR_FILES:
             if (models / name).is_file():
                 return models / name
@@ -179,7 +201,7 @@ class SimulateInferTask(InferTask):
         """MONAI Label's task info plus the weights file and whether it exists."""
         meta = super().info()
         path = self.simulator_path()
-        meta["simulator"] = {"path": str(path), "available": path.is_file()}
+        meta["simulator"] = {"file": path.name, "available": path.is_file()}
         return meta
 
     def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -195,10 +217,19 @@ class SimulateInferTask(InferTask):
         device = get_choice(params, "device", "cpu", DEVICES)
         extension = get_choice(params, "result_extension", ".nii.gz", RESULT_EXTENSIONS)
 
-        image = read_request_image(request, "simulate")
+        image = read_request_image(
+            request, "simulate", datastore_root=self.datastore_root, max_voxels=self.max_voxels
+        )
         with http_errors("simulate"):
             path = self.simulator_path()
-            model = load_simulator(path, device, self.network_args)
+            try:
+                model = load_simulator(self.bundle(), device)
+            except ValueError as err:  # the server's weights, not the request, are wrong
+                logger.error("simulate: %s", err)
+                raise HTTPException(
+                    status_code=503,
+                    detail=f"simulate: the server's simulator is unusable: {scrub_paths(str(err))}",
+                ) from None
             divisor = int(self.divisor or getattr(model, "divisor", 256))
             array = sitk.GetArrayViewFromImage(image)
             out, seconds = run_timed(
@@ -210,27 +241,10 @@ class SimulateInferTask(InferTask):
         logger.info("simulate: %s -> %s in %.2f s", image.GetSize(), out_path, seconds)
         return out_path, {
             "task": "simulate",
-            "simulator": str(path),
+            "simulator": path.name,
             "axis": axis,
             "batch_size": batch_size,
             "device": device,
             "seconds": round(seconds, 3),
             "output": describe(result),
         }
-
-
-def parse_network_args(text: str | None) -> dict[str, Any]:
-    """Parse ``--conf simulator_args '<json object>'``.
-
-    Raises:
-        ValueError: the text is not a JSON object.
-    """
-    if not text:
-        return {}
-    try:
-        args = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"simulator_args must be a JSON object, got {text!r}: {err}") from None
-    if not isinstance(args, dict):
-        raise ValueError(f"simulator_args must be a JSON object, got {text!r}")
-    return args

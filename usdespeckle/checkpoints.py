@@ -1,0 +1,125 @@
+"""Checkpoints that survive a killed run: atomic saves, and the old checkpoint kept until the new one is on disk.
+
+MONAI's ``CheckpointSaver`` writes with ignite's ``DiskSaver(atomic=False)``: a run killed during a
+save leaves a truncated newest checkpoint. And ignite's ``Checkpoint`` removes the oldest file
+*before* it saves the new one, so with ``n_saved: 1`` a kill at that moment leaves none.
+:class:`AtomicCheckpointSaver` is MONAI's handler with one change: each file is written to a
+temporary name beside its destination, flushed to disk, and moved into place with ``os.replace``;
+the file it replaces is removed only after that. Temporary files of killed runs are removed when
+the next saver starts.
+
+Resume (:func:`usdespeckle.bundle_utils.latest_checkpoint`) falls back to the newest checkpoint
+that reads, with a warning, when the newest is damaged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.handlers import DiskSaver
+from monai.handlers import CheckpointSaver
+
+__all__ = ["AtomicCheckpointSaver", "AtomicDiskSaver", "remove_stale_checkpoint_temporaries"]
+
+# ``.{file name}.{pid}.tmp``: the temporary name of a checkpoint being written.
+_TMP = re.compile(r"^\.(?P<name>.+\.pt)\.(?P<pid>\d+)\.tmp$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True
+    return True
+
+
+def remove_stale_checkpoint_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary checkpoint files that killed runs left in ``folder``.
+
+    Args:
+        folder: a checkpoint folder (it may not exist).
+
+    Returns:
+        The files removed: those named ``.{name}.pt.{pid}.tmp`` whose process no longer runs.
+    """
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            match = _TMP.match(entry.name)
+            if match and entry.is_file() and not _pid_alive(int(match["pid"])):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+    return removed
+
+
+class AtomicDiskSaver(DiskSaver):
+    """ignite's ``DiskSaver`` writing atomically and removing replaced files only after a save.
+
+    Args:
+        dirname: the checkpoint folder.
+        filename: a fixed file name for every save (MONAI's ``final_filename`` and
+            ``key_metric_filename``), or None for ignite's names.
+    """
+
+    def __init__(self, dirname: str | os.PathLike, filename: str | None = None) -> None:
+        # require_empty=False: resuming runs write into a folder that holds checkpoints
+        super().__init__(dirname=dirname, require_empty=False, atomic=False)
+        self.filename = filename
+        self._pending_removal: list[str] = []
+        remove_stale_checkpoint_temporaries(self.dirname)
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        """Save ``checkpoint`` as ``filename`` (or the fixed name), then remove the files it replaces."""
+        import ignite.distributed as idist
+
+        if idist.get_rank() != self.save_on_rank:
+            return
+        name = self.filename or filename
+        path = Path(self.dirname) / name
+        tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f, **self.kwargs)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        with contextlib.suppress(OSError):
+            fd = os.open(self.dirname, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        pending, self._pending_removal = self._pending_removal, []
+        for old in pending:
+            if old != name:
+                with contextlib.suppress(FileNotFoundError):
+                    (Path(self.dirname) / old).unlink()
+
+    def remove(self, filename: str) -> None:
+        """Remove ``filename`` after the next successful save (ignite asks before it saves)."""
+        name = self.filename or filename
+        self._pending_removal.append(name)
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` (same arguments) with :class:`AtomicDiskSaver` for every file it writes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if checkpoint is not None:
+                fixed = getattr(checkpoint.save_handler, "filename", None)
+                checkpoint.save_handler = AtomicDiskSaver(self.save_dir, filename=fixed)
