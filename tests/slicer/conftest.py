@@ -25,15 +25,33 @@ def pytest_configure(config):
 
 @pytest.fixture
 def scene():
-    """A fresh MRML scene, installed as ``slicer.mrmlScene`` as the application would."""
+    """A fresh MRML scene, installed as ``slicer.mrmlScene`` as the application would.
+
+    The Sequences logic is attached as in the application (it registers the browser node class
+    and makes browsers' proxy nodes); the ``sequences_logic`` fixture gives it.
+    """
     import slicer
 
     slicer.mrmlScene = slicer.vtkMRMLScene()
+    logic = slicer.vtkSlicerSequencesLogic()
+    logic.SetMRMLScene(slicer.mrmlScene)
+    _SEQUENCES_LOGIC[id(slicer.mrmlScene)] = logic
     yield slicer.mrmlScene
     slicer.mrmlScene.Clear(1)
+    logic.SetMRMLScene(None)
+    _SEQUENCES_LOGIC.clear()
+
+
+_SEQUENCES_LOGIC: dict = {}
 
 
 @pytest.fixture
+def sequences_logic(scene):
+    """The Sequences logic attached to ``scene``."""
+    return _SEQUENCES_LOGIC[id(scene)]
+
+
+@pytest.fixture(scope="session")
 def project_python() -> str:
     """The project's interpreter (with usdespeckle and its dependencies) for ``usdespeckle run``."""
     python = os.environ.get("SLICERDESPECKLE_TEST_PYTHON")
