@@ -6,7 +6,7 @@
 # (usdespeckle/../monai_bundle) and needs no PYTHONPATH beyond that folder.
 #
 # Used two ways:
-#   include() from SlicerDespeckle/CMakeLists.txt, then despeckle_copy_runtime(<repository> <folder>);
+#   include() from SlicerDespeckle/CMakeLists.txt, which copies the two lists with despeckle_copy_files;
 #   cmake -DREPOSITORY_DIR=<repository> -DDESTINATION_DIR=<folder> -P DespeckleRuntime.cmake
 #     (the tests build the shipped runtime this way, so they check exactly what the extension ships).
 
@@ -33,15 +33,21 @@ set(DESPECKLE_RUNTIME_BUNDLE_FILES
   monai_bundle/models/model.ts
   )
 
-# Copy the runtime from repository_dir into destination_dir (kept up to date: configure_file
-# reruns the configuration when a source file changes).
-function(despeckle_copy_runtime repository_dir destination_dir)
-  foreach(file IN LISTS DESPECKLE_RUNTIME_LIBRARY_FILES DESPECKLE_RUNTIME_BUNDLE_FILES)
+# Copy files (paths relative to repository_dir) into destination_dir, keeping their relative
+# paths; configure_file reruns the configuration when a source file changes.
+function(despeckle_copy_files repository_dir destination_dir)
+  foreach(file IN LISTS ARGN)
     if(NOT EXISTS "${repository_dir}/${file}")
       message(FATAL_ERROR "Despeckle runtime: ${repository_dir}/${file} is missing; build from a full checkout")
     endif()
     configure_file("${repository_dir}/${file}" "${destination_dir}/${file}" COPYONLY)
   endforeach()
+endfunction()
+
+# The whole runtime (library code and bundle files) into destination_dir.
+function(despeckle_copy_runtime repository_dir destination_dir)
+  despeckle_copy_files("${repository_dir}" "${destination_dir}"
+    ${DESPECKLE_RUNTIME_LIBRARY_FILES} ${DESPECKLE_RUNTIME_BUNDLE_FILES})
 endfunction()
 
 if(CMAKE_SCRIPT_MODE_FILE AND CMAKE_SCRIPT_MODE_FILE STREQUAL CMAKE_CURRENT_LIST_FILE)
