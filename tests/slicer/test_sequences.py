@@ -16,22 +16,7 @@ import slicer
 import slicer.util
 from SlicerDespeckleLib.logic import OUTPUT_SUFFIX, SOURCE_ATTRIBUTE, DespeckleLogic, ijk_to_ras_array
 
-FRAMES = 4
-FRAME_MS = 33.333
-
-READ_CINE = textwrap.dedent(
-    """
-    import sys, importlib.util, pathlib
-    import numpy as np, SimpleITK as sitk
-    spec = importlib.util.find_spec("data_store")
-    if spec is None:
-        sys.exit(3)
-    path = pathlib.Path(list(spec.submodule_search_locations)[0]) / "data" / "color3d_jpeg_baseline.dcm"
-    image = sitk.ReadImage(str(path))
-    array = sitk.GetArrayFromImage(image)[: int(sys.argv[2])]  # (frames, 480, 640, 3) uint8
-    np.save(sys.argv[1], array)
-    """
-)
+FRAME_MS = 33.333  # the cine's frame time, (0018,1063)
 
 REFERENCE = textwrap.dedent(
     """
@@ -43,20 +28,6 @@ REFERENCE = textwrap.dedent(
     np.save(sys.argv[2], despeckle_array(grey, sys.argv[3], axis=0))
     """
 )
-
-
-@pytest.fixture(scope="module")
-def cine_array(project_python, tmp_path_factory) -> np.ndarray:
-    path = tmp_path_factory.mktemp("cine") / "cine.npy"
-    result = subprocess.run(
-        [project_python, "-c", READ_CINE, str(path), str(FRAMES)], capture_output=True, text=True, timeout=300
-    )
-    if result.returncode == 3:
-        pytest.skip("pydicom-data (the cine) is not installed in the project's interpreter")
-    assert result.returncode == 0, result.stderr
-    array = np.load(path)
-    assert array.shape == (FRAMES, 480, 640, 3) and array.dtype == np.uint8
-    return array
 
 
 def _reference(python: str, array: np.ndarray, method: str, tmp_path) -> np.ndarray:
@@ -88,7 +59,7 @@ def cine(scene, sequences_logic, cine_array):
     sequence.SetIndexName("time")
     sequence.SetIndexUnit("ms")
     frame = slicer.vtkMRMLVectorVolumeNode()
-    for item in range(FRAMES):
+    for item in range(len(cine_array)):
         slicer.util.updateVolumeFromArray(frame, cine_array[item][np.newaxis])  # (1, 480, 640, 3)
         frame.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(_frame_geometry(item)))
         sequence.SetDataNodeAtValue(frame, f"{item * FRAME_MS:.3f}")
@@ -115,16 +86,20 @@ def test_proxy_volume_gives_a_sequence_in_the_same_browser(
     output = logic.process(proxy, method="median", progress=lambda done, total: seen.append((done, total)))
 
     assert output.IsA("vtkMRMLSequenceNode") and output.GetName() == "cine" + OUTPUT_SUFFIX
-    assert _index_values(output) == _index_values(sequence) == [f"{i * FRAME_MS:.3f}" for i in range(FRAMES)]
+    assert (
+        _index_values(output)
+        == _index_values(sequence)
+        == [f"{i * FRAME_MS:.3f}" for i in range(len(cine_array))]
+    )
     assert (output.GetIndexName(), output.GetIndexUnit(), output.GetIndexType()) == (
         "time",
         "ms",
         sequence.GetIndexType(),
     )
     assert output.GetAttribute(SOURCE_ATTRIBUTE) == proxy.GetID()
-    assert seen[0] == (0, FRAMES) and seen[-1] == (FRAMES, FRAMES)  # progress over the frames
+    assert seen[0] == (0, len(cine_array)) and seen[-1] == (len(cine_array),) * 2  # progress over the frames
     reference = _reference(project_python, cine_array, "median", tmp_path)
-    for item in range(FRAMES):
+    for item in range(len(cine_array)):
         frame = output.GetNthDataNode(item)
         assert frame.IsA("vtkMRMLScalarVolumeNode") and not frame.IsA("vtkMRMLVectorVolumeNode")
         np.testing.assert_allclose(ijk_to_ras_array(frame), _frame_geometry(item), atol=1e-9)

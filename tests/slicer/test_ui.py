@@ -127,3 +127,16 @@ def test_panel_renders_offscreen(panel, tmp_path):
     image = panel.grab().toImage()
     assert image.width() == 320 and image.height() == 480
     assert image.save(str(tmp_path / "panel.png"))
+
+
+def test_names_the_module_imports_from_its_library_exist():
+    """SlicerDespeckle.py itself needs the application; what it takes from SlicerDespeckleLib is checked here."""
+    import importlib
+    import importlib.util
+
+    for node in ast.walk(ast.parse(MODULE_PATH.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("SlicerDespeckleLib"):
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                found = hasattr(module, alias.name) or importlib.util.find_spec(f"{node.module}.{alias.name}")
+                assert found, f"SlicerDespeckle.py imports {alias.name} from {node.module}, which has none"
