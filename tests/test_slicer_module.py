@@ -40,7 +40,8 @@ def _ready(python: Path) -> bool:
     if not python.exists():
         return False
     check = "import slicer, slicer.util, PySide6.QtUiTools, pytest, numpy; slicer.vtkMRMLScene()"
-    return subprocess.run([str(python), "-c", check], capture_output=True, timeout=300).returncode == 0
+    # importing vtk and Qt from a cold disk on a busy machine has taken over 5 minutes
+    return subprocess.run([str(python), "-c", check], capture_output=True, timeout=900).returncode == 0
 
 
 def _ensure_slicer_venv() -> Path:
