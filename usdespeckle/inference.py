@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import warnings
 from collections.abc import Callable
@@ -176,6 +177,21 @@ class Denoiser:
         return np.clip(out, 0.0, 1.0, out=out)
 
 
+def _onnx_threads() -> int:
+    """Threads for ONNX Runtime: torch's setting when torch is already loaded, else ``OMP_NUM_THREADS``.
+
+    0 lets ONNX Runtime choose. torch is never imported here: the ONNX path runs with numpy,
+    SimpleITK and onnxruntime alone (as inside 3D Slicer).
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return int(torch.get_num_threads())
+    try:
+        return max(0, int(os.environ.get("OMP_NUM_THREADS", "0")))
+    except ValueError:
+        return 0
+
+
 _CACHE: dict[tuple[str, str, str, int | None], Denoiser] = {}
 _CACHE_LOCK = threading.Lock()
 
@@ -242,7 +258,13 @@ def load_denoiser(
             )
         divisor = _divisor(metadata, meta_path)
         if backend == "onnx":
-            import onnxruntime as ort
+            try:
+                import onnxruntime as ort
+            except ImportError:
+                raise ValueError(
+                    "backend 'onnx' needs the onnxruntime package: pip install onnxruntime "
+                    "(or choose backend 'torch')"
+                ) from None
 
             providers = ["CPUExecutionProvider"]
             if device == "cuda":
@@ -251,13 +273,17 @@ def load_denoiser(
                         "device 'cuda' asked for but ONNX Runtime has no CUDA provider; use --device cpu"
                     )
                 providers.insert(0, "CUDAExecutionProvider")
-            import torch
-
             options = ort.SessionOptions()
-            options.intra_op_num_threads = torch.get_num_threads()
+            options.intra_op_num_threads = _onnx_threads()
             model: Any = ort.InferenceSession(str(path), options, providers=providers)
         else:
-            import torch
+            try:
+                import torch
+            except ImportError:
+                raise ValueError(
+                    "backend 'torch' needs PyTorch (in 3D Slicer: the PyTorch extension); "
+                    "or choose backend 'onnx', which needs only onnxruntime"
+                ) from None
 
             if device == "cuda" and not torch.cuda.is_available():
                 raise ValueError("device 'cuda' asked for but torch sees no CUDA GPU; use --device cpu")

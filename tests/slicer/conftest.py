@@ -9,12 +9,16 @@ module's GUI-free Logic (``SlicerDespeckle/SlicerDespeckleLib``) against real MR
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+#: Frames of the pydicom-data cine the tests use (of 120).
+CINE_FRAMES = 4
 MODULE_DIR = REPO / "SlicerDespeckle"
 sys.path.insert(0, str(MODULE_DIR))  # as Slicer does for a scripted module's folder
 
@@ -25,15 +29,33 @@ def pytest_configure(config):
 
 @pytest.fixture
 def scene():
-    """A fresh MRML scene, installed as ``slicer.mrmlScene`` as the application would."""
+    """A fresh MRML scene, installed as ``slicer.mrmlScene`` as the application would.
+
+    The Sequences logic is attached as in the application (it registers the browser node class
+    and makes browsers' proxy nodes); the ``sequences_logic`` fixture gives it.
+    """
     import slicer
 
     slicer.mrmlScene = slicer.vtkMRMLScene()
+    logic = slicer.vtkSlicerSequencesLogic()
+    logic.SetMRMLScene(slicer.mrmlScene)
+    _SEQUENCES_LOGIC[id(slicer.mrmlScene)] = logic
     yield slicer.mrmlScene
     slicer.mrmlScene.Clear(1)
+    logic.SetMRMLScene(None)
+    _SEQUENCES_LOGIC.clear()
+
+
+_SEQUENCES_LOGIC: dict = {}
 
 
 @pytest.fixture
+def sequences_logic(scene):
+    """The Sequences logic attached to ``scene``."""
+    return _SEQUENCES_LOGIC[id(scene)]
+
+
+@pytest.fixture(scope="session")
 def project_python() -> str:
     """The project's interpreter (with usdespeckle and its dependencies) for ``usdespeckle run``."""
     python = os.environ.get("SLICERDESPECKLE_TEST_PYTHON")
@@ -42,3 +64,38 @@ def project_python() -> str:
             "set SLICERDESPECKLE_TEST_PYTHON to the project's interpreter (tests/test_slicer_module.py does)"
         )
     return python
+
+
+READ_CINE = textwrap.dedent(
+    """
+    import sys, importlib.util, pathlib
+    import numpy as np, SimpleITK as sitk
+    spec = importlib.util.find_spec("data_store")
+    if spec is None:
+        sys.exit(3)
+    path = pathlib.Path(list(spec.submodule_search_locations)[0]) / "data" / "color3d_jpeg_baseline.dcm"
+    image = sitk.ReadImage(str(path))
+    array = sitk.GetArrayFromImage(image)[: int(sys.argv[2])]  # (frames, 480, 640, 3) uint8
+    np.save(sys.argv[1], array)
+    """
+)
+
+
+@pytest.fixture(scope="session")
+def cine_array(project_python, tmp_path_factory):
+    """The first frames of pydicom-data's cardiac cine ``color3d_jpeg_baseline.dcm``: (frames, 480, 640, 3) uint8."""
+    import numpy as np
+
+    path = tmp_path_factory.mktemp("cine") / "cine.npy"
+    result = subprocess.run(
+        [project_python, "-c", READ_CINE, str(path), str(CINE_FRAMES)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if result.returncode == 3:
+        pytest.skip("pydicom-data (the cine) is not installed in the project's interpreter")
+    assert result.returncode == 0, result.stderr
+    array = np.load(path)
+    assert array.shape == (CINE_FRAMES, 480, 640, 3) and array.dtype == np.uint8
+    return array

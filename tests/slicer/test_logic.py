@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import subprocess
@@ -15,20 +14,27 @@ import numpy as np
 import pytest
 import slicer
 import slicer.util
+from SlicerDespeckleLib.dependencies import (
+    TORCH,
+    missing_for,
+    pip_arguments,
+    read_requirements,
+    requirements_for,
+)
 from SlicerDespeckleLib.logic import (
-    LOCAL_ONLY_REQUIREMENTS,
     OUTPUT_SUFFIX,
     PREVIEW_SUFFIX,
+    SOURCE_ATTRIBUTE,
     DespeckleCancelled,
     DespeckleLogic,
     DespeckleProcessError,
     despeckle_command,
     ijk_to_ras_array,
-    missing_requirements,
     parse_progress,
     slice_index_at_ras,
     validate_server_url,
 )
+from SlicerDespeckleLib.process import process_environment, runtime_folder
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -162,15 +168,18 @@ def test_median_keeps_geometry_and_input_and_honours_axis(scene, volume, project
     logic = DespeckleLogic(python_executable=project_python)
     seen: list[tuple[int, int]] = []
     results = {}
+    names = []
     for axis in (0, 2):
         output = logic.process(volume, method="median", axis=axis, progress=lambda d, t: seen.append((d, t)))
         results[axis] = np.array(slicer.util.arrayFromVolume(output))
-        assert output.GetName() == "phantom" + OUTPUT_SUFFIX
+        names.append(output.GetName())
+        assert output.GetAttribute(SOURCE_ATTRIBUTE) == volume.GetID()
         np.testing.assert_allclose(ijk_to_ras_array(output), geometry, atol=1e-9)
         assert results[axis].shape == before.shape
         display = output.GetDisplayNode()
         assert display is not None and display.GetWindow() > 0
-    # two runs, two new nodes (plus their display nodes); the input is untouched
+    # two runs, two new nodes (plus their display nodes): the second never overwrites the first
+    assert names[0] == "phantom" + OUTPUT_SUFFIX and names[1].startswith(names[0]) and names[1] != names[0]
     assert scene.GetNumberOfNodes() > nodes
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(volume), before)
     np.testing.assert_allclose(ijk_to_ras_array(volume), geometry, atol=0)
@@ -188,8 +197,10 @@ def test_denoiser_passes_reach_the_network(scene, volume, project_python, tmp_pa
         pytest.skip("no shipped denoiser weights")
     logic = DespeckleLogic(project_python)
     before = np.array(slicer.util.arrayFromVolume(volume))
-    every = np.array(slicer.util.arrayFromVolume(logic.process(volume, method="denoiser")))
-    one = np.array(slicer.util.arrayFromVolume(logic.process(volume, method="denoiser", passes=1)))
+    every = np.array(slicer.util.arrayFromVolume(logic.process(volume, method="denoiser", backend="torch")))
+    one = np.array(
+        slicer.util.arrayFromVolume(logic.process(volume, method="denoiser", backend="torch", passes=1))
+    )
     assert every.shape == one.shape == before.shape
     assert np.isfinite(every).all() and np.isfinite(one).all()
     assert np.abs(every - one).mean() > 1e-3 * (before.max() - before.min())
@@ -281,9 +292,10 @@ def test_cancel_kills_process_tree_and_leaves_scene(scene, volume, tmp_path):
     (package / "__main__.py").write_text(FAKE_CLI)
     pid_file = tmp_path / "pids.txt"
     env = dict(os.environ, PYTHONPATH=str(tmp_path / "fake"), FAKE_PID_FILE=str(pid_file))
-    logic = DespeckleLogic(sys.executable, environment=env)
+    logic = DespeckleLogic(sys.executable, environment=env, runtime=False)  # the fake, not the library
     nodes = scene.GetNumberOfNodes()
     job = logic.start(volume, method="median")
+    assert job.total == 9  # known before the first progress line: the volume's slices along K
     deadline = time.monotonic() + 60
     while job.done == 0 and time.monotonic() < deadline:
         assert not job.poll(), job.error_text()
@@ -291,7 +303,9 @@ def test_cancel_kills_process_tree_and_leaves_scene(scene, volume, tmp_path):
     assert (job.done, job.total) == (1, 10) and job.fraction == pytest.approx(0.1)
     parent, grandchild = (int(v) for v in pid_file.read_text().split())
     assert _alive(parent) and _alive(grandchild)
+    began = time.monotonic()
     job.cancel()
+    assert time.monotonic() - began < 1.0  # cancel never blocks the GUI for seconds
     time.sleep(0.2)
     assert not _alive(parent) and not _alive(grandchild)
     assert not job.temp_dir.exists()
@@ -313,31 +327,64 @@ def test_slice_index_at_ras(volume):
     assert slice_index_at_ras(volume, far[:3], 0) == 8  # clipped into the volume
 
 
-def test_missing_requirements(tmp_path):
+def test_dependencies_follow_the_method(tmp_path):
     requirements = tmp_path / "requirements.txt"
-    requirements.write_text("# comment\nnumpy>=1.20\n\nno-such-package-for-slicerdespeckle==1.0  # why\n")
-    assert missing_requirements(requirements) == ["no-such-package-for-slicerdespeckle==1.0"]
+    requirements.write_text("# comment\nonnxruntime>=1.18  # denoiser\nscikit-image>=0.22\nbm3d>=4.0.3\n")
+
+    def names(method, backend="onnx", server=False):
+        found = requirements_for(method, backend, server=server, requirements_file=requirements)
+        return [r.requirement or r.name for r in found]
+
+    assert names("denoiser") == ["onnxruntime>=1.18"]
+    assert names("denoiser", "torch") == [TORCH]
+    assert names("nlm") == names("tv") == ["scikit-image>=0.22"]
+    assert names("bm3d") == ["bm3d>=4.0.3"]
+    for method in ("median", "lee", "frost", "kuan", "srad", "obnlm"):  # numpy and SciPy, in Slicer
+        assert names(method) == []
+    assert names("denoiser", server=True) == names("bm3d", server=True) == []  # all on the server
+    requirements.write_text("scikit-image\n")
+    with pytest.raises(ValueError, match="onnxruntime"):
+        names("denoiser")
 
 
-def test_server_mode_needs_usdespeckle_but_not_the_network_runtimes(tmp_path):
+def test_missing_checks_the_module_not_the_distribution(tmp_path):
     requirements = tmp_path / "requirements.txt"
-    requirements.write_text(
-        "no-such-usdespeckle-stand-in\nmonai>=1.3\nonnxruntime>=1.18\ntorch\nno-such-package-xyz\n"
+    requirements.write_text("onnxruntime>=1.18\nscikit-image\nbm3d\n")
+    missing = missing_for("nlm", "onnx", server=False, requirements_file=requirements)
+    import importlib.util
+
+    assert bool(missing) == (importlib.util.find_spec("skimage") is None)
+    assert missing_for("median", "onnx", server=False, requirements_file=requirements) == []
+
+
+def test_pip_keeps_slicers_numpy():
+    found = requirements_for(
+        "denoiser",
+        "onnx",
+        server=False,
+        requirements_file=REPO / "SlicerDespeckle" / "Resources" / "requirements.txt",
     )
-    local = missing_requirements(requirements)
-    assert "no-such-usdespeckle-stand-in" in local and "no-such-package-xyz" in local
-    server = missing_requirements(requirements, server=True)
-    assert server == ["no-such-usdespeckle-stand-in", "no-such-package-xyz"]
-    # from the shipped file a server needs at most usdespeckle (it runs `usdespeckle run --server`)
-    assert "usdespeckle" not in LOCAL_ONLY_REQUIREMENTS
-    shipped = Path(__file__).resolve().parents[2] / "SlicerDespeckle" / "Resources" / "requirements.txt"
-    assert set(missing_requirements(shipped, server=True)) <= {"usdespeckle"}
+    assert pip_arguments(found, "2.0.2") == [found[0].requirement, "numpy==2.0.2"]
+    assert pip_arguments([], "2.0.2") == []  # nothing to install: no pip call at all
 
 
-def test_shipped_requirements_file_is_parsable():
-    path = Path(__file__).resolve().parents[2] / "SlicerDespeckle" / "Resources" / "requirements.txt"
-    names = [line.split("#")[0].strip() for line in path.read_text().splitlines()]
-    names = [n for n in names if n]
-    assert any(n.startswith("usdespeckle") for n in names) and any(n.startswith("monai") for n in names)
-    assert not any(n.startswith("torch") for n in names), "torch comes from SlicerPyTorch, not pip"
-    json.dumps(missing_requirements(path))  # runs without error
+def test_shipped_requirements_hold_only_well_known_packages():
+    lines = read_requirements(REPO / "SlicerDespeckle" / "Resources" / "requirements.txt")
+    assert set(lines) == {"onnxruntime", "scikit-image", "bm3d"}
+    heavy = ("torch", "monai", "itk", "nilearn", "dipy", "pymust", "usdespeckle", "onnx")
+    assert not set(lines) & set(heavy), "the module must run without these"
+
+
+def test_runtime_folder_and_environment(tmp_path):
+    module = tmp_path / "SlicerDespeckle"
+    (module / "SlicerDespeckleLib" / "runtime" / "usdespeckle").mkdir(parents=True)
+    assert runtime_folder(module) is None  # no package yet
+    (module / "SlicerDespeckleLib" / "runtime" / "usdespeckle" / "__main__.py").write_text("")
+    assert runtime_folder(module) == module / "SlicerDespeckleLib" / "runtime"
+    assert runtime_folder(REPO / "SlicerDespeckle") in (
+        REPO / "SlicerDespeckle" / "SlicerDespeckleLib" / "runtime",
+        REPO,
+    )
+    env = process_environment({"PYTHONPATH": f"a{os.pathsep}b", "X": "1"}, "/rt")
+    assert env["PYTHONPATH"].split(os.pathsep) == ["/rt", "a", "b"] and env["X"] == "1"
+    assert "PYTHONPATH" not in process_environment({}, None)

@@ -35,8 +35,16 @@ def panel():
     app.processEvents()
 
 
+PANEL_PATH = MODULE_DIR / "SlicerDespeckleLib" / "panel.py"
+
+
 def _ui_names_used_by_module() -> set[str]:
-    return set(re.findall(r"self\.ui\.(\w+)", MODULE_PATH.read_text()))
+    """Widgets the module file and the panel's run state (SlicerDespeckleLib/panel.py) use."""
+    return {
+        name
+        for path in (MODULE_PATH, PANEL_PATH)
+        for name in re.findall(r"self\.ui\.(\w+)", path.read_text())
+    }
 
 
 def _parameter_names() -> set[str]:
@@ -69,6 +77,7 @@ def test_every_parameter_has_a_bound_widget(panel):
     assert parameters == {
         "inputVolume",
         "outputVolume",
+        "allFrames",
         "method",
         "axis",
         "strength",
@@ -82,7 +91,7 @@ def test_every_parameter_has_a_bound_widget(panel):
 
 
 def test_panel_widgets_have_the_expected_kinds(panel):
-    from PySide6.QtWidgets import QComboBox, QLabel, QLineEdit, QProgressBar, QPushButton
+    from PySide6.QtWidgets import QCheckBox, QComboBox, QLabel, QLineEdit, QProgressBar, QPushButton
 
     def kind(name, cls):
         widget = panel.findChild(cls, name)
@@ -105,6 +114,12 @@ def test_panel_widgets_have_the_expected_kinds(panel):
     for cls in ("qMRMLNodeComboBox", "ctkSliderWidget", "qMRMLWidget"):
         assert f"<class>{cls}</class>" in text
     assert text.count("setMRMLScene(vtkMRMLScene*)") == 2  # both node selectors get the scene
+    # the input takes volumes (colour ones too: vector volumes are scalar volumes' children) and
+    # sequences, but not label maps
+    selector = text[text.index('name="inputSelector"') : text.index('name="allFramesCheckBox"')]
+    assert "<string>vtkMRMLSequenceNode</string>" in selector
+    assert "<string>vtkMRMLLabelMapVolumeNode</string>" in selector.split('name="hideChildNodeTypes"')[1]
+    assert kind("allFramesCheckBox", QCheckBox).isChecked()
 
 
 def test_panel_renders_offscreen(panel, tmp_path):
@@ -112,3 +127,16 @@ def test_panel_renders_offscreen(panel, tmp_path):
     image = panel.grab().toImage()
     assert image.width() == 320 and image.height() == 480
     assert image.save(str(tmp_path / "panel.png"))
+
+
+def test_names_the_module_imports_from_its_library_exist():
+    """SlicerDespeckle.py itself needs the application; what it takes from SlicerDespeckleLib is checked here."""
+    import importlib
+    import importlib.util
+
+    for node in ast.walk(ast.parse(MODULE_PATH.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("SlicerDespeckleLib"):
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                found = hasattr(module, alias.name) or importlib.util.find_spec(f"{node.module}.{alias.name}")
+                assert found, f"SlicerDespeckle.py imports {alias.name} from {node.module}, which has none"

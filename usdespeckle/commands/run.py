@@ -124,7 +124,10 @@ def _progress_callback(
 
         return lines, lambda: None
     if mode == "bar" and slices > 1:
-        from tqdm import tqdm
+        try:
+            from tqdm import tqdm
+        except ImportError:  # a minimal runtime (numpy, SimpleITK, onnxruntime): no bar
+            return None, lambda: None
 
         bars: list[tqdm] = []  # made at the first update, so errors before any work print no bar
 
