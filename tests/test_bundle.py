@@ -17,6 +17,7 @@ from monai.bundle import ConfigWorkflow
 from PIL import Image
 
 from usdespeckle import bundle_utils
+from usdespeckle.ensemble import SelfEnsemble
 from usdespeckle.networks import Pix2PixUNetGenerator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -228,47 +229,108 @@ def test_multi_gpu_config_runs_with_torchrun_on_cpu(tmp_path: Path, dataset_dir:
     assert not any(k.startswith("module.") for k in state["generator"])
 
 
-def _tiny_torchscript(bundle_root: Path) -> torch.nn.Module:
-    torch.manual_seed(0)
-    net = Pix2PixUNetGenerator(ngf=8, num_downs=4).eval()
-    (bundle_root / "models").mkdir(parents=True)
-    torch.jit.script(net).save(str(bundle_root / "models" / "model.ts"))
-    return net
+def _tiny_bundle(root: Path, ngf: int = 4, num_downs: int = 4, seed: int = 0) -> tuple[Path, torch.nn.Module]:
+    """A bundle folder with the shipped configs, a tiny generator's model.pt and its exports.
+
+    train.json gets the tiny network options; training/export_bundle.py copies them into inference.json
+    and metadata.json, exports model.ts and model.onnx and records the checksums, as for a real bundle.
+    """
+    import shutil
+
+    shutil.copytree(CONFIGS, root / "configs")
+    train = json.loads((CONFIGS / "train.json").read_text())
+    train.update(ngf=ngf, num_downs=num_downs)
+    (root / "configs" / "train.json").write_text(json.dumps(train, indent=4) + "\n")
+    torch.manual_seed(seed)
+    generator = Pix2PixUNetGenerator(ngf=ngf, num_downs=num_downs, norm=DENOISER_NORM).eval()
+    (root / "models").mkdir()
+    torch.save(generator.state_dict(), root / "models" / "model.pt")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}
+    done = subprocess.run(
+        [PYTHON, str(REPO / "training" / "export_bundle.py"), "--bundle_root", str(root)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"ngf: 16 -> {ngf}" in done.stdout or ngf == train["ngf"]  # the sync reports what it changed
+    return root, generator
 
 
-@pytest.mark.slow  # 30-40 s on a loaded 2-core machine, about 10 s idle
-def test_inference_config_needs_only_monai_and_keeps_geometry(tmp_path: Path) -> None:
-    bundle_root, data, out = tmp_path / "bundle", tmp_path / "volumes", tmp_path / "out"
-    net = _tiny_torchscript(bundle_root)
+def _run_bundle(bundle_root: Path, data: Path, out: Path, *configs: str, **overrides: str) -> None:
+    files = [str(bundle_root / "configs" / c) for c in ("inference.json", *configs)]
+    cmd = [PYTHON, "-m", "monai.bundle", "run", "--config_file", str(files) if configs else files[0]]
+    cmd += ["--bundle_root", str(bundle_root), "--dataset_dir", str(data), "--output_dir", str(out)]
+    for key, value in overrides.items():
+        cmd += [f"--{key}", value]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}
+    done = subprocess.run(cmd, cwd=data.parent, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.slow  # about 40 s on a loaded 2-core machine: an export and three bundle runs
+def test_bundle_inference_gives_the_library_output(tmp_path: Path) -> None:
+    """inference.json (network_def + model.pt, and the TorchScript override) == usdespeckle run's mapping."""
+    import SimpleITK as sitk
+
+    from usdespeckle.inference import despeckle_array
+    from usdespeckle.io import read_image, write_image
+
+    bundle_root, _ = _tiny_bundle(tmp_path / "bundle")
+    data, out, out_ts = tmp_path / "volumes", tmp_path / "out", tmp_path / "out_ts"
     data.mkdir()
     rng = np.random.default_rng(3)
     affine = np.array([[0.3, 0, 0, 10.0], [0, 0.4, 0, -5.0], [0, 0, 0.5, 2.0], [0, 0, 0, 1]])
-    divisible = rng.uniform(0, 255, (32, 48, 3)).astype(np.float32)
-    odd = rng.uniform(0, 255, (21, 37, 4)).astype(np.float32)
-    nib.save(nib.Nifti1Image(divisible, affine), data / "a.nii.gz")
-    nib.save(nib.Nifti1Image(odd, affine), data / "b.nii.gz")
-    cmd = [PYTHON, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "inference.json")]
-    cmd += ["--bundle_root", str(bundle_root), "--dataset_dir", str(data), "--output_dir", str(out)]
-    cmd += ["--num_downs", "4"]
-    # no PYTHONPATH and a working directory outside the repository: usdespeckle is not importable
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "2"}
-    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    for name, volume in (("a", divisible), ("b", odd)):
-        result = nib.load(out / f"{name}_despeckled.nii.gz")
-        assert result.shape == volume.shape
-        np.testing.assert_allclose(result.affine, affine, atol=1e-5)
-        assert result.get_data_dtype() == np.float32
-    # without padding, each output slice is the network applied to the [0, 1]-scaled slice
-    scaled = (divisible - divisible.min()) / (divisible.max() - divisible.min())
-    slices = torch.from_numpy(np.moveaxis(scaled, 2, 0))[:, None]
-    with torch.no_grad():
-        expected = np.moveaxis(net(slices)[:, 0].numpy(), 0, 2)
-    np.testing.assert_allclose(nib.load(out / "a_despeckled.nii.gz").get_fdata(), expected, atol=1e-4)
+    volumes = {
+        "divisible": rng.gamma(2.0, 40.0, (32, 48, 3)),
+        "odd": rng.gamma(2.0, 40.0, (21, 37, 4)) - 300.0,  # negative intensities map back too
+        "small": rng.gamma(2.0, 40.0, (9, 12, 2)),  # slices under half the divisor (16): numpy reflection
+    }
+    for name, volume in volumes.items():
+        nib.save(nib.Nifti1Image(volume.astype(np.float32), affine), data / f"{name}.nii.gz")
+    _run_bundle(bundle_root, data, out)
+    _run_bundle(bundle_root, data, out_ts, "inference_torchscript.json")
+    for name, volume in volumes.items():
+        # the library reads SimpleITK's (k, j, i) array; slices of constant k are the bundle's slice_axis 2
+        source = sitk.GetArrayFromImage(sitk.ReadImage(str(data / f"{name}.nii.gz")))
+        expected = despeckle_array(source, axis=0, bundle_root=bundle_root, backend="torch")
+        tolerance = 1e-4 * float(np.ptp(source))  # 1e-4 of the intensity range, in the input's units
+        for folder in (out, out_ts):
+            result = nib.load(folder / f"{name}_despeckled.nii.gz")
+            assert result.shape == volume.shape and result.get_data_dtype() == np.float32
+            np.testing.assert_allclose(result.affine, affine, atol=1e-5)
+            got = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / f"{name}_despeckled.nii.gz")))
+            np.testing.assert_allclose(got, expected, atol=tolerance, rtol=0)
+        assert float(np.abs(expected - source).max()) > 100 * tolerance  # it changed the image
+
+    # a 2D PNG: the output is in the input's grey levels, rounded to uint8 like usdespeckle.io
+    pngs, png_out = tmp_path / "pngs", tmp_path / "png_out"
+    pngs.mkdir()
+    grey = (rng.gamma(2.0, 40.0, (40, 52)).clip(0, 255)).astype(np.uint8)
+    Image.fromarray(grey).save(pngs / "frame.png")
+    _run_bundle(bundle_root, pngs, png_out, input_dims="2", input_pattern="*.png", output_ext=".png")
+    written = np.asarray(Image.open(png_out / "frame_despeckled.png"))
+    assert written.dtype == np.uint8 and written.shape == grey.shape
+    library_input = sitk.GetArrayFromImage(read_image(pngs / "frame.png"))
+    write_image(
+        sitk.GetImageFromArray(despeckle_array(library_input, bundle_root=bundle_root)), tmp_path / "lib.png"
+    )
+    library = np.asarray(Image.open(tmp_path / "lib.png"))
+    assert library.shape == grey.shape
+    assert np.abs(written.astype(int) - library.astype(int)).max() <= 1  # rounding at a .5 boundary at most
+    assert written.std() > 1.0  # not the all-zero image of a [0, 1] float cast to uint8
 
 
 def test_inference_workflow_has_required_properties(tmp_path: Path) -> None:
-    _tiny_torchscript(tmp_path)
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "metadata.json").write_text((CONFIGS / "metadata.json").read_text())
+    (tmp_path / "models").mkdir()
+    torch.save(
+        Pix2PixUNetGenerator(ngf=4, num_downs=4, norm=DENOISER_NORM).state_dict(),
+        tmp_path / "models" / "model.pt",
+    )
+    bundle_utils.update_checksums(tmp_path)
     wf = ConfigWorkflow(
         config_file=str(CONFIGS / "inference.json"),
         meta_file=str(CONFIGS / "metadata.json"),
@@ -276,23 +338,36 @@ def test_inference_workflow_has_required_properties(tmp_path: Path) -> None:
         workflow_type="infer",
         bundle_root=str(tmp_path),
         dataset_dir=str(tmp_path),
+        ngf=4,
+        num_downs=4,
     )
-    wf.initialize()
+    wf.initialize()  # checks model.pt against metadata.json
     assert not wf.check_properties()
+    network = wf.parser.get_parsed_content("network")
+    assert isinstance(network, SelfEnsemble) and len(network.mirrorings) == wf.parser["mirrorings"]
+    (tmp_path / "models" / "model.pt").write_bytes(b"corrupt")
+    with pytest.raises(RuntimeError):  # the sha256 check in `initialize` refuses changed weights
+        ConfigWorkflow(
+            config_file=str(CONFIGS / "inference.json"),
+            meta_file=str(CONFIGS / "metadata.json"),
+            workflow_type="infer",
+            bundle_root=str(tmp_path),
+        ).initialize()
 
 
-def test_export_and_verify_net_in_out(tmp_path: Path) -> None:
+def test_standard_export_and_verify_net_in_out(tmp_path: Path) -> None:
+    """MONAI's ckpt_export of inference.json's network_def is the self-ensemble of model.pt's generator."""
     from monai.bundle import ckpt_export, verify_net_in_out
 
     torch.manual_seed(0)
-    net = Pix2PixUNetGenerator(ngf=8, num_downs=4, norm=DENOISER_NORM).eval()
+    generator = Pix2PixUNetGenerator(ngf=4, num_downs=4, norm=DENOISER_NORM).eval()
     (tmp_path / "models").mkdir()
-    torch.save(net.state_dict(), tmp_path / "models" / "model.pt")
+    torch.save(generator.state_dict(), tmp_path / "models" / "model.pt")
     common = {
         "meta_file": str(CONFIGS / "metadata.json"),
-        "config_file": str(CONFIGS / "train.json"),
+        "config_file": str(CONFIGS / "inference.json"),
         "bundle_root": str(tmp_path),
-        "ngf": 8,
+        "ngf": 4,
         "num_downs": 4,
     }
     ckpt_export(
@@ -302,49 +377,95 @@ def test_export_and_verify_net_in_out(tmp_path: Path) -> None:
         **common,
     )
     exported = torch.jit.load(str(tmp_path / "models" / "model.ts"))
-    x = torch.rand(1, 1, 64, 64)
+    mirrorings = json.loads((CONFIGS / "inference.json").read_text())["mirrorings"]
+    assert len(exported.mirrorings) == mirrorings
+    x = torch.rand(2, 1, 32, 48)
     with torch.no_grad():
-        torch.testing.assert_close(exported(x), net(x))
+        torch.testing.assert_close(exported(x), SelfEnsemble(generator, mirrorings).eval()(x))
+        assert float((exported(x) - generator(x)).abs().max()) > 1e-4  # not the single pass
     verify_net_in_out("network_def", **common)  # raises on a shape or dtype mismatch with metadata.json
 
 
+@pytest.mark.slow  # 20-30 s: exports and runs the ensemble at 256x256
 def test_export_script_ships_the_self_ensemble(tmp_path: Path) -> None:
     """training/export_bundle.py on a tiny bundle: TorchScript and ONNX average the mirrorings."""
-    import shutil
-
     import onnxruntime as ort
 
-    shutil.copytree(CONFIGS, tmp_path / "configs")
-    train = json.loads((CONFIGS / "train.json").read_text())
-    train.update(ngf=8, num_downs=4)
-    (tmp_path / "configs" / "train.json").write_text(json.dumps(train, indent=4))
-    flips = train["export_test_time_flips"]
+    root, generator = _tiny_bundle(tmp_path, ngf=8, num_downs=4)
+    flips = json.loads((CONFIGS / "train.json").read_text())["export_test_time_flips"]
     assert flips > 1, "the shipped denoiser is meant to average mirrorings"
-    torch.manual_seed(0)
-    net = Pix2PixUNetGenerator(ngf=8, num_downs=4, norm=DENOISER_NORM).eval()
-    (tmp_path / "models").mkdir()
-    torch.save(net.state_dict(), tmp_path / "models" / "model.pt")
-    torch.save(Pix2PixUNetGenerator(ngf=4, num_downs=4).state_dict(), tmp_path / "models" / "simulator.pt")
-    run = subprocess.run(
-        [PYTHON, str(REPO / "training" / "export_bundle.py"), "--bundle_root", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    expected_net = Pix2PixUNetGenerator(ngf=8, num_downs=4, norm=DENOISER_NORM, test_time_flips=flips).eval()
-    expected_net.load_state_dict(net.state_dict())
+    inference = json.loads((root / "configs" / "inference.json").read_text())
+    assert (inference["ngf"], inference["num_downs"], inference["mirrorings"]) == (8, 4, flips)
+    meta = json.loads((root / "configs" / "metadata.json").read_text())
+    assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == ["16*n", "16*n"]
+    expected_net = SelfEnsemble(generator, flips).eval()
     x = torch.rand(2, 1, 32, 48)
     with torch.no_grad():
         expected = expected_net(x)
-        exported = torch.jit.load(str(tmp_path / "models" / "model.ts"))
+        exported = torch.jit.load(str(root / "models" / "model.ts"))
         assert len(exported.mirrorings) == flips
         torch.testing.assert_close(exported(x), expected)
-        assert float((expected - net(x)).abs().max()) > 1e-4  # differs from the single pass
-    session = ort.InferenceSession(str(tmp_path / "models" / "model.onnx"))
+    session = ort.InferenceSession(str(root / "models" / "model.onnx"))
     onnx_out = session.run(None, {"image": x.numpy()})[0]  # dynamic batch, height and width
     np.testing.assert_allclose(onnx_out, expected.numpy(), atol=1e-5)
-    assert bundle_utils.verify_checksums(tmp_path, require_all=True)["models/model.onnx"] == "ok"
+    assert bundle_utils.verify_checksums(root, require_all=True)["models/model.onnx"] == "ok"
+
+
+def test_inference_config_builds_the_training_network() -> None:
+    """inference.json's generator has train.json's arguments and values: the export script changes nothing."""
+    import importlib.util
+    import shutil
+    import tempfile
+
+    spec = importlib.util.spec_from_file_location("export_bundle", REPO / "training" / "export_bundle.py")
+    export_bundle = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(export_bundle)
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copytree(CONFIGS, Path(tmp) / "configs")
+        assert export_bundle.sync_network_definition(Path(tmp)) == []
+        train = json.loads((CONFIGS / "train.json").read_text())
+        train["ngf"] = train["ngf"] * 2
+        (Path(tmp) / "configs" / "train.json").write_text(json.dumps(train))
+        assert export_bundle.sync_network_definition(Path(tmp)) == [
+            f"ngf: {train['ngf'] // 2} -> {train['ngf']}"
+        ]
+
+
+@pytest.mark.slow  # exports the shipped network twice and runs it at 256x256 (8 passes)
+def test_standard_export_reproduces_the_shipped_models(tmp_path: Path) -> None:
+    """ckpt_export / onnx_export of inference.json with the shipped model.pt give the shipped model.ts / model.onnx."""
+    import onnxruntime as ort
+    from monai.bundle import ckpt_export, onnx_export
+
+    if not all(
+        (BUNDLE / rel).is_file() for rel in ("models/model.pt", "models/model.ts", "models/model.onnx")
+    ):
+        pytest.skip("no trained weights in monai_bundle/models yet (the integrator adds them)")
+    common = {
+        "net_id": "network_def",
+        "ckpt_file": str(BUNDLE / "models" / "model.pt"),
+        "meta_file": str(CONFIGS / "metadata.json"),
+        "config_file": str(CONFIGS / "inference.json"),
+        "bundle_root": str(BUNDLE),
+    }
+    ckpt_export(filepath=str(tmp_path / "model.ts"), **common)
+    onnx_export(
+        filepath=str(tmp_path / "model.onnx"),
+        input_shape=[1, 1, 256, 256],
+        use_trace=True,
+        converter_kwargs={"input_names": ["image"], "output_names": ["pred"], "dynamo": False},
+        **common,
+    )
+    x = torch.rand(1, 1, 256, 256, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        shipped = torch.jit.load(str(BUNDLE / "models" / "model.ts"))(x)
+        torch.testing.assert_close(torch.jit.load(str(tmp_path / "model.ts"))(x), shipped, atol=1e-5, rtol=0)
+    shipped_onnx = ort.InferenceSession(str(BUNDLE / "models" / "model.onnx")).run(
+        None, {"image": x.numpy()}
+    )[0]
+    ours = ort.InferenceSession(str(tmp_path / "model.onnx")).run(None, {"image": x.numpy()})[0]
+    np.testing.assert_allclose(ours, shipped_onnx, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(shipped_onnx, shipped.numpy(), atol=1e-4, rtol=0)
 
 
 def test_checksums_detect_changes(tmp_path: Path) -> None:

@@ -2,42 +2,169 @@
 
 python training/export_bundle.py --bundle_root monai_bundle
 
-The exported models average the generator over train.json's ``export_test_time_flips`` mirrorings
-of each slice (self-ensemble; training and validation run one pass), so stock MONAI tools running
-inference.json get the same output as this project's library.
+The exports are MONAI's standard ``ckpt_export`` and ``onnx_export`` of ``inference.json``'s
+``network_def``: the generator wrapped in :class:`usdespeckle.ensemble.SelfEnsemble`, which averages
+it over ``mirrorings`` flips and transposes of each slice (training and validation run one pass). The
+same commands by hand (docs/README.md, *Commands*) therefore write the same files.
+
+First the generator's arguments in ``inference.json`` are brought in line with ``train.json`` (the
+keys its ``network_def`` refers to, e.g. ``ngf``, ``num_downs``, ``norm``; and ``mirrorings`` from
+``export_test_time_flips``), so a retrained network with other options exports without hand edits;
+every change is printed.
+
+``--half_weights`` first stores model.pt in half precision (half the size in git), after checking
+that the exported network's output moves by at most 1e-3 (on [0, 1]) on probe images; the exports
+stay float32.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
+from typing import Any
 
-from monai.bundle import ckpt_export, onnx_export
+import numpy as np
+import torch
+from monai.bundle import ConfigParser, ckpt_export, onnx_export
 
 from usdespeckle.bundle_utils import update_checksums, verify_checksums
 
+#: Arguments of train.json's generator that inference.json does not copy (training-only settings).
+TRAINING_ONLY_ARGUMENTS = ("test_time_flips", "_desc_")
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--bundle_root", type=Path, default=Path("monai_bundle"))
-    args = ap.parse_args()
-    root = args.bundle_root
-    train_config = json.loads((root / "configs" / "train.json").read_text())
+
+def sync_network_definition(bundle_root: Path) -> list[str]:
+    """Copy the generator's definition from train.json into inference.json's ``network_def#network``.
+
+    metadata.json's ``spatial_shape`` follows (``2**num_downs`` times n).
+
+    The generator's arguments are copied as written in train.json (references such as ``"@ngf"``
+    included), and so are the values of the top-level keys they refer to; ``mirrorings`` takes
+    train.json's ``export_test_time_flips``. inference.json is rewritten (4-space JSON, key order kept)
+    only if something changed.
+
+    Args:
+        bundle_root: the bundle folder (holding ``configs/train.json`` and ``configs/inference.json``).
+
+    Returns:
+        One line per change, e.g. ``"ngf: 16 -> 32"``; empty when everything already agrees.
+
+    Raises:
+        ValueError: train.json's network_def refers to a key that train.json does not define.
+    """
+    configs = bundle_root / "configs"
+    train = json.loads((configs / "train.json").read_text())
+    inference_path = configs / "inference.json"
+    inference = json.loads(inference_path.read_text())
+    generator = {k: v for k, v in train["network_def"].items() if k not in TRAINING_ONLY_ARGUMENTS}
+    changes: list[str] = []
+    current = inference["network_def"]["network"]
+    wanted = {"_target_": generator["_target_"], **{k: v for k, v in current.items() if k == "_desc_"}}
+    wanted.update({k: v for k, v in generator.items() if k != "_target_"})
+    if current != wanted:
+        changes.append(f"network_def#network: {json.dumps(current)} -> {json.dumps(wanted)}")
+        inference["network_def"]["network"] = wanted
+    referenced = sorted({m for v in generator.values() for m in re.findall(r"@(\w+)", json.dumps(v))})
+    values: dict[str, Any] = {}
+    for key in referenced:
+        if key not in train:
+            raise ValueError(f"train.json's network_def refers to @{key}, which train.json does not define")
+        values[key] = train[key]
+    values["mirrorings"] = int(train.get("export_test_time_flips", 1))
+    for key, value in values.items():
+        if inference.get(key, object()) != value:
+            changes.append(f"{key}: {json.dumps(inference.get(key))} -> {json.dumps(value)}")
+            inference[key] = value
+    if changes:
+        inference_path.write_text(json.dumps(inference, indent=4) + "\n")
+    changes += _sync_spatial_shape(configs / "metadata.json", 2 ** int(inference["num_downs"]))
+    return changes
+
+
+def _sync_spatial_shape(meta_path: Path, divisor: int) -> list[str]:
+    """Set metadata.json's input and output ``spatial_shape`` to ``["<divisor>*n", "<divisor>*n"]``."""
+    meta = json.loads(meta_path.read_text())
+    changes: list[str] = []
+    formats = meta["network_data_format"]
+    for group, key in (("inputs", "image"), ("outputs", "pred")):
+        wanted = [f"{divisor}*n", f"{divisor}*n"]
+        if formats[group][key]["spatial_shape"] != wanted:
+            changes.append(
+                f"metadata {group}#{key}#spatial_shape: {formats[group][key]['spatial_shape']} -> {wanted}"
+            )
+            formats[group][key]["spatial_shape"] = wanted
+    if changes:
+        meta_path.write_text(json.dumps(meta, indent=4) + "\n")
+    return changes
+
+
+def halve_weights(bundle_root: Path, tolerance: float = 1e-3, seed: int = 0) -> float:
+    """Store ``models/model.pt`` in float16 if the network's output stays within ``tolerance``.
+
+    The network is inference.json's ``network_def`` (the ensemble as exported). Probe images: four
+    256x256 speckle-like images (Gamma-distributed, 1 look, on smooth random backgrounds), seeded.
+
+    Args:
+        bundle_root: the bundle folder.
+        tolerance: largest allowed change of any output pixel, on the [0, 1] scale.
+        seed: seed of the probe images.
+
+    Returns:
+        The largest output change measured.
+
+    Raises:
+        ValueError: the change exceeds ``tolerance`` (model.pt is then left as it is).
+    """
+    path = bundle_root / "models" / "model.pt"
+    state = torch.load(path, weights_only=True)
+    parser = ConfigParser()
+    parser.read_config(str(bundle_root / "configs" / "inference.json"))
+    rng = np.random.default_rng(seed)
+    background = rng.uniform(0.1, 0.9, (4, 1, 8, 8))
+    smooth = np.kron(background, np.ones((32, 32)))  # 256x256 piecewise-constant echogenicity
+    probes = torch.from_numpy(np.clip(smooth * rng.gamma(1.0, 1.0, smooth.shape), 0, 1).astype(np.float32))
+    outputs = []
+    for weights in (state, {k: v.half() if v.is_floating_point() else v for k, v in state.items()}):
+        network = parser.get_parsed_content("network_def", instantiate=True, lazy=False).eval()
+        network.load_state_dict(weights)
+        with torch.no_grad():
+            outputs.append(network(probes))
+    change = float((outputs[0] - outputs[1]).abs().max())
+    if change > tolerance:
+        raise ValueError(
+            f"half-precision weights change the output by up to {change:.2g} (> {tolerance}); "
+            "keep model.pt in float32"
+        )
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, path)
+    return change
+
+
+def export(bundle_root: Path, half_weights: bool = False) -> None:
+    """Sync inference.json, export models/model.ts and models/model.onnx, record all checksums.
+
+    Args:
+        bundle_root: the bundle folder.
+        half_weights: first store model.pt in float16 (see :func:`halve_weights`).
+    """
+    for change in sync_network_definition(bundle_root):
+        print(f"inference.json: {change}")
+    if half_weights:
+        print(f"model.pt stored in float16; largest output change {halve_weights(bundle_root):.2g}")
     common = {
         "net_id": "network_def",
-        "ckpt_file": str(root / "models" / "model.pt"),
-        "meta_file": str(root / "configs" / "metadata.json"),
-        "config_file": str(root / "configs" / "train.json"),
-        "bundle_root": str(root),
-        "test_time_flips": int(train_config.get("export_test_time_flips", 1)),
+        "ckpt_file": str(bundle_root / "models" / "model.pt"),
+        "meta_file": str(bundle_root / "configs" / "metadata.json"),
+        "config_file": str(bundle_root / "configs" / "inference.json"),
+        "bundle_root": str(bundle_root),
     }
-    ckpt_export(filepath=str(root / "models" / "model.ts"), **common)
+    ckpt_export(filepath=str(bundle_root / "models" / "model.ts"), **common)
     # Traced with dynamic batch, height and width, so ONNX Runtime runs any slice size the
     # generator accepts (multiples of 2**num_downs); the exporter's default fixes the example shape.
     axes = {0: "batch", 2: "height", 3: "width"}
     onnx_export(
-        filepath=str(root / "models" / "model.onnx"),
+        filepath=str(bundle_root / "models" / "model.onnx"),
         input_shape=[1, 1, 256, 256],
         use_trace=True,
         converter_kwargs={
@@ -48,9 +175,19 @@ def main() -> None:
         },
         **common,
     )
-    for name, digest in update_checksums(root).items():
+    for name, digest in update_checksums(bundle_root).items():
         print(f"{digest or 'absent':64s}  {name}")
-    verify_checksums(root, require_all=True)
+    verify_checksums(bundle_root, require_all=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle_root", type=Path, default=Path("monai_bundle"))
+    ap.add_argument(
+        "--half_weights", action="store_true", help="store model.pt in float16 if outputs move by <= 1e-3"
+    )
+    args = ap.parse_args()
+    export(args.bundle_root, half_weights=args.half_weights)
 
 
 if __name__ == "__main__":

@@ -79,9 +79,20 @@ class DespeckleCancelled(Exception):
 
 
 def default_bundle_root() -> Path:
-    """The bundle folder: ``$USDESPECKLE_BUNDLE`` if set, else ``monai_bundle/`` beside the package."""
+    """The bundle folder, found by this rule.
+
+    1. ``$USDESPECKLE_BUNDLE`` if set;
+    2. ``monai_bundle/`` beside the package, if it holds ``configs/metadata.json`` (a source
+       checkout or an editable install);
+    3. ``usdespeckle/monai_bundle/`` inside the installed package (a wheel: its configs, model.ts
+       and model.onnx are package data).
+    """
     env = os.environ.get("USDESPECKLE_BUNDLE")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "monai_bundle"
+    if env:
+        return Path(env)
+    package = Path(__file__).resolve().parent
+    checkout = package.parent / "monai_bundle"
+    return checkout if (checkout / "configs" / "metadata.json").is_file() else package / "monai_bundle"
 
 
 def _no_weights_message(path: Path) -> str:
