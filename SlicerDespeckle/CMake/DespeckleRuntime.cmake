@@ -24,6 +24,8 @@ set(DESPECKLE_RUNTIME_LIBRARY_FILES
   usdespeckle/io.py
   usdespeckle/bundle_utils.py
   usdespeckle/filters.py
+  usdespeckle/_filter_utils.py
+  usdespeckle/filters_bm3d.py
   usdespeckle/client.py
   )
 
