@@ -192,9 +192,9 @@ def _disc_phantom(size: int = 96) -> np.ndarray:
 @pytest.mark.slow
 def test_bm3d_psd_beats_white_noise_on_correlated_speckle() -> None:
     noisy, reference = _correlated_speckle(_disc_phantom(), np.random.default_rng(3))
-    psd = metrics.psnr(filters.despeckle_bm3d(noisy, sigma_scale=1.0, noise="psd"), reference)
+    psd = metrics.psnr(filters.despeckle_bm3d(noisy, 1.0, "none", noise="psd"), reference)
     for sigma_scale in (1.0, 2.0):
-        white = metrics.psnr(filters.despeckle_bm3d(noisy, sigma_scale=sigma_scale, noise="white"), reference)
+        white = metrics.psnr(filters.despeckle_bm3d(noisy, sigma_scale, "none", noise="white"), reference)
         assert psd > white + 1.0, (sigma_scale, psd, white)
     assert not hasattr(np, "trapz") or np.lib.NumpyVersion(np.__version__) < "2.0.0"  # alias was scoped
 
@@ -282,3 +282,11 @@ def test_mulog_on_log_compressed_speckle() -> None:
     out = filters.despeckle_mulog(noisy, domain="log", noise="psd")
     assert out.shape == noisy.shape and out.dtype == np.float32
     assert metrics.psnr(out, reference) > metrics.psnr(noisy, reference) + 4.0
+
+
+@pytest.mark.parametrize("method", SLOW)
+def test_constant_image_is_returned_unchanged(method: str) -> None:
+    flat = np.full((24, 24), 0.25, np.float32)
+    out = filters.despeckle(flat, method)
+    assert out is not flat and out.dtype == np.float32
+    np.testing.assert_allclose(out, 0.25, atol=1e-6)

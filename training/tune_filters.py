@@ -62,7 +62,7 @@ GRIDS: dict[str, dict[str, list] | list[dict[str, list]]] = {
         {"noise": ["psd"], "transform": ["none"], "sigma_scale": [1.0, 1.5]},
         {"noise": ["white"], "transform": ["log", "none"], "sigma_scale": [1.0, 1.5]},
     ],
-    "mulog": [{"noise": ["white"], "strength": [1.0, 1.4]}, {"noise": ["psd"], "strength": [0.7, 1.0, 1.4]}],
+    "mulog": {"noise": ["psd", "white"], "strength": [1.0]},
     "nlm": {"h_scale": [0.6, 0.8, 1.0, 1.3, 1.6], "patch_size": [7]},
     "tv": {"weight": [0.1, 0.2, 0.4, 0.6, 0.8]},
 }
@@ -173,12 +173,15 @@ def score(outputs: list[np.ndarray], cleans: list[np.ndarray]) -> dict[str, floa
 
 
 def time_ms(method: str, params: dict, image: np.ndarray, repeats: int) -> float:
+    """Median CPU time (ms) of one call: the process's CPU time, not wall time, because the
+    tuning machine is shared (every filter here runs on one thread, so this is about the wall
+    time on an idle core)."""
     filters.despeckle(image, method, **params)  # warm-up (imports, caches)
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.process_time()
         filters.despeckle(image, method, **params)
-        times.append(time.perf_counter() - start)
+        times.append(time.process_time() - start)
     return 1000.0 * float(np.median(times))
 
 
@@ -200,16 +203,30 @@ def grid_settings(method: str) -> list[dict]:
 
 
 def tune_method(
-    method: str, sets: dict[str, tuple[list[np.ndarray], list[np.ndarray]]], log: Callable[[str], None]
+    method: str,
+    sets: dict[str, tuple[list[np.ndarray], list[np.ndarray]]],
+    log: Callable[[str], None],
+    known: list[dict] | None = None,
+    save: Callable[[list[dict]], None] | None = None,
 ) -> list[dict]:
-    """Every grid setting of ``method`` scored on every set: [{"params", "sets": {set: scores}}]."""
+    """Every grid setting of ``method`` scored on every set: [{"params", "sets": {set: scores}}].
+
+    Settings found in ``known`` (a partial earlier run) are reused; ``save`` is called after each
+    new setting with the rows so far.
+    """
     rows = []
     for params in grid_settings(method):
+        reused = [r for r in known or [] if r["params"] == params]
+        if reused:
+            rows.append(reused[0])
+            continue
         start = time.perf_counter()
         per_set = {}
         for name, (noisy, refs) in sets.items():
             per_set[name] = score([filters.despeckle(n, method, **params) for n in noisy], refs)
         rows.append({"params": params, "sets": per_set})
+        if save is not None:
+            save(rows)
         log(
             f"  {method:7s} {_fmt(params):50s} PSNRa {_overall(per_set, 'psnr_affine'):.2f} "
             f"({time.perf_counter() - start:.0f} s)"
@@ -238,19 +255,37 @@ def main(argv: list[str] | None = None) -> int:
     done: dict[str, dict] = {}
     if args.checkpoint is not None and args.checkpoint.is_file():
         done = json.loads(args.checkpoint.read_text())
-    for method in args.methods:
-        if method in done and [r["params"] for r in done[method]["rows"]] == grid_settings(method):
-            print(f"{method}: from checkpoint", flush=True)
-            continue
-        method_start = time.perf_counter()
-        rows = tune_method(method, sets, lambda line: print(line, flush=True))
-        best = max(rows, key=lambda r: _overall(r["sets"], "psnr_affine"))
-        ms = time_ms(method, best["params"], timing_image, repeats=1 if method in ("bm3d", "mulog") else 3)
-        done[method] = {"rows": rows, "best": best, "ms": ms, "seconds": time.perf_counter() - method_start}
-        print(f"{method:7s} {_fmt(best['params']):50s} {ms:.0f} ms / 256x256", flush=True)
+
+    def save_checkpoint() -> None:
         if args.checkpoint is not None:
             args.checkpoint.parent.mkdir(parents=True, exist_ok=True)
             args.checkpoint.write_text(json.dumps(done, indent=1))
+
+    for method in args.methods:
+        entry = done.get(method, {})
+        if "best" in entry and [r["params"] for r in entry["rows"]] == grid_settings(method):
+            print(f"{method}: from checkpoint", flush=True)
+        else:
+            method_start = time.perf_counter()
+
+            def save_partial(rows: list[dict], method: str = method) -> None:
+                done[method] = {"rows": rows}
+                save_checkpoint()
+
+            rows = tune_method(
+                method, sets, lambda line: print(line, flush=True), entry.get("rows"), save_partial
+            )
+            best = max(rows, key=lambda r: _overall(r["sets"], "psnr_affine"))
+            done[method] = {"rows": rows, "best": best, "seconds": time.perf_counter() - method_start}
+        if "cpu_ms" not in done[method]:
+            repeats = 1 if method in ("bm3d", "mulog") else 3
+            done[method]["cpu_ms"] = time_ms(method, done[method]["best"]["params"], timing_image, repeats)
+        print(
+            f"{method:7s} {_fmt(done[method]['best']['params']):50s} {done[method]['cpu_ms']:.0f} CPU ms",
+            flush=True,
+        )
+        save_checkpoint()
+    done = {m: e for m, e in done.items() if "best" in e}
     elapsed = time.perf_counter() - t_start
 
     command = " ".join(argv if argv is not None else sys.argv[1:])
@@ -259,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Made by `python training/tune_filters.py {command}` ({platform.processor() or platform.machine()}, "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, machine shared with other jobs; "
-        f"{sum(d['seconds'] for d in done.values()) / 60:.0f} min of tuning).",
+        f"{sum(d.get('seconds', 0) for d in done.values()) / 60:.0f} min of tuning wall time).",
         "",
         f"- Images: {source}; {args.size}x{args.size}, seed {args.seed}. The same clean images in every set.",
         "- Sets: `rayleigh` (the method's speckle model, `speckle.rayleigh_speckle`), `gamma1` / `gamma4` "
@@ -270,14 +305,15 @@ def main(argv: list[str] | None = None) -> int:
         "- Selection: best mean over the sets (equal weights) of the mean PSNR after a least-squares affine "
         "intensity fit of the output to the reference (`metrics.psnr_affine`). PSNR/SSIM without the fit "
         "use data_range=1. EPI: Laplacian correlation with the reference.",
-        "- Time: median wall time for one 256x256 slice (camera with Rayleigh speckle), best parameters "
-        "(BM3D, MuLoG: one run), on the shared machine.",
+        "- Time: median CPU time of one call on a 256x256 slice (camera with Rayleigh speckle), best "
+        "parameters (BM3D, MuLoG: one run); every filter runs on one thread, so this is about the wall "
+        "time on an idle core (the shared machine's wall time was several times longer).",
         "",
         "## Best parameters (the defaults in `usdespeckle/filters.py` and `usdespeckle/filters_bm3d.py`)",
         "",
         "Mean over the sets; per-set numbers below.",
         "",
-        "| method | parameters | PSNR (dB) | SSIM | PSNR affine (dB) | SSIM affine | EPI | ms / 256x256 |",
+        "| method | parameters | PSNR (dB) | SSIM | PSNR affine (dB) | SSIM affine | EPI | CPU ms / 256x256 |",
         "|---|---|---|---|---|---|---|---|",
         "| speckled input | - | "
         + " | ".join(
@@ -294,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{_overall(per_set, k):.{3 if 'ssim' in k or k == 'epi' else 2}f}"
                 for k in ("psnr", "ssim", "psnr_affine", "ssim_affine", "epi")
             )
-            + f" | {entry['ms']:.0f} |"
+            + f" | {entry['cpu_ms']:.0f} |"
         )
     for name in sets:
         lines += [
