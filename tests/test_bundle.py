@@ -143,8 +143,14 @@ def test_denoiser_learns_physics_pairs_and_evaluates_on_them(tmp_path: Path, dat
     wf.run()
     wf.finalize()
 
+    # the zoo's `run` id; evaluate.json scores the shipped self-ensemble, not the one-pass generator
     evaluation = _workflow(
-        ["train.json", "evaluate.json"], tmp_path, dataset_dir, "eval", "evaluating", eval_split="validation"
+        ["train.json", "evaluate.json"], tmp_path, dataset_dir, "eval", "run", eval_split="validation"
+    )
+    network = evaluation.parser.get_parsed_content("validate#evaluator").network
+    assert (
+        isinstance(network, SelfEnsemble)
+        and len(network.mirrorings) == evaluation.parser["export_test_time_flips"]
     )
     evaluation.run()
     evaluation.finalize()
