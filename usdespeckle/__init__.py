@@ -8,4 +8,4 @@ are thin front doors over it.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "1.0.0"
