@@ -123,9 +123,12 @@ def test_panel_widgets_have_the_expected_kinds(panel):
 
 
 def test_panel_renders_offscreen(panel, tmp_path):
-    panel.resize(320, 480)
+    panel.resize(400, 480)
     image = panel.grab().toImage()
-    assert image.width() == 320 and image.height() == 480
+    # (the loader's registered widget classes are process-wide: after the screenshot test the
+    # stand-ins for Slicer's widgets are built, whose minimum width may exceed a narrow size)
+    assert (image.width(), image.height()) == (panel.width(), panel.height())
+    assert panel.width() >= 320 and panel.height() >= 480
     assert image.save(str(tmp_path / "panel.png"))
 
 
