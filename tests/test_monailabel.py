@@ -474,14 +474,14 @@ def test_info_answers_while_an_inference_runs(server, tmp_path):
     import threading
 
     rng = np.random.default_rng(8)
-    slow = sitk.GetImageFromArray((rng.rayleigh(1.0, size=(30, 96, 96)) * 60).astype(np.uint8))
+    slow = sitk.GetImageFromArray((rng.rayleigh(1.0, size=(40, 128, 128)) * 60).astype(np.uint8))
     sitk.WriteImage(slow, str(tmp_path / "slow.nii.gz"))
     outcome: dict[str, object] = {}
 
     def run() -> None:
         try:
             client.despeckle_via_server(
-                server["url"], tmp_path / "slow.nii.gz", tmp_path / "out.nii.gz", method="bm3d"
+                server["url"], tmp_path / "slow.nii.gz", tmp_path / "out.nii.gz", method="srad"
             )
             outcome["ok"] = True
         except Exception as err:  # reported by the assertion below
