@@ -357,10 +357,13 @@ def _upload_bytes(rng_seed: int = 11, shape=(2, 32, 32)) -> bytes:
 
 
 def _wait_for_empty(folder: Path, timeout_s: float = 30.0) -> list[str]:
-    """The files left in ``folder`` once the server's background clean-ups have had their chance."""
+    """The image files left in ``folder`` once the server's background clean-ups have had their chance.
+
+    MONAI Label keeps its logging configuration (a ``.json`` file) there while it runs.
+    """
     deadline = time.monotonic() + timeout_s
     while True:
-        left = sorted(p.name for p in folder.iterdir())
+        left = sorted(p.name for p in folder.iterdir() if not p.name.endswith(".json"))
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.5)
@@ -471,14 +474,14 @@ def test_info_answers_while_an_inference_runs(server, tmp_path):
     import threading
 
     rng = np.random.default_rng(8)
-    slow = sitk.GetImageFromArray((rng.rayleigh(1.0, size=(30, 96, 96)) * 60).astype(np.uint8))
+    slow = sitk.GetImageFromArray((rng.rayleigh(1.0, size=(40, 128, 128)) * 60).astype(np.uint8))
     sitk.WriteImage(slow, str(tmp_path / "slow.nii.gz"))
     outcome: dict[str, object] = {}
 
     def run() -> None:
         try:
             client.despeckle_via_server(
-                server["url"], tmp_path / "slow.nii.gz", tmp_path / "out.nii.gz", method="bm3d"
+                server["url"], tmp_path / "slow.nii.gz", tmp_path / "out.nii.gz", method="srad"
             )
             outcome["ok"] = True
         except Exception as err:  # reported by the assertion below
@@ -535,3 +538,27 @@ def test_simulate_loads_the_shipped_simulator_through_the_library_with_its_check
         f.write(b"\0")
     result = _server_python(server, code.replace("sys.argv[1]", repr(str(copy))))
     assert result.returncode != 0 and "sha256" in result.stderr, result.stderr[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("out_name", ["out.png", "out.tif", "out.mhd", "out.dcm", "out.nii.gz"])
+def test_run_server_writes_the_format_the_output_names(server, local, tmp_path, out_name, capsys):
+    """``run --server``: a two-file .mhd input is uploaded as one file; the answer is converted to OUTPUT's format."""
+    from usdespeckle.cli import main
+    from usdespeckle.io import read_image, write_image
+
+    rng = np.random.default_rng(9)
+    image = sitk.GetImageFromArray((rng.rayleigh(1.0, size=(48, 64)) * 60).astype(np.float32))
+    image.SetSpacing((0.3, 0.2))
+    sitk.WriteImage(image, str(tmp_path / "in.mhd"))  # in.mhd + in.raw
+    out = tmp_path / out_name
+    code = main(["run", str(tmp_path / "in.mhd"), str(out), "--server", server["url"], "--progress", "none"])
+    assert code == 0, capsys.readouterr().err
+    expected = write_image(local(read_image(tmp_path / "in.mhd")), tmp_path / f"expected_{out_name}")
+    got, want = sitk.ReadImage(str(out)), sitk.ReadImage(str(expected))
+    assert got.GetPixelID() == want.GetPixelID() and got.GetSize() == want.GetSize()
+    got_values = sitk.GetArrayFromImage(got).astype(np.float64)
+    want_values = sitk.GetArrayFromImage(want).astype(np.float64)
+    integer = want.GetPixelID() in (sitk.sitkUInt8, sitk.sitkUInt16, sitk.sitkInt16)
+    atol = 1.0 if integer else 1e-4 * float(np.ptp(want_values))  # rounding at .5 may differ by one
+    np.testing.assert_allclose(got_values, want_values, atol=atol)

@@ -19,9 +19,13 @@ from usdespeckle.checkpoints import AtomicCheckpointSaver, remove_stale_checkpoi
 
 def _engine_with_saver(folder: Path, **saver_args) -> tuple[Engine, torch.nn.Module]:
     model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     engine = Engine(lambda engine, batch: None)
-    saver = AtomicCheckpointSaver(
-        save_dir=str(folder), save_dict={"model": model}, file_prefix="denoiser", **saver_args
+    saver = AtomicCheckpointSaver(  # several objects, as the bundle's: files named {prefix}_checkpoint_...
+        save_dir=str(folder),
+        save_dict={"model": model, "optimizer": optimizer},
+        file_prefix="denoiser",
+        **saver_args,
     )
     saver.attach(engine)
     return engine, model

@@ -93,16 +93,20 @@ async def _save_upload(upload: UploadFile, limit: int) -> str:
     with _UPLOADS_LOCK:
         _UPLOADS.add(os.path.realpath(path))
     size = 0
-    with os.fdopen(handle, "wb") as f:
-        while chunk := await upload.read(_CHUNK):
-            size += len(chunk)
-            if size > limit:
-                raise HTTPException(
-                    status_code=413, detail=f"upload larger than the server's limit of {limit:,} bytes"
-                )
-            f.write(chunk)
-    if size == 0:
-        raise HTTPException(status_code=400, detail="the uploaded file is empty")
+    try:
+        with os.fdopen(handle, "wb") as f:
+            while chunk := await upload.read(_CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise HTTPException(
+                        status_code=413, detail=f"upload larger than the server's limit of {limit:,} bytes"
+                    )
+                f.write(chunk)
+        if size == 0:
+            raise HTTPException(status_code=400, detail="the uploaded file is empty")
+    except BaseException:
+        _remove_upload(path)
+        raise
     return path
 
 

@@ -59,6 +59,9 @@ def http_errors(task: str, hide: str | None = None) -> Iterator[None]:
         yield
     except HTTPException:
         raise
+    except ImportError as err:  # a filter's package is not installed on the server
+        logger.warning("%s: %s", task, err)
+        raise HTTPException(status_code=503, detail=f"{task}: {scrub_paths(str(err))}") from None
     except FileNotFoundError as err:
         logger.warning("%s: %s", task, err)
         raise HTTPException(
