@@ -358,5 +358,19 @@ def test_demo_real_writes_input_classical_and_method(real_data, tmp_path, capsys
         png = np.asarray(img)
     assert png.shape[1] > 3 * 80 and png.std() > 10
     assert "held-out real frames" in capsys.readouterr().out
-    assert main(["demo", "--real", "--out", str(out)]) == 1
-    assert "--data" in capsys.readouterr().err
+    assert main(["demo", "--real", "--data", str(tmp_path), "--out", str(out)]) == 1
+    assert "prepare-data" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_real_reads_the_held_out_cine_from_pydicom_data():
+    pytest.importorskip("data_store")
+    from usdespeckle.commands.demo import held_out_cine_frames
+    from usdespeckle.real_bmode import CINE_BLOCKS
+
+    frames, field, origin = held_out_cine_frames(None, 2)
+    assert frames.shape[0] == 2 and frames.shape[1:] == field.shape and field.mean() > 0.3
+    first, stop = CINE_BLOCKS["test"]
+    held_out = [int(n) for n in origin.rsplit(" ", 1)[-1].split("-")]
+    assert first <= held_out[0] < held_out[1] < stop  # test frames only
+    assert (frames[:, ~field] == 0).all() and frames[:, field].std() > 0.05

@@ -51,7 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--data",
         default=None,
         metavar="DIR",
-        help="with --real: folder made by `usdespeckle prepare-data` holding datalist_real_bmode.json",
+        help="with --real: take the frames from this `usdespeckle prepare-data` folder "
+        "(datalist_real_bmode.json) instead of reading pydicom-data's DICOM",
     )
     parser.add_argument(
         "--classical",
@@ -124,26 +125,37 @@ def held_out_cine_frames(data_dir: str | Path | None, count: int) -> tuple[np.nd
     """``count`` consecutive held-out frames of the real cine loop, their field mask, and their origin.
 
     Args:
-        data_dir: folder made by ``usdespeckle prepare-data`` (its ``datalist_real_bmode.json``
-            ``cine_test`` block).
-        count: number of frames (>= 1); the centred run of the held-out block.
+        data_dir: None to read the frames straight from pydicom-data's DICOM
+            (:func:`usdespeckle.real_bmode.extract_frames`, the test block of
+            :data:`usdespeckle.real_bmode.CINE_BLOCKS`), or a folder made by ``usdespeckle
+            prepare-data`` (its ``datalist_real_bmode.json`` ``cine_test`` block).
+        count: number of frames (>= 2); the centred run of the held-out block.
 
     Returns:
         ``(frames, field, origin)``: float32 (T, H, W) in [0, 1], bool (H, W) valid-pixel mask
         shared by all frames, and a one-line description of where the frames come from.
 
     Raises:
-        UserError: without a data folder, a real_bmode dataset, or with a bad count.
+        UserError: a bad count, a missing dataset, or pydicom-data not installed.
     """
     from usdespeckle.benchmark.sets import REAL_DATALIST, _load_cine
 
     if count < 2:
         raise UserError(f"--frames must be at least 2, got {count}")
     if data_dir is None:
-        raise UserError(
-            "--real needs --data DIR, a folder made by `usdespeckle prepare-data DIR` (it extracts the "
-            "real B-mode frames from the pydicom-data DICOMs)"
-        )
+        from usdespeckle.real_bmode import CINE_BLOCKS, CINE_FILE, extract_frames
+
+        first, stop = CINE_BLOCKS["test"]
+        count = min(count, stop - first)
+        first += (stop - first - count) // 2
+        try:
+            frames = extract_frames(CINE_FILE, range(first, first + count))
+        except (FileNotFoundError, ValueError) as err:
+            raise UserError(" ".join(str(err).split())) from None
+        frames = [f for f in frames if f.pane == 0]
+        field = np.logical_and.reduce([f.mask for f in frames])
+        stack = np.stack([np.where(field, f.image, 0.0) for f in frames]).astype(np.float32)
+        return stack, field, f"pydicom-data {CINE_FILE}, held-out frames {first}-{first + count - 1}"
     if not (Path(data_dir) / REAL_DATALIST).is_file():
         raise UserError(f"{Path(data_dir) / REAL_DATALIST} does not exist; rerun `usdespeckle prepare-data`")
     loaded = _load_cine(Path(data_dir), count, 0, 0)
