@@ -146,16 +146,16 @@ class SliceAxis(enum.Enum):
 
 
 class Passes(enum.Enum):
-    """Mirrorings of each slice the network averages (``usdespeckle run --passes``); 0 = all."""
+    """Mirrorings of each slice the network averages (``usdespeckle run --passes``); 0 = the default, one."""
 
-    ALL = 0
-    FOUR = 4
+    DEFAULT = 0
     TWO = 2
-    ONE = 1
+    FOUR = 4
+    EIGHT = 8
 
     def label(self) -> str:
         """Text shown in the passes combo box."""
-        return {0: "all (8, best)", 4: "4", 2: "2", 1: "1 (fastest)"}[self.value]
+        return {0: "1 (default, fastest)", 2: "2", 4: "4", 8: "8 (self-ensemble)"}[self.value]
 
 
 @parameterNodeWrapper
@@ -172,7 +172,7 @@ class SlicerDespeckleParameterNode:
     strength - blend in [0, 1] between the input (0) and the despeckled result (1).
     device - "cpu" or "cuda" (network only).
     backend - "onnx" (ONNX Runtime, default) or "torch" (PyTorch extension), network only.
-    passes - mirrorings of each slice the network averages; fewer is faster (torch backend only).
+    passes - mirrorings of each slice the network averages (either backend); time grows with passes.
     serverUrl - a MONAI Label server (http://host:port) to despeckle on; empty: on this computer.
     """
 
@@ -184,7 +184,7 @@ class SlicerDespeckleParameterNode:
     strength: Annotated[float, WithinRange(0.0, 1.0)] = 1.0
     device: Annotated[str, Choice(list(DEVICES))] = "cpu"
     backend: Annotated[str, Choice(list(BACKENDS))] = "onnx"
-    passes: Passes = Passes.ALL
+    passes: Passes = Passes.DEFAULT
     serverUrl: str = ""
 
 

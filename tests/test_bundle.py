@@ -237,7 +237,7 @@ def test_multi_gpu_config_runs_with_torchrun_on_cpu(tmp_path: Path, dataset_dir:
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     state = torch.load(bundle_utils.latest_checkpoint(tmp_path / "models", "denoiser"), weights_only=True)
-    assert state["trainer"]["iteration"] == 3  # 12 samples over 2 ranks, batch 2: 3 iterations each
+    assert state["trainer"]["iteration"] == 5  # 20 samples over 2 ranks, batch 2: 5 iterations each
     assert not any(k.startswith("module.") for k in state["generator"])
 
 

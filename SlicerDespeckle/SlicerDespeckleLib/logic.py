@@ -91,8 +91,8 @@ METHODS: tuple[str, ...] = (
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
 #: Denoiser runtimes: ONNX Runtime (default; one pip package) or TorchScript (PyTorch extension).
 BACKENDS: tuple[str, ...] = ("onnx", "torch")
-#: Mirrorings of each slice the denoiser averages (``usdespeckle run --passes``); 0 = all the
-#: exported model has (8 shipped, best quality); 1 is about 8x faster. Fewer than all: torch only.
+#: Mirrorings of each slice the denoiser averages (``usdespeckle run --passes``); 0 = the command's
+#: default (one pass, the shipped setting); time grows with passes. Either runtime.
 PASSES: tuple[int, ...] = (0, 1, 2, 4, 8)
 OUTPUT_SUFFIX = " despeckled"
 PREVIEW_SUFFIX = " despeckle preview"
@@ -154,11 +154,7 @@ def validate_parameters(
     if device not in DEVICES:
         raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
     if passes not in PASSES:
-        raise ValueError(f"passes must be 0 (all), 1, 2, 4 or 8, got {passes!r}")
-    if passes and backend == "onnx" and method == "denoiser":
-        raise ValueError(
-            "fewer passes need the torch backend (the ONNX model's passes are fixed); choose torch"
-        )
+        raise ValueError(f"passes must be 0 (the default, one pass), 1, 2, 4 or 8, got {passes!r}")
 
 
 @dataclass
@@ -282,7 +278,7 @@ class DespeckleLogic:
                 ``"<input> despeckle preview"`` node at the slice's position.
             server_url: a MONAI Label server (``http://host:port``) to despeckle on, through
                 ``usdespeckle run --server``; empty: on this computer.
-            passes: mirrorings of each slice the denoiser averages (:data:`PASSES`; 0 = all).
+            passes: mirrorings of each slice the denoiser averages (:data:`PASSES`; 0 = the default, one).
             all_frames: a proxy volume stands for every frame of its sequence (True) or for the
                 frame shown (False).
 

@@ -140,7 +140,7 @@ def test_screenshot_of_the_panel_after_despeckling_a_cine(
     ui.axisComboBox.addItems(list(AXIS_LABELS.values()))
     ui.deviceComboBox.addItems(list(DEVICES))
     ui.backendComboBox.addItems(list(BACKENDS))
-    ui.passesComboBox.addItems(["all (8, best)", "4", "2", "1 (fastest)"])
+    ui.passesComboBox.addItems(["1 (default, fastest)", "2", "4", "8 (self-ensemble)"])
     ui.allFramesCheckBox.setChecked(True)
 
     run = RunPanel(ui)

@@ -39,8 +39,7 @@ class DespeckleInferTask(InferTask):
     ``(k, j, i)`` array to slice along, 0-2), ``strength`` (blend with the input, [0, 1]),
     ``batch_size`` (slices per model call, 1-256), ``backend`` (``"torch"`` or ``"onnx"``),
     ``device`` (``"cpu"`` or ``"cuda"``), ``passes`` (mirrorings of each slice the denoiser
-    averages: 1, 2, 4 or 8, fewer is faster, torch backend only; 0, the default: all the exported
-    model has), ``result_extension`` (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``).
+    averages: 1, 2, 4 or 8, with either backend, time grows with passes; 0, the default: one pass), ``result_extension`` (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``).
 
     Args:
         bundle_root: the MONAI bundle folder holding the denoiser; None uses the library's default
@@ -104,7 +103,9 @@ class DespeckleInferTask(InferTask):
         device = get_choice(params, "device", "cpu", DEVICES)
         passes = get_int(params, "passes", 0, 0, 8)
         if passes not in (0, 1, 2, 4, 8):
-            raise bad_request(f"parameter 'passes' must be 0 (all), 1, 2, 4 or 8, got {passes}")
+            raise bad_request(
+                f"parameter 'passes' must be 0 (the default, one pass), 1, 2, 4 or 8, got {passes}"
+            )
         extension = get_choice(params, "result_extension", ".nii.gz", RESULT_EXTENSIONS)
 
         image = read_request_image(
