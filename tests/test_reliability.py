@@ -439,3 +439,12 @@ def test_disk_full_keeps_the_existing_output(tmp_path):
         assert len(lines) == 1 and "cannot write" in lines[0], (suffix, outcome)
     assert _snapshot(tmp_path) == before  # every previous output intact, no temporary left
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_2d_dicom_output_is_verified_and_written(tmp_path):
+    image = sitk.GetImageFromArray(_speckle((48, 64)))
+    path = write_image(image, tmp_path / "out.dcm")
+    back = sitk.GetArrayFromImage(sitk.ReadImage(str(path))).squeeze()
+    np.testing.assert_array_equal(
+        back, np.clip(np.rint(sitk.GetArrayFromImage(image)), 0, 255).astype(back.dtype)
+    )
