@@ -396,7 +396,7 @@ def despeckle_obnlm(
 # --------------------------------------------------------------------------------------------------
 def despeckle_nlm(
     image: np.ndarray,
-    h_scale: float = 1.3,
+    h_scale: float = 1.6,
     patch_size: int = 7,
     patch_distance: int = 6,
     *,
@@ -452,7 +452,7 @@ def despeckle_nlm(
 
 
 def despeckle_tv(
-    image: np.ndarray, weight: float = 0.4, n_iter_max: int = 200, *, axis: int = 0
+    image: np.ndarray, weight: float = 0.2, n_iter_max: int = 200, *, axis: int = 0
 ) -> np.ndarray:
     """Total-variation denoising (``skimage.restoration.denoise_tv_chambolle``).
 
