@@ -202,6 +202,8 @@ def _pip(python: Path, *args: str) -> None:
         capture_output=True,
         text=True,
         timeout=900,
+        # a PYTHONPATH holding a checkout with egg-info makes pip think the package is installed
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
 
