@@ -1,6 +1,6 @@
 """Figure: held-out real frames, the denoiser's output and its uncertainty (spread of 8 mirrored passes).
 
-    python training/uncertainty_figure.py --data data --out reports/figures/real_bmode_uncertainty.png
+python training/uncertainty_figure.py --data data --out reports/figures/real_bmode_uncertainty.png
 """
 
 from __future__ import annotations

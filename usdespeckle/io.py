@@ -261,7 +261,12 @@ def _header(path: Path) -> tuple[tuple[int, ...], int]:
 
 def _check_nifti(path: Path, max_voxels: int) -> None:
     """Read a NIfTI / Analyze file through nibabel, which sees truncation and NaN (SimpleITK does not)."""
-    import nibabel as nib
+    try:
+        import nibabel as nib
+    except ImportError:
+        raise ValueError(
+            f"{path}: reading NIfTI safely needs nibabel (pip install nibabel), which is not installed"
+        ) from None
 
     try:
         nifti = nib.load(str(path))
