@@ -26,13 +26,14 @@ with ``pip install pydicom-data``).
 from __future__ import annotations
 
 import functools
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.morphology import disk
+
+from usdespeckle.bundle_utils import sha256_file
 
 __all__ = [
     "CINE_BLOCKS",
@@ -135,15 +136,6 @@ def dicom_path(file: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{file} is not in the installed pydicom-data ({path.parent}).")
     return path
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _read_rgb(path: Path) -> np.ndarray:
