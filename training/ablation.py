@@ -7,9 +7,8 @@ only (the test splits stay for ``usdespeckle benchmark``):
 - synthetic pairs with a reference: MRI through the simulator, photographs with the paper's Rayleigh
   speckle, with Gamma L=1 and L=4 speckle, and echogenicity maps through the randomised acquisition
   chain: PSNR and SSIM (one network pass);
-- real B-mode validation frames (no reference): echogenicity fidelity (correlation after a
-  low-pass at ``FIDELITY_SIGMA_PX`` and the best monotonic map of output onto input, inside the
-  field), gCNR between the stored dark and bright regions, and a checkerboard index: the output's
+- real B-mode validation frames (no reference): echogenicity fidelity
+  (:func:`usdespeckle.metrics.echogenicity_fidelity` at ``FIDELITY_SIGMA_PX``, inside the field), gCNR between the stored dark and bright regions, and a checkerboard index: the output's
   spectral power at the period-2 frequencies relative to the input's (1 = as much as the input;
   transposed convolutions raise it).
 
@@ -26,8 +25,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from scipy import ndimage as ndi
-from sklearn.isotonic import IsotonicRegression
 
 from usdespeckle import metrics
 from usdespeckle.acquisition import simulate_acquisition
@@ -60,14 +57,6 @@ def load_generator(run: Path, overrides: dict) -> torch.nn.Module:
 def run_network(network: torch.nn.Module, image: np.ndarray) -> np.ndarray:
     padded, crop = pad_to_multiple(image[None].astype(np.float32), network.divisor)
     return network(torch.from_numpy(padded[:, None])).numpy()[0, 0][crop]
-
-
-def fidelity(output: np.ndarray, image: np.ndarray, mask: np.ndarray) -> float:
-    """Correlation of low-passed input and output after the best monotonic map, inside the mask."""
-    low_in = ndi.gaussian_filter(image.astype(np.float64), FIDELITY_SIGMA_PX)[mask]
-    low_out = ndi.gaussian_filter(output.astype(np.float64), FIDELITY_SIGMA_PX)[mask]
-    fitted = IsotonicRegression(out_of_bounds="clip").fit(low_out, low_in).predict(low_out)
-    return float(np.corrcoef(fitted, low_in)[0, 1])
 
 
 def checkerboard(output: np.ndarray, image: np.ndarray, mask: np.ndarray) -> float:
@@ -121,12 +110,9 @@ def evaluate(network: torch.nn.Module, data: Path, sets: dict, real: list[dict])
     for item in real:
         image, mask = _grey(data / item["image"]), _grey(data / item["mask"]) > 0.5
         output = run_network(network, image)
-        fid.append(fidelity(output, image, mask))
-        (a0, a1, a2, a3), (b0, b1, b2, b3) = item["regions"]["dark"], item["regions"]["bright"]
-        dark = np.zeros_like(mask)
-        dark[a0:a2, a1:a3] = True
-        bright = np.zeros_like(mask)
-        bright[b0:b2, b1:b3] = True
+        fid.append(metrics.echogenicity_fidelity(output, image, mask, sigma=FIDELITY_SIGMA_PX).correlation)
+        dark = metrics.box_mask(mask.shape, item["regions"]["dark"])
+        bright = metrics.box_mask(mask.shape, item["regions"]["bright"])
         gc.append(metrics.gcnr(output, dark, bright))
         cb.append(checkerboard(output, image, mask))
     scores["real fidelity"] = float(np.mean(fid))

@@ -35,6 +35,7 @@ import numpy as np
 import scipy.fft
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
+from monai.utils import convert_to_numpy
 
 __all__ = ["AcquisitionRanges", "RandAcquisitiond", "simulate_acquisition"]
 
@@ -189,17 +190,25 @@ class RandAcquisitiond(RandomizableTransform, MapTransform):
         keys: the key holding the (1, H, W) echogenicity map in [0, 1] (one key).
         image_key: where the speckled B-mode goes.
         prob: probability of applying (otherwise the item passes through unchanged).
-        **ranges: :class:`AcquisitionRanges` fields (lists from JSON become tuples).
+        ranges: a mapping of :class:`AcquisitionRanges` fields, e.g. a config's whole ``acquisition``
+            section (keys starting with ``_``, such as ``_desc_``, are ignored).
+        **fields: more :class:`AcquisitionRanges` fields; lists from JSON become tuples.
     """
 
     def __init__(
-        self, keys: KeysCollection = "label", image_key: str = "image", prob: float = 1.0, **ranges: object
+        self,
+        keys: KeysCollection = "label",
+        image_key: str = "image",
+        prob: float = 1.0,
+        ranges: Mapping[str, object] | None = None,
+        **fields: object,
     ) -> None:
         MapTransform.__init__(self, keys)
         RandomizableTransform.__init__(self, prob)
         if len(self.keys) != 1:
             raise ValueError(f"RandAcquisitiond takes one key (the echogenicity map); got {self.keys}.")
-        fixed = {k: tuple(v) if isinstance(v, Sequence) else v for k, v in ranges.items()}
+        given = {k: v for k, v in {**(ranges or {}), **fields}.items() if not k.startswith("_")}
+        fixed = {k: tuple(v) if isinstance(v, Sequence) else v for k, v in given.items()}
         self.ranges = AcquisitionRanges(**fixed)  # type: ignore[arg-type]
         self.image_key = image_key
 
@@ -210,10 +219,7 @@ class RandAcquisitiond(RandomizableTransform, MapTransform):
             self.R.randint(0, 2**31 - 1)
         )  # MONAI's state is a RandomState; the chain takes a Generator
         key = self.keys[0]
-        import torch
-
-        label = out[key]
-        array = label.detach().cpu().numpy() if isinstance(label, torch.Tensor) else np.asarray(label)
+        array = convert_to_numpy(out[key])
         if not self._do_transform:
             out[self.image_key] = array.astype(np.float32).copy()
             return out

@@ -154,12 +154,13 @@ def _max_voxels(args: argparse.Namespace) -> int:
 _BACKEND_NAMES = {"onnx": "ONNX Runtime", "torch": "TorchScript"}
 
 
-def choose_backend(requested: str, passes: int | None = None) -> str:
+def choose_backend(requested: str) -> str:
     """The denoiser runtime for ``--backend``: ``auto`` picks the fastest one present.
+
+    Either runtime runs any ``--passes``: the library mirrors the slices.
 
     Args:
         requested: ``"auto"``, ``"onnx"`` or ``"torch"``.
-        passes: ``--passes`` (either runtime runs any number: the library mirrors the slices).
 
     Returns:
         ``"onnx"`` or ``"torch"``: ``requested`` unless it is ``"auto"``, which gives ``"onnx"``
@@ -187,7 +188,7 @@ def main(args: argparse.Namespace) -> int:
         if args.backend == "auto":
             args.backend = "torch"  # the server's own default runtime
         return _main_via_server(args)
-    args.backend = choose_backend(args.backend, args.passes)
+    args.backend = choose_backend(args.backend)
     from usdespeckle.inference import despeckle_image, load_denoiser
     from usdespeckle.io import check_output_path, read_image, write_image
 
