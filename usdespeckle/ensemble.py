@@ -23,10 +23,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from usdespeckle.inference import PASSES
+
 __all__ = ["MIRRORINGS", "SelfEnsemble"]
 
-#: Valid numbers of mirrorings: identity; + left-right; + up-down and both; + the same four transposed.
-MIRRORINGS = (1, 2, 4, 8)
+#: Valid numbers of mirrorings: identity; + left-right; + up-down and both; + the same four transposed
+#: (the library's ``passes``, which mirror in the same order).
+MIRRORINGS = PASSES
 
 
 class SelfEnsemble(nn.Module):
