@@ -199,6 +199,7 @@ def test_simulator_override_resolves_to_the_shipped_simulator_training() -> None
 
     The fixture is train_simulator.json as it was before it became an override (a full copy of
     train.json with the simulator's values); every id it defines must expand to the same value here.
+    A deliberate change to what both models share in train.json is made in the fixture too.
     """
     stacked = ConfigParser()
     stacked.read_config([str(CONFIGS / c) for c in SIMULATOR])
