@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from ignite.engine import Events
-from monai.bundle import ConfigWorkflow
+from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
 
 from usdespeckle import bundle_utils
@@ -23,6 +25,9 @@ from usdespeckle.networks import Pix2PixUNetGenerator
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "monai_bundle"
 CONFIGS = BUNDLE / "configs"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+# the simulator's config: train_simulator.json is an override stacked on train.json
+SIMULATOR = ["train.json", "train_simulator.json"]
 PYTHON = sys.executable
 _TRAIN = json.loads((CONFIGS / "train.json").read_text())
 DENOISER_NORM = _TRAIN["norm"]  # the shipped denoiser's normalisation
@@ -159,7 +164,7 @@ def test_denoiser_learns_physics_pairs_and_evaluates_on_them(tmp_path: Path, dat
 
 
 def test_simulator_training_uses_low_level_maps(tmp_path: Path, dataset_dir: Path) -> None:
-    wf = _workflow("train_simulator.json", tmp_path, dataset_dir, num_epochs_constant=1, num_epochs_decay=0)
+    wf = _workflow(SIMULATOR, tmp_path, dataset_dir, num_epochs_constant=1, num_epochs_decay=0)
     assert not wf.check_properties()
     item = wf.parser.get_parsed_content("train#dataset")[0]
     assert len(torch.unique(item["image"])) <= 8  # the quantised low-level map
@@ -169,50 +174,82 @@ def test_simulator_training_uses_low_level_maps(tmp_path: Path, dataset_dir: Pat
     assert bundle_utils.latest_checkpoint(tmp_path / "models", "simulator") is not None
 
 
-def test_train_configs_share_hyperparameters() -> None:
+# a config id after `@` (`#` or `::` between levels), as MONAI's ReferenceResolver reads it
+_REFERENCE = re.compile(r"@\w+(?:(?:#|::)\w+)*")
+
+
+def _expanded(parser: ConfigParser, value: Any) -> Any:
+    """`value` with every `@id`, also inside `$` expressions, replaced by what it refers to; `_desc_` dropped.
+
+    Two configs whose ids expand to equal values build the same objects with the same arguments.
+    """
+    if isinstance(value, dict):
+        return {k: _expanded(parser, v) for k, v in value.items() if k != "_desc_"}
+    if isinstance(value, list):
+        return [_expanded(parser, v) for v in value]
+    if isinstance(value, str) and value.startswith("@"):
+        return _expanded(parser, parser.get(value[1:]))
+    if isinstance(value, str) and value.startswith("$"):
+        return _REFERENCE.sub(lambda m: f"({_expanded(parser, parser.get(m.group()[1:]))!r})", value)
+    return value
+
+
+def test_simulator_override_resolves_to_the_shipped_simulator_training() -> None:
+    """train.json + train_simulator.json == the full simulator config that trained the shipped simulator.pt.
+
+    The fixture is train_simulator.json as it was before it became an override (a full copy of
+    train.json with the simulator's values); every id it defines must expand to the same value here.
+    A deliberate change to what both models share in train.json is made in the fixture too.
+    """
+    stacked = ConfigParser()
+    stacked.read_config([str(CONFIGS / c) for c in SIMULATOR])
+    full = ConfigParser()
+    full.read_config(str(FIXTURES / "train_simulator_1.0.0.json"))
+    assert set(full["imports"]) <= set(stacked["imports"])
+    ids = [k for k in full.get() if k not in {"_meta_", "imports", "datalist", "train", "validate"}]
+    ids += [f"{section}#{k}" for section in ("train", "validate") for k in full[section]]
+    assert "run" in ids and "train#trainer" in ids and "validate#evaluator" in ids
+    differ = [i for i in ids if _expanded(stacked, f"@{i}") != _expanded(full, f"@{i}")]
+    assert differ == []
+    # the comparison sees a change anywhere down the references: the run's validation padding here
+    stacked["validate#pad#mode"] = "constant"
+    assert _expanded(stacked, "@run") != _expanded(full, "@run")
+
+
+def test_simulator_override_holds_only_differences() -> None:
+    """Every key of train_simulator.json changes or adds something to train.json (MONAI's stacking)."""
     denoiser = json.loads((CONFIGS / "train.json").read_text())
     simulator = json.loads((CONFIGS / "train_simulator.json").read_text())
-    model_specific = {"model_name", "best_model_filename", "last_model_filename", "imports"}
-    model_specific |= {
-        "pairs_datalist",
-        "natural_datalist",
-        "physics_datalist",
-        "datalist",
-        "train",
-        "validate",
-    }
-    # schedules follow each model's dataset size and training budget
-    model_specific |= {"num_epochs_constant", "num_epochs_decay", "epoch_length"}
-    # the denoiser's discriminator is narrower (ndf 32): 3.7x cheaper per step on 2 CPU cores
-    model_specific |= {"ndf"}
-    # the denoiser (0.3.0) trains with instance norm on whole 256-pixel images, batch 2: no running
-    # statistics to drift during GAN training; the shipped simulator keeps pix2pix's batch norm
-    model_specific |= {"norm", "crop_size", "batch_size", "val_interval"}
-    # only the denoiser is exported, with its test-time self-ensemble (training/export_bundle.py)
-    model_specific |= {"export_test_time_flips"}
-    # denoiser 1.0: its extra kinds of pairs, a smaller generator (ngf 12) for one fast pass, and the
-    # adversarial weight chosen by the equal-budget ablation (reports/ablation.md); the real frames
-    # are repeated more often for the simulator, whose only real data they are
-    model_specific |= {"real_repeats", "real_smoothing_px", "gamma_looks", "acquisition", "ngf", "lambda_adv"}
-    shared = (set(denoiser) | set(simulator)) - model_specific
-    assert {k for k in shared if denoiser.get(k) != simulator.get(k)} == set()
-    for section in ("train", "validate"):
-        for key in set(denoiser[section]) & set(simulator[section]):
-            if "preprocessing" not in key and key != "dataset":
-                assert denoiser[section][key] == simulator[section][key], f"{section}#{key} differs"
+    unset = object()
+    for key, value in simulator.items():
+        if key.startswith("+"):  # appended to train.json's list
+            assert not set(value) & set(denoiser[key[1:]]), key
+            continue
+        base: Any = denoiser
+        for part in key.split("#"):
+            base = base.get(part, unset) if isinstance(base, dict) else unset
+        assert base != value, f"{key} repeats train.json's value"
 
 
 @pytest.mark.slow
-def test_bundle_run_command_as_pasted(tmp_path: Path, dataset_dir: Path) -> None:
+@pytest.mark.parametrize(
+    ("configs", "weights"),
+    [(["train.json"], "model.pt"), (SIMULATOR, "simulator.pt")],
+    ids=["denoiser", "simulator"],
+)
+def test_bundle_run_command_as_pasted(
+    tmp_path: Path, dataset_dir: Path, configs: list[str], weights: str
+) -> None:
+    files = [str(CONFIGS / c) for c in configs]  # a stack goes as the README writes it: "['a.json','b.json']"
     cmd = [PYTHON, "-m", "monai.bundle", "run", "training", "--bundle_root", str(tmp_path)]
-    cmd += ["--config_file", str(CONFIGS / "train.json"), "--dataset_dir", str(dataset_dir)]
+    cmd += ["--config_file", files[0] if len(files) == 1 else str(files), "--dataset_dir", str(dataset_dir)]
     cmd += ["--num_epochs_constant", "1", "--num_epochs_decay", "0"]
     for key, value in TINY.items():
         cmd += [f"--{key}", str(value)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (tmp_path / "models" / "model.pt").is_file()
+    assert (tmp_path / "models" / weights).is_file()
 
 
 @pytest.mark.slow

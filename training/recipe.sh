@@ -4,9 +4,9 @@
 #
 #   bash training/recipe.sh [DATA_DIR]        (default: data/)
 #
-# Stages: 1 datasets (usdespeckle prepare-data), 2 the simulator (train_simulator.json),
-# 3 the denoiser's MRI pairs rendered by the simulator, 4 the denoiser (train.json),
-# 5 TorchScript and ONNX exports and checksums in metadata.json.
+# Stages: 1 datasets (usdespeckle prepare-data), 2 the simulator (train.json with the override
+# train_simulator.json stacked on it), 3 the denoiser's MRI pairs rendered by the simulator,
+# 4 the denoiser (train.json), 5 TorchScript and ONNX exports and checksums in metadata.json.
 # A model's stage is skipped when its shipped weights exist (models/simulator.pt, models/model.pt,
 # both written when its training completes): delete them to retrain. Like pix2pix, each model ships
 # its generator after the last epoch (the end of the learning-rate decay); the one with the best
@@ -29,7 +29,8 @@ $PY -m usdespeckle prepare-data "$DATA" --seed 0
 if [ ! -f "$BUNDLE/models/simulator.pt" ]; then
   echo "$(stamp) stage 2: simulator"
   $PY -m monai.bundle run training --bundle_root "$BUNDLE" \
-    --config_file "$BUNDLE/configs/train_simulator.json" --dataset_dir "$DATA" 2>&1 | tee -a "$LOG/simulator.log"
+    --config_file "['$BUNDLE/configs/train.json','$BUNDLE/configs/train_simulator.json']" \
+    --dataset_dir "$DATA" 2>&1 | tee -a "$LOG/simulator.log"
 fi
 
 if [ ! -f "$DATA/datalist_mri_pairs.json" ] || [ "$BUNDLE/models/simulator.pt" -nt "$DATA/datalist_mri_pairs.json" ]; then

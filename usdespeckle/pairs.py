@@ -19,6 +19,8 @@ from PIL import Image
 from usdespeckle.lowlevel import low_level_map
 
 SIMULATOR_WEIGHTS = "models/simulator.pt"
+#: The simulator's training config: train_simulator.json overrides train.json (MONAI's config stacking).
+SIMULATOR_CONFIGS = ("configs/train.json", "configs/train_simulator.json")
 PAIR_LISTS = {
     "datalist_mri.json": "datalist_mri_pairs.json",
     "datalist_mri_extra_test.json": "datalist_mri_extra_test_pairs.json",
@@ -36,7 +38,7 @@ def _write_grey(path: Path, image: np.ndarray) -> None:
 
 
 def load_simulator(bundle_root: str | os.PathLike | None = None, device: str = "cpu") -> torch.nn.Module:
-    """The bundle's simulator: ``train_simulator.json``'s generator with ``models/simulator.pt`` loaded.
+    """The bundle's simulator: ``train.json`` stacked with ``train_simulator.json``, ``simulator.pt`` loaded.
 
     Args:
         bundle_root: the MONAI bundle folder; default :func:`usdespeckle.inference.default_bundle_root`.
@@ -66,7 +68,7 @@ def load_simulator(bundle_root: str | os.PathLike | None = None, device: str = "
     ):  # ValueError on a mismatch
         raise ValueError(f"{root / 'configs' / 'metadata.json'} records no sha256 for {SIMULATOR_WEIGHTS}")
     parser = ConfigParser()
-    parser.read_config(root / "configs" / "train_simulator.json")
+    parser.read_config([root / rel for rel in SIMULATOR_CONFIGS])
     parser["bundle_root"] = str(root)
     simulator = parser.get_parsed_content("network_def")
     state = torch.load(weights, map_location=device, weights_only=True)
