@@ -167,22 +167,25 @@ def enl(image: np.ndarray, mask: np.ndarray) -> float:
     return float("inf") if var == 0 else float(values.mean() ** 2 / var)
 
 
-def speckle_snr(image: np.ndarray, mask: np.ndarray) -> float:
-    """Speckle signal-to-noise ratio ``mean / std`` over a homogeneous region.
+def speckle_snr(image: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Speckle signal-to-noise ratio ``mean / std`` over a homogeneous region (or the whole image).
 
-    Fully developed speckle has ``SNR = 1.91`` on the envelope (Rayleigh) and 1 on the intensity
-    (Burckhardt, 1978, DOI:10.1364/AO.17.000773); despeckling raises it.
+    Fully developed speckle has ``SNR = sqrt(pi / (4 - pi)) = 1.91`` on the linear envelope
+    (Rayleigh) and 1 on the intensity (Burckhardt, 1978, DOI:10.1364/AO.17.000773); despeckling
+    raises it. The standard deviation is the population one (``ddof=0``).
 
     Args:
-        image: grey image, any shape.
-        mask: boolean array, same shape (>= 2 pixels).
+        image: grey image or linear envelope (not log-compressed for the 1.91 reference), any shape.
+        mask: boolean array, same shape (>= 2 pixels); None uses every value.
 
     Returns:
         mean/std (dimensionless); ``inf`` for a constant region.
 
     Raises:
-        ValueError: mask shape/dtype mismatch, fewer than 2 pixels, non-finite values.
+        ValueError: mask shape/dtype mismatch, fewer than 2 values, non-finite values.
     """
+    if mask is None:
+        mask = np.ones(np.shape(image), dtype=bool)
     values = _region(image, mask, "speckle_snr")
     std = values.std()
     return float("inf") if std == 0 else float(values.mean() / std)

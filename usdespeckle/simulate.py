@@ -44,7 +44,6 @@ __all__ = [
     "FastBModeSimulator",
     "autocorrelation_fwhm",
     "count_physics_scatterers",
-    "envelope_snr",
     "log_compress",
     "make_cyst_phantom",
     "probe_psf",
@@ -210,28 +209,6 @@ def log_compress(
     level_db = 20.0 * np.log10(np.maximum(np.asarray(envelope, dtype=np.float64), 1e-12))
     image = (level_db - headroom_db + dynamic_range_db) / dynamic_range_db
     return np.clip(image, 0.0, 1.0).astype(np.float32)
-
-
-def envelope_snr(envelope: np.ndarray, mask: np.ndarray | None = None) -> float:
-    """Speckle signal-to-noise ratio mean/std of a linear envelope (1.91 for Rayleigh speckle).
-
-    Args:
-        envelope: linear envelope (not log-compressed), any shape.
-        mask: optional boolean mask of a homogeneous region, same shape.
-
-    Returns:
-        mean / standard deviation of the selected values.
-
-    Raises:
-        ValueError: if the mask selects fewer than 2 values or the values are constant.
-    """
-    values = np.asarray(envelope, dtype=np.float64)
-    if mask is not None:
-        values = values[np.asarray(mask, dtype=bool)]
-    values = values.reshape(-1)
-    if values.size < 2 or values.std() == 0:
-        raise ValueError(f"envelope_snr needs at least 2 non-constant values, got {values.size}.")
-    return float(values.mean() / values.std())
 
 
 def autocorrelation_fwhm(envelope: np.ndarray) -> tuple[float, float]:
