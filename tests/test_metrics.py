@@ -22,8 +22,16 @@ def test_enl_of_gamma_intensity_is_looks(rng: np.random.Generator, looks: int) -
 
 
 def test_speckle_snr_of_rayleigh_envelope(rng: np.random.Generator) -> None:
-    envelope = rng.rayleigh(1.0, size=(300, 300))
-    assert metrics.speckle_snr(envelope, np.ones(envelope.shape, bool)) == pytest.approx(1.91, abs=0.03)
+    rayleigh_snr = np.sqrt(np.pi / (4.0 - np.pi))  # mean/std of any Rayleigh variable, 1.913
+    envelope = rng.rayleigh(2.0, size=(300, 300))
+    whole = metrics.speckle_snr(envelope)  # no mask: every value
+    assert whole == pytest.approx(rayleigh_snr, abs=0.02)
+    assert metrics.speckle_snr(envelope, np.ones(envelope.shape, bool)) == whole
+    region = np.zeros(envelope.shape, bool)
+    region[:40, :25] = True
+    assert metrics.speckle_snr(envelope, region) == pytest.approx(rayleigh_snr, abs=0.15)
+    assert metrics.speckle_snr(envelope, region) != whole
+    assert metrics.speckle_snr(np.ones(10)) == float("inf")  # constant: no speckle left
 
 
 def test_gcnr_identical_and_disjoint(rng: np.random.Generator) -> None:

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
+from usdespeckle.metrics import speckle_snr
 from usdespeckle.simulate import (
     FastBModeSimulator,
     autocorrelation_fwhm,
-    envelope_snr,
     log_compress,
     make_cyst_phantom,
     probe_psf,
@@ -31,16 +31,6 @@ def simulator() -> FastBModeSimulator:
 # --------------------------------------------------------------------------------------------------
 # utilities against known answers
 # --------------------------------------------------------------------------------------------------
-def test_envelope_snr_of_rayleigh_samples(rng: np.random.Generator) -> None:
-    samples = rng.rayleigh(scale=2.0, size=200_000)
-    assert envelope_snr(samples) == pytest.approx(RAYLEIGH_SNR, abs=0.02)
-    mask = np.zeros(samples.shape, dtype=bool)
-    mask[:1000] = True
-    assert envelope_snr(samples, mask) == pytest.approx(RAYLEIGH_SNR, abs=0.15)
-    with pytest.raises(ValueError, match="non-constant"):
-        envelope_snr(np.ones(10))
-
-
 def test_autocorrelation_fwhm_of_gaussian_filtered_noise(rng: np.random.Generator) -> None:
     # White noise smoothed by a Gaussian of std s has a Gaussian autocorrelation of std s*sqrt(2),
     # whose FWHM is 2*sqrt(2 ln 2) * s * sqrt(2).
@@ -99,7 +89,7 @@ def test_fast_envelope_is_rayleigh_and_calibrated(
     envelope = simulator.envelope(echogenicity, rng)
     assert envelope.shape == simulator.shape and envelope.dtype == np.float32
     assert envelope.min() >= 0
-    assert envelope_snr(envelope[16:-16, 16:-16]) == pytest.approx(RAYLEIGH_SNR, abs=0.15)
+    assert speckle_snr(envelope[16:-16, 16:-16]) == pytest.approx(RAYLEIGH_SNR, abs=0.15)
     # Echogenicity is the RMS scatterer amplitude: RMS envelope ~ 0.5, also at the borders.
     assert math.sqrt(float(np.mean(envelope.astype(np.float64) ** 2))) == pytest.approx(0.5, rel=0.1)
     border = np.concatenate([envelope[:4].ravel(), envelope[-4:].ravel()])
@@ -232,7 +222,7 @@ def test_fast_speckle_grain_matches_pymust(simulator: FastBModeSimulator) -> Non
     assert np.mean(fast_axial) == pytest.approx(physics_axial, rel=0.25)
     assert np.mean(fast_lateral) == pytest.approx(physics_lateral, rel=0.25)
     # A small region gives a noisy SNR; it is still near the Rayleigh value.
-    assert envelope_snr(physics) == pytest.approx(RAYLEIGH_SNR, abs=0.4)
+    assert speckle_snr(physics) == pytest.approx(RAYLEIGH_SNR, abs=0.4)
     # Same calibration convention as the fast path: RMS envelope equals RMS echogenicity.
     assert math.sqrt(float(np.mean(physics.astype(np.float64) ** 2))) == pytest.approx(0.5, rel=1e-3)
 

@@ -1,4 +1,4 @@
-"""Physics-based B-mode simulation with pymust (the MUST toolbox), and cyst phantoms.
+"""Physics-based B-mode simulation with pymust (the MUST toolbox): the two paths' entry points.
 
 Two paths turn an echogenicity map into a speckled B-mode image:
 
@@ -22,6 +22,10 @@ B-mode convention: ``bmode = clip((20*log10(envelope) - headroom_db + dynamic_ra
 dynamic_range_db, 0, 1)`` with the envelope calibrated so that echogenicity 1 has RMS envelope 1
 (0 dB). The image therefore keeps absolute brightness: a dark phantom gives a dark image.
 
+The probe's point-spread function, pymust's plane-wave simulation and beamforming, and the
+speckle-grain measures live in :mod:`usdespeckle.psf`; the cyst phantoms in
+:mod:`usdespeckle.phantoms`. Their public names are importable from here too.
+
 References:
     D. Garcia, "SIMUS: an open-source simulator for medical ultrasound imaging. Part I: theory &
     examples", Comput. Methods Programs Biomed. 218:106726, 2022, doi:10.1016/j.cmpb.2022.106726.
@@ -31,20 +35,32 @@ References:
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 import scipy.fft
-import scipy.ndimage
-import scipy.signal
+
+from usdespeckle.phantoms import make_cyst_phantom
+from usdespeckle.psf import (
+    DEFAULT_CENTER_DEPTH_M,
+    DEFAULT_PIXEL_SIZE_M,
+    MAX_TILT_RAD,
+    SPEED_OF_SOUND_M_S,
+    _beamform_iq,
+    _check_positive,
+    _psf_fwhm,
+    autocorrelation_fwhm,
+    probe_psf,
+)
 
 __all__ = [
+    "DEFAULT_CENTER_DEPTH_M",
     "DEFAULT_PIXEL_SIZE_M",
+    "MAX_TILT_RAD",
+    "SPEED_OF_SOUND_M_S",
     "FastBModeSimulator",
     "autocorrelation_fwhm",
     "count_physics_scatterers",
-    "envelope_snr",
     "log_compress",
     "make_cyst_phantom",
     "probe_psf",
@@ -52,18 +68,9 @@ __all__ = [
     "simulate_envelope_physics",
 ]
 
-#: Default pixel size (m): 0.1 mm, so a 256x256 image covers 25.6 mm x 25.6 mm.
-DEFAULT_PIXEL_SIZE_M = 1.0e-4
-#: Default depth of the centre of the imaged region (m), near the L11-5v elevation focus.
-DEFAULT_CENTER_DEPTH_M = 2.0e-2
-#: Largest plane-wave tilt (rad) when several angles are compounded.
-MAX_TILT_RAD = math.radians(10.0)
-#: Speed of sound (m/s) used by pymust by default.
-SPEED_OF_SOUND_M_S = 1540.0
-
 
 # --------------------------------------------------------------------------------------------------
-# validation and small utilities
+# validation and log compression
 # --------------------------------------------------------------------------------------------------
 def _check_echogenicity(echogenicity: np.ndarray, shape: tuple[int, int] | None = None) -> np.ndarray:
     """Return the echogenicity map as float64 after checking it is a finite 2D map in [0, 1]."""
@@ -94,101 +101,6 @@ def _check_echogenicity(echogenicity: np.ndarray, shape: tuple[int, int] | None 
     return array
 
 
-def _check_positive(name: str, value: float) -> float:
-    value = float(value)
-    if not math.isfinite(value) or value <= 0.0:
-        raise ValueError(f"{name} must be a positive finite number, got {value}.")
-    return value
-
-
-def _get_param(probe: str):
-    """pymust parameters of ``probe`` with the sampling frequency and f-number this module uses."""
-    import pymust
-
-    try:
-        param = pymust.getparam(probe)
-    except Exception as error:  # pymust raises a bare exception for unknown names
-        raise ValueError(
-            f"unknown probe {probe!r} for pymust.getparam; use e.g. 'L11-5v', 'L12-3v', 'C5-2v' or 'P4-2v'."
-        ) from error
-    param.fs = 4 * param.fc  # RF sampling frequency (Hz): the minimum simus accepts
-    param.fnumber = None  # let dasmtx choose the receive f-number from the element directivity
-    param.c = SPEED_OF_SOUND_M_S
-    return param
-
-
-def _tilts(n_angles: int) -> np.ndarray:
-    if int(n_angles) != n_angles or n_angles < 1:
-        raise ValueError(f"n_angles must be a positive integer, got {n_angles}.")
-    if n_angles == 1:
-        return np.zeros(1)
-    return np.linspace(-MAX_TILT_RAD, MAX_TILT_RAD, int(n_angles))
-
-
-def _beamform_iq(
-    x_scat: np.ndarray,
-    z_scat: np.ndarray,
-    amplitude: np.ndarray,
-    x_grid: np.ndarray,
-    z_grid: np.ndarray,
-    probe: str,
-    n_angles: int,
-    chunk: int = 8192,
-    scatterer_chunk: int = 10_000,
-) -> np.ndarray:
-    """Simulate plane-wave RF with ``pymust.simus`` and beamform the I/Q at (x_grid, z_grid).
-
-    Several tilted plane waves are compounded coherently (their beamformed I/Q are averaged).
-    simus is linear in the reflection coefficients, so the scatterers are simulated in groups of
-    ``scatterer_chunk`` (pymust holds a scatterers x elements x sub-elements array per frequency)
-    and their RF signals, which all start at t = 0 and are sampled at ``param.fs``, are summed.
-
-    Returns:
-        Complex beamformed I/Q, same shape as ``x_grid`` (arbitrary units).
-    """
-    import pymust
-
-    result = np.zeros(x_grid.shape, dtype=np.complex128)
-    x_flat = x_grid.reshape(-1)
-    z_flat = z_grid.reshape(-1)
-    for tilt in _tilts(n_angles):
-        param = _get_param(probe)
-        delays = pymust.txdelay(param, float(tilt))
-        options = pymust.utils.Options()
-        options.WaitBar = False
-        options.ParPool = False
-        rf = np.zeros((0, param.Nelements))
-        for first in range(0, x_scat.size, scatterer_chunk):
-            group = slice(first, first + scatterer_chunk)
-            rf_group, _ = pymust.simus(
-                x_scat[group].reshape(1, -1),
-                z_scat[group].reshape(1, -1),
-                amplitude[group].reshape(1, -1).astype(np.float64),
-                delays,
-                param.copy(),
-                options,
-            )
-            if rf_group.shape[0] > rf.shape[0]:
-                rf = np.pad(rf, ((0, rf_group.shape[0] - rf.shape[0]), (0, 0)))
-            rf[: rf_group.shape[0]] += rf_group
-        iq = pymust.rf2iq(rf, param)
-        iq_flat = iq.reshape(-1, order="F")
-        out = np.empty(x_flat.shape, dtype=np.complex128)
-        # The DAS matrix has ~2 x Nelements non-zeros per point: build it in chunks to bound memory.
-        for start in range(0, x_flat.size, chunk):
-            stop = min(start + chunk, x_flat.size)
-            das = pymust.dasmtx(
-                1j * np.array(iq.shape),
-                x_flat[start:stop].reshape(1, -1),
-                z_flat[start:stop].reshape(1, -1),
-                delays,
-                param,
-            )
-            out[start:stop] = das @ iq_flat
-        result += out.reshape(x_grid.shape)
-    return result / len(_tilts(n_angles))
-
-
 def log_compress(
     envelope: np.ndarray, *, dynamic_range_db: float = 50.0, headroom_db: float = 6.0
 ) -> np.ndarray:
@@ -210,142 +122,6 @@ def log_compress(
     level_db = 20.0 * np.log10(np.maximum(np.asarray(envelope, dtype=np.float64), 1e-12))
     image = (level_db - headroom_db + dynamic_range_db) / dynamic_range_db
     return np.clip(image, 0.0, 1.0).astype(np.float32)
-
-
-def envelope_snr(envelope: np.ndarray, mask: np.ndarray | None = None) -> float:
-    """Speckle signal-to-noise ratio mean/std of a linear envelope (1.91 for Rayleigh speckle).
-
-    Args:
-        envelope: linear envelope (not log-compressed), any shape.
-        mask: optional boolean mask of a homogeneous region, same shape.
-
-    Returns:
-        mean / standard deviation of the selected values.
-
-    Raises:
-        ValueError: if the mask selects fewer than 2 values or the values are constant.
-    """
-    values = np.asarray(envelope, dtype=np.float64)
-    if mask is not None:
-        values = values[np.asarray(mask, dtype=bool)]
-    values = values.reshape(-1)
-    if values.size < 2 or values.std() == 0:
-        raise ValueError(f"envelope_snr needs at least 2 non-constant values, got {values.size}.")
-    return float(values.mean() / values.std())
-
-
-def autocorrelation_fwhm(envelope: np.ndarray) -> tuple[float, float]:
-    """Axial and lateral speckle size: FWHM (pixels) of the normalised envelope autocorrelation.
-
-    Hand-written (no library computes it): the mean-removed envelope of a homogeneous region is
-    autocorrelated with zero-padded FFTs, each lag normalised by its number of overlapping pixels
-    (unbiased estimate), divided by the zero-lag value, and the half-maximum crossings along the
-    axial (rows) and lateral (columns) axes through zero lag are found by linear interpolation.
-
-    Args:
-        envelope: 2D linear envelope (H, W) of a homogeneous speckle region, H and W >= 8.
-
-    Returns:
-        ``(axial_fwhm, lateral_fwhm)`` in pixels (full widths, i.e. twice the half-maximum lag).
-
-    Raises:
-        ValueError: if the input is not 2D, is too small or is constant.
-    """
-    values = np.asarray(envelope, dtype=np.float64)
-    if values.ndim != 2 or min(values.shape) < 8:
-        raise ValueError(f"autocorrelation_fwhm needs a 2D region of at least 8x8, got {values.shape}.")
-    values = values - values.mean()
-    if not np.any(values):
-        raise ValueError("autocorrelation_fwhm got a constant region; use a speckled region.")
-    height, width = values.shape
-    padded = (2 * height, 2 * width)
-    spectrum = scipy.fft.rfft2(values, s=padded)
-    correlation = scipy.fft.irfft2(np.abs(spectrum) ** 2, s=padded)
-    overlap = scipy.fft.irfft2(np.abs(scipy.fft.rfft2(np.ones_like(values), s=padded)) ** 2, s=padded)
-    correlation = correlation / np.maximum(np.round(overlap), 1.0)
-    correlation = correlation / correlation[0, 0]
-
-    def half_width(profile: np.ndarray) -> float:
-        below = np.nonzero(profile < 0.5)[0]
-        if below.size == 0:
-            return float(profile.size)
-        lag = int(below[0])
-        previous, current = profile[lag - 1], profile[lag]
-        return lag - 1 + (previous - 0.5) / (previous - current)
-
-    axial = half_width(correlation[: height // 2, 0])
-    lateral = half_width(correlation[0, : width // 2])
-    return 2.0 * axial, 2.0 * lateral
-
-
-# --------------------------------------------------------------------------------------------------
-# point-spread function
-# --------------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=16)
-def _cached_psf(
-    probe: str, pixel_axial_m: float, pixel_lateral_m: float, depth_m: float, n_angles: int
-) -> np.ndarray:
-    wavelength = SPEED_OF_SOUND_M_S / _get_param(probe).fc
-    # Window around the point target: the plane-wave PSF has long lateral side lobes.
-    half_axial = max(1.5e-3, 12 * wavelength, 4 * pixel_axial_m)
-    half_lateral = max(3.0e-3, 24 * wavelength, 4 * pixel_lateral_m)
-    n_axial = int(math.ceil(half_axial / pixel_axial_m))
-    n_lateral = int(math.ceil(half_lateral / pixel_lateral_m))
-    offsets_z = np.arange(-n_axial, n_axial + 1) * pixel_axial_m
-    offsets_x = np.arange(-n_lateral, n_lateral + 1) * pixel_lateral_m
-    x_grid, z_grid = np.meshgrid(offsets_x, depth_m + offsets_z)
-    psf = _beamform_iq(
-        np.zeros(1), np.full(1, depth_m), np.ones(1), x_grid, z_grid, probe=probe, n_angles=n_angles
-    )
-    # Crop to the part above -40 dB (symmetric about the target so the convolution is centred).
-    magnitude = np.abs(psf)
-    keep = magnitude >= magnitude.max() * 10 ** (-40 / 20)
-    rows = np.nonzero(keep.any(axis=1))[0]
-    cols = np.nonzero(keep.any(axis=0))[0]
-    reach_rows = max(n_axial - rows.min(), rows.max() - n_axial)
-    reach_cols = max(n_lateral - cols.min(), cols.max() - n_lateral)
-    psf = psf[
-        n_axial - reach_rows : n_axial + reach_rows + 1, n_lateral - reach_cols : n_lateral + reach_cols + 1
-    ]
-    psf = psf / np.sqrt(np.sum(np.abs(psf) ** 2))  # unit energy: unit-variance scatterers -> RMS 1
-    psf = psf.astype(np.complex64)
-    psf.setflags(write=False)
-    return psf
-
-
-def probe_psf(
-    probe: str = "L11-5v",
-    *,
-    pixel_size_m: float | tuple[float, float] = DEFAULT_PIXEL_SIZE_M,
-    depth_m: float = DEFAULT_CENTER_DEPTH_M,
-    n_angles: int = 1,
-) -> np.ndarray:
-    """Complex (I/Q) pulse-echo point-spread function of ``probe``, sampled on a pixel grid.
-
-    A single point scatterer at ``(0, depth_m)`` is simulated with ``pymust.simus`` (plane-wave
-    transmit, ``n_angles`` tilts compounded), demodulated with ``pymust.rf2iq`` and beamformed
-    with ``pymust.dasmtx`` at pixel-spaced points around it; the result is cropped to -40 dB and
-    scaled to unit energy. Results are cached per (probe, pixel size, depth, angles).
-
-    Args:
-        probe: a probe name known to ``pymust.getparam`` (e.g. "L11-5v").
-        pixel_size_m: pixel size (m), one value or (axial, lateral).
-        depth_m: depth of the point target (m, > 0).
-        n_angles: number of compounded plane-wave tilts (1 = a single unsteered plane wave).
-
-    Returns:
-        Read-only complex64 array (rows = axial, columns = lateral), odd sizes, centred on the
-        target, with sum of squared magnitudes 1.
-
-    Raises:
-        ValueError: for an unknown probe or non-positive sizes.
-    """
-    axial, lateral = (pixel_size_m, pixel_size_m) if np.isscalar(pixel_size_m) else tuple(pixel_size_m)
-    axial = _check_positive("pixel_size_m (axial)", axial)
-    lateral = _check_positive("pixel_size_m (lateral)", lateral)
-    depth_m = _check_positive("depth_m", depth_m)
-    _tilts(n_angles)
-    return _cached_psf(str(probe), round(axial, 12), round(lateral, 12), round(depth_m, 12), int(n_angles))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -491,37 +267,6 @@ class FastBModeSimulator:
             dynamic_range_db=self.dynamic_range_db,
             headroom_db=self.headroom_db,
         )
-
-
-def _psf_fwhm(psf: np.ndarray) -> tuple[float, float]:
-    """Half-maximum widths (pixels) of |psf| along the rows and columns through its peak."""
-    magnitude = np.abs(psf)
-    row, col = np.unravel_index(np.argmax(magnitude), magnitude.shape)
-
-    def width(profile: np.ndarray, centre: int) -> float:
-        profile = profile / profile[centre]
-        grid = np.arange(profile.size, dtype=np.float64)
-        above = profile >= 0.5
-        left = centre
-        while left > 0 and above[left - 1]:
-            left -= 1
-        right = centre
-        while right < profile.size - 1 and above[right + 1]:
-            right += 1
-        # Linear interpolation of the crossings on each side.
-        x_left = (
-            grid[left] - (profile[left] - 0.5) / max(profile[left] - profile[left - 1], 1e-12)
-            if left > 0
-            else 0.0
-        )
-        x_right = (
-            grid[right] + (profile[right] - 0.5) / max(profile[right] - profile[right + 1], 1e-12)
-            if right < profile.size - 1
-            else float(profile.size - 1)
-        )
-        return max(x_right - x_left, 1e-3)
-
-    return width(magnitude[:, col], row), width(magnitude[row, :], col)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -700,83 +445,3 @@ def simulate_bmode_physics(
         n_angles=n_angles,
     )
     return log_compress(envelope, dynamic_range_db=dynamic_range_db, headroom_db=headroom_db)
-
-
-# --------------------------------------------------------------------------------------------------
-# phantoms
-# --------------------------------------------------------------------------------------------------
-def make_cyst_phantom(
-    shape: tuple[int, int] = (256, 256),
-    rng: np.random.Generator | None = None,
-    *,
-    contrasts_db: tuple[float, ...] = (-20.0, -10.0, -6.0, 6.0),
-    radius_px: float | None = None,
-    background: float = 0.5,
-    jitter_px: float | None = None,
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Echogenicity map of round cysts/inclusions in a homogeneous background, with region masks.
-
-    Cysts sit on a regular grid (``ceil(sqrt(n))`` columns), each moved by a random jitter. A cyst
-    of contrast ``c`` dB has echogenicity ``background * 10**(c/20)`` (clipped to [0, 1]), so its
-    B-mode level differs from the background's by ``c`` dB.
-
-    Args:
-        shape: (H, W) in pixels.
-        rng: random generator for the jitter; None means no jitter.
-        contrasts_db: contrast of each cyst (dB, relative to the background).
-        radius_px: cyst radius (pixels); default ``min(shape) / 10``.
-        background: background echogenicity in (0, 1].
-        jitter_px: largest random shift of each cyst centre (pixels); default ``radius_px / 4``.
-
-    Returns:
-        ``(echogenicity, masks)``: float32 (H, W) map in [0, 1] and boolean (H, W) masks:
-        ``"background"`` (farther than 2 radii from every cyst and half a radius from the border),
-        ``"cyst_<c>dB"`` for each cyst (e.g. ``"cyst_-20dB"``, its inner 80 % radius) and
-        ``"edges"`` (within 2 pixels of any cyst boundary).
-
-    Raises:
-        ValueError: if the cysts do not fit, contrasts repeat, or the background is out of range.
-    """
-    if len(tuple(shape)) != 2 or min(shape) < 16:
-        raise ValueError(f"shape must be (H, W) with H, W >= 16, got {shape}.")
-    height, width = int(shape[0]), int(shape[1])
-    if not 0.0 < background <= 1.0:
-        raise ValueError(f"background must be in (0, 1], got {background}.")
-    contrasts = [float(c) for c in contrasts_db]
-    if not contrasts:
-        raise ValueError("contrasts_db must name at least one cyst.")
-    names = [f"cyst_{c:+g}dB".replace("+-", "-") for c in contrasts]
-    if len(set(names)) != len(names):
-        raise ValueError(f"contrasts_db must not repeat, got {contrasts_db}.")
-    radius = min(height, width) / 10.0 if radius_px is None else _check_positive("radius_px", radius_px)
-    jitter = radius / 4.0 if jitter_px is None else max(0.0, float(jitter_px))
-    n_cols = math.ceil(math.sqrt(len(contrasts)))
-    n_rows = math.ceil(len(contrasts) / n_cols)
-    cell_h, cell_w = height / n_rows, width / n_cols
-    if 2 * (radius + jitter) + 2 > min(cell_h, cell_w):
-        raise ValueError(
-            f"{len(contrasts)} cysts of radius {radius:.3g} px (+ jitter {jitter:.3g}) do not fit in {shape}; "
-            "use a smaller radius_px or fewer contrasts."
-        )
-    rows, cols = np.mgrid[0:height, 0:width].astype(np.float64) + 0.5
-    echogenicity = np.full((height, width), float(background), dtype=np.float64)
-    masks: dict[str, np.ndarray] = {}
-    near_cyst = np.zeros((height, width), dtype=bool)
-    edges = np.zeros((height, width), dtype=bool)
-    for index, (contrast, name) in enumerate(zip(contrasts, names, strict=True)):
-        centre_row = (index // n_cols + 0.5) * cell_h
-        centre_col = (index % n_cols + 0.5) * cell_w
-        if rng is not None and jitter > 0:
-            centre_row += rng.uniform(-jitter, jitter)
-            centre_col += rng.uniform(-jitter, jitter)
-        distance = np.hypot(rows - centre_row, cols - centre_col)
-        echogenicity[distance <= radius] = min(1.0, background * 10 ** (contrast / 20.0))
-        masks[name] = distance <= 0.8 * radius
-        near_cyst |= distance <= 2.0 * radius
-        edges |= np.abs(distance - radius) <= 2.0
-    border = max(1, int(round(radius / 2)))
-    inside = np.zeros((height, width), dtype=bool)
-    inside[border:-border, border:-border] = True
-    masks["background"] = inside & ~near_cyst
-    masks["edges"] = edges
-    return echogenicity.astype(np.float32), masks

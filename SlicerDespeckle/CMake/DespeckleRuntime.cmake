@@ -26,6 +26,7 @@ set(DESPECKLE_RUNTIME_LIBRARY_FILES
   usdespeckle/filters.py
   usdespeckle/_filter_utils.py
   usdespeckle/filters_bm3d.py
+  usdespeckle/filters_noise.py
   usdespeckle/client.py
   )
 
