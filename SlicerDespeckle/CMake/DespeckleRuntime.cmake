@@ -26,6 +26,9 @@ set(DESPECKLE_RUNTIME_LIBRARY_FILES
   usdespeckle/filters.py
   usdespeckle/_filter_utils.py
   usdespeckle/filters_bm3d.py
+  usdespeckle/filters_nlm.py
+  usdespeckle/options.py
+  usdespeckle/errors.py
   usdespeckle/client.py
   )
 
