@@ -338,7 +338,7 @@ def test_dependencies_follow_the_method(tmp_path):
     assert names("denoiser") == ["onnxruntime>=1.18"]
     assert names("denoiser", "torch") == [TORCH]
     assert names("nlm") == names("tv") == ["scikit-image>=0.22"]
-    assert names("bm3d") == ["bm3d>=4.0.3"]
+    assert names("bm3d") == names("mulog") == ["bm3d>=4.0.3"]
     for method in ("median", "lee", "frost", "kuan", "srad", "obnlm"):  # numpy and SciPy, in Slicer
         assert names(method) == []
     assert names("denoiser", server=True) == names("bm3d", server=True) == []  # all on the server
