@@ -75,7 +75,7 @@ class SlicerDespeckle(ScriptedLoadableModule):
             """
 Reduce speckle in ultrasound images, volumes and cine sequences, slice by slice, with a pix2pix
 despeckling network trained with cross-modality transfer learning (Vieira et al., IEEE Access
-12:45811, 2024) or with classical filters (median, Lee, Frost, Kuan, SRAD, OBNLM, BM3D, NLM, TV).
+12:45811, 2024) or with classical filters (median, Lee, Frost, Kuan, SRAD, OBNLM, BM3D, MuLoG, NLM, TV).
 Choose the input (a volume, a sequence or a sequence's proxy volume), the method and the slice
 axis, then Apply; the input is never changed.
 See the <a href="https://github.com/SlicerDespeckle/SlicerDespeckle/blob/main/SlicerDespeckle/README.md">module documentation</a>.

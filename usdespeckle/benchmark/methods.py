@@ -97,12 +97,8 @@ def available_methods() -> tuple[dict[str, Method], dict[str, str]]:
         ``(methods, skipped)``: name -> :class:`Method` (classical filters, the denoiser when its
         weights exist, and anything added by :func:`register_method`), and name -> reason.
     """
-    methods: dict[str, Method] = {}
+    methods: dict[str, Method] = _classical_methods()
     skipped: dict[str, str] = {}
-    try:
-        methods.update(_classical_methods())
-    except ImportError as err:
-        skipped["filters"] = f"usdespeckle.filters is not importable ({err})"
     denoiser, why = _denoiser_method()
     if denoiser is None:
         skipped[DENOISER] = why
