@@ -61,7 +61,9 @@ def test_a_command_whose_module_is_not_shipped_is_not_offered(monkeypatch, capsy
     assert "absent" not in build_parser().format_help()
     with pytest.raises(SystemExit) as exit_:
         main(["absent"])
-    assert exit_.value.code == 2 and "invalid choice: 'absent'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "invalid choice: 'absent'" in err
+    assert "'run'" in err and "'absent'" not in err.split("choose from")[-1]
 
 
 def test_commands_take_user_error_from_the_leaf_errors_module():

@@ -259,3 +259,13 @@ def test_server_request_leaves_the_auto_backend_to_the_server(tmp_path, volume_p
     assert main([*args, "--backend", "onnx", "--passes", "4"]) == 1
     assert "backend" not in sent[0] and sent[0]["passes"] == 1
     assert sent[1]["backend"] == "onnx" and sent[1]["passes"] == 4
+
+
+def test_a_missing_optional_package_is_a_one_line_error(tmp_path, volume_path, capsys, monkeypatch):
+    """The Slicer runtime has no SciPy: a classical method then names the package to install."""
+    for name in [m for m in sys.modules if m.startswith(("usdespeckle.filters", "usdespeckle._filter"))]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "scipy", None)  # import scipy fails as if it were not installed
+    out = tmp_path / "out.nrrd"
+    assert main(["run", str(volume_path), str(out), "--method", "median", "--progress", "none"]) == 1
+    assert "needs the Python package scipy" in one_line_error(capsys) and not out.exists()

@@ -30,10 +30,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"usdespeckle {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
+        if not _shipped(name):
+            continue
         if command is not None and name != command:
             sub.add_parser(name)
-            continue
-        if not _shipped(name):
             continue
         module = importlib.import_module(f"usdespeckle.commands.{COMMANDS[name]}")
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)

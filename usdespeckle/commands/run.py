@@ -165,6 +165,25 @@ def _max_voxels(args: argparse.Namespace) -> int:
     return args.max_voxels if args.max_voxels is not None else MAX_VOXELS
 
 
+#: pip names of the optional packages whose import name differs.
+_PIP_NAMES = {"skimage": "scikit-image"}
+
+
+def _missing_package(method: str, err: ImportError) -> str:
+    """One line naming the optional package ``method`` needs; a broken ``usdespeckle`` is re-raised.
+
+    The Slicer extension's runtime holds numpy, SimpleITK and onnxruntime only; the classical
+    filters also need SciPy (and scikit-image or bm3d for some), which Slicer provides or installs.
+    """
+    if not isinstance(err, ModuleNotFoundError):  # a package's own message (bm3d says how to install it)
+        return f"--method {method}: {' '.join(str(err).split())}"
+    top = (err.name or "").split(".")[0]
+    if not top or top == "usdespeckle":
+        raise err  # part of this package is missing or broken: not the user's input
+    pip = _PIP_NAMES.get(top, top)
+    return f"--method {method} needs the Python package {pip}, which is not installed: pip install {pip}"
+
+
 def main(args: argparse.Namespace) -> int:
     """Read INPUT, despeckle it, write OUTPUT atomically; returns 0 on success.
 
@@ -227,6 +246,8 @@ def main(args: argparse.Namespace) -> int:
             write_image(spread, args.uncertainty, force=args.force, source=args.input)
     except (ValueError, OSError) as err:  # FileNotFoundError is an OSError
         raise UserError(" ".join(str(err).split())) from None  # one line
+    except ImportError as err:  # a package only some methods need (scipy, scikit-image, bm3d)
+        raise UserError(_missing_package(args.method, err)) from None
     if args.progress != "none":
         used = f"denoiser, {BACKEND_NAMES[args.backend]}" if args.method == "denoiser" else args.method
         print(f"wrote {args.output} ({used})", file=sys.stderr)
