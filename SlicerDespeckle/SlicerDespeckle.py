@@ -34,9 +34,14 @@ from SlicerDespeckleLib import dependencies
 from SlicerDespeckleLib.logic import (
     AXIS_LABELS,
     BACKENDS,
+    DEFAULT_BACKEND,
+    DEFAULT_DEVICE,
+    DEFAULT_METHOD,
+    DEFAULT_PASSES,
     DEVICES,
     METHODS,
     MODULE_DIR,
+    PASSES,
     SOURCE_ATTRIBUTE,
     DespeckleCancelled,
     DespeckleLogic,
@@ -70,7 +75,7 @@ class SlicerDespeckle(ScriptedLoadableModule):
             """
 Reduce speckle in ultrasound images, volumes and cine sequences, slice by slice, with a pix2pix
 despeckling network trained with cross-modality transfer learning (Vieira et al., IEEE Access
-12:45811, 2024) or with classical filters (median, Lee, Frost, Kuan, SRAD, OBNLM, BM3D, NLM, TV).
+12:45811, 2024) or with classical filters (median, Lee, Frost, Kuan, SRAD, OBNLM, BM3D, MuLoG, NLM, TV).
 Choose the input (a volume, a sequence or a sequence's proxy volume), the method and the slice
 axis, then Apply; the input is never changed.
 See the <a href="https://github.com/SlicerDespeckle/SlicerDespeckle/blob/main/SlicerDespeckle/README.md">module documentation</a>.
@@ -146,16 +151,22 @@ class SliceAxis(enum.Enum):
 
 
 class Passes(enum.Enum):
-    """Mirrorings of each slice the network averages (``usdespeckle run --passes``); 0 = the default, one."""
+    """Mirrorings of each slice the network averages (``usdespeckle run --passes``).
 
-    DEFAULT = 0
+    The values are the library's ``options.PASSES``, ``DEFAULT`` its ``DEFAULT_PASSES`` (one, the
+    shipped setting); the names are what saved scenes hold. tests/test_doors.py checks both.
+    """
+
+    DEFAULT = 1
     TWO = 2
     FOUR = 4
     EIGHT = 8
 
     def label(self) -> str:
         """Text shown in the passes combo box."""
-        return {0: "1 (default, fastest)", 2: "2", 4: "4", 8: "8 (self-ensemble)"}[self.value]
+        if self.value == DEFAULT_PASSES:
+            return f"{self.value} (default, fastest)"
+        return f"{self.value} (self-ensemble)" if self.value == max(PASSES) else str(self.value)
 
 
 @parameterNodeWrapper
@@ -179,11 +190,11 @@ class SlicerDespeckleParameterNode:
     inputVolume: Union[vtkMRMLScalarVolumeNode, vtkMRMLSequenceNode, None]  # noqa: UP007 - read by parameterNodeWrapper
     outputVolume: vtkMRMLScalarVolumeNode
     allFrames: bool = True
-    method: Annotated[str, Choice(list(METHODS))] = "denoiser"
+    method: Annotated[str, Choice(list(METHODS))] = DEFAULT_METHOD
     axis: SliceAxis = SliceAxis.K_SLICES
     strength: Annotated[float, WithinRange(0.0, 1.0)] = 1.0
-    device: Annotated[str, Choice(list(DEVICES))] = "cpu"
-    backend: Annotated[str, Choice(list(BACKENDS))] = "onnx"
+    device: Annotated[str, Choice(list(DEVICES))] = DEFAULT_DEVICE
+    backend: Annotated[str, Choice(list(BACKENDS))] = DEFAULT_BACKEND
     passes: Passes = Passes.DEFAULT
     serverUrl: str = ""
 
@@ -454,7 +465,7 @@ class SlicerDespeckleLogic(ScriptedLoadableModuleLogic, DespeckleLogic):
 #
 
 
-def missingForSelfTest(method: str, backend: str = "onnx") -> str:
+def missingForSelfTest(method: str, backend: str = DEFAULT_BACKEND) -> str:
     """Why the module's self-test cannot run ``method`` here ("" when it can)."""
     if runtime_folder(MODULE_DIR) is None:
         try:
@@ -489,7 +500,7 @@ class SlicerDespeckleTest(ScriptedLoadableModuleTest):
             self.setUp()
             test()
 
-    def _skipped(self, method: str, backend: str = "onnx") -> bool:
+    def _skipped(self, method: str, backend: str = DEFAULT_BACKEND) -> bool:
         reason = missingForSelfTest(method, backend)
         if reason:
             self.delayDisplay(f"Skipped ({method}): {reason}")

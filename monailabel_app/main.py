@@ -27,11 +27,13 @@ import os
 import monailabel
 from lib import endpoint
 from lib.infers import DespeckleInferTask, SimulateInferTask
+from lib.infers.despeckle import SERVER_BACKEND
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 
 import usdespeckle
 from usdespeckle.io import MAX_VOXELS
+from usdespeckle.options import DEFAULT_DEVICE, DEVICES, MODEL_BACKENDS
 
 logger = logging.getLogger(__name__)
 
@@ -54,12 +56,14 @@ class DespeckleApp(MONAILabelApp):
         if self.bundle_root:
             # the simulator's default location follows the bundle too
             os.environ["USDESPECKLE_BUNDLE"] = os.path.abspath(self.bundle_root)
-        self.device = conf.get("device", "cpu")
-        if self.device not in ("cpu", "cuda"):
-            raise ValueError(f"--conf device must be cpu or cuda, got {self.device!r}")
-        self.backend = conf.get("backend", "torch")
-        if self.backend not in ("torch", "onnx"):
-            raise ValueError(f"--conf backend must be torch or onnx, got {self.backend!r}")
+        self.device = conf.get("device", DEFAULT_DEVICE)
+        if self.device not in DEVICES:
+            raise ValueError(f"--conf device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        self.backend = conf.get("backend", SERVER_BACKEND)
+        if self.backend not in MODEL_BACKENDS:
+            raise ValueError(
+                f"--conf backend must be one of {', '.join(MODEL_BACKENDS)}, got {self.backend!r}"
+            )
         for removed in ("simulator", "simulator_args"):
             if conf.get(removed):
                 raise ValueError(

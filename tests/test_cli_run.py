@@ -239,3 +239,33 @@ def test_demo_with_the_shipped_bundle_renders_with_the_simulator(tmp_path, monke
         np.abs(np.diff(after, axis=2))[head[:, :, 1:]].mean()
         < np.abs(np.diff(before, axis=2))[head[:, :, 1:]].mean()
     )
+
+
+def test_server_request_leaves_the_auto_backend_to_the_server(tmp_path, volume_path, capsys, monkeypatch):
+    """``--backend auto`` names no runtime, so the server uses its own ``--conf backend``; the
+    request carries the passes as one int (the default: 1)."""
+    from usdespeckle import client
+
+    sent = []
+
+    def record(url, image_path, out_path, **params):
+        sent.append(params)
+        raise client.ServerError(0, f"{url} is not running (recorded)")
+
+    monkeypatch.setattr(client, "despeckle_via_server", record)
+    args = ["run", str(volume_path), str(tmp_path / "out.nrrd"), "--server", "http://127.0.0.1:9"]
+    assert main(args) == 1
+    assert "recorded" in one_line_error(capsys)
+    assert main([*args, "--backend", "onnx", "--passes", "4"]) == 1
+    assert "backend" not in sent[0] and sent[0]["passes"] == 1
+    assert sent[1]["backend"] == "onnx" and sent[1]["passes"] == 4
+
+
+def test_a_missing_optional_package_is_a_one_line_error(tmp_path, volume_path, capsys, monkeypatch):
+    """The Slicer runtime has no SciPy: a classical method then names the package to install."""
+    for name in [m for m in sys.modules if m.startswith(("usdespeckle.filters", "usdespeckle._filter"))]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "scipy", None)  # import scipy fails as if it were not installed
+    out = tmp_path / "out.nrrd"
+    assert main(["run", str(volume_path), str(out), "--method", "median", "--progress", "none"]) == 1
+    assert "needs the Python package scipy" in one_line_error(capsys) and not out.exists()

@@ -142,13 +142,46 @@ def test_runtime_lists_every_library_module_it_imports(runtime):
                 assert name in shipped, (
                     f"{path.relative_to(runtime)} imports {name}, which the extension does not ship"
                 )
-    # the shipped command table names run; the commands it does not ship fail as "not written yet"
+    # the shipped command table names every command; only run's module is shipped
     assert (runtime / "usdespeckle" / "commands" / "run.py").is_file()
+    # the module's panel reads these two in Slicer's own Python, with the standard library only
+    assert (runtime / "usdespeckle" / "options.py").is_file() and (
+        runtime / "usdespeckle" / "errors.py"
+    ).is_file()
     bundle = runtime / "monai_bundle"
     assert (bundle / "configs" / "metadata.json").is_file() and (bundle / "models" / "model.onnx").is_file()
     assert not (bundle / "models" / "model.pt").exists(), (
         "training checkpoints do not belong in the extension"
     )
+
+
+def test_installed_copy_offers_run_alone_and_its_options_to_the_panel(runtime, tmp_path):
+    """``usdespeckle --help`` of the shipped copy lists run (the commands it does not ship are not
+    offered, and nothing fails); the module's loader reads the copy's options.py."""
+    env = _clean_env(runtime)
+    result = subprocess.run(
+        [sys.executable, "-m", "usdespeckle", "--help"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert "run" in result.stdout and "prepare-data" not in result.stdout and "benchmark" not in result.stdout
+    module = runtime.parent.parent
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from SlicerDespeckleLib.process import library_module; "
+            f"o = library_module('options', {str(module)!r}); print(o.__file__); print(o.METHODS)",
+        ],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(REPO / "SlicerDespeckle")},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    from usdespeckle import options
+
+    assert Path(loaded[0]) == runtime / "usdespeckle" / "options.py"
+    assert loaded[1] == str(options.METHODS)
 
 
 @pytest.mark.slow

@@ -39,7 +39,8 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from usdespeckle.inference import CLASSICAL_METHODS, default_bundle_root, despeckle_array, load_denoiser  # noqa: E402
+from usdespeckle.inference import default_bundle_root, despeckle_array, load_denoiser  # noqa: E402
+from usdespeckle.options import CLASSICAL_METHODS  # noqa: E402
 
 # the bundle's generator, as train.json builds it (used when the shipped weights cannot be loaded)
 _TRAIN = json.loads((REPO / "monai_bundle" / "configs" / "train.json").read_text())

@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         "parameters (BM3D, MuLoG: one run); every filter runs on one thread, so this is about the wall "
         "time on an idle core (the shared machine's wall time was several times longer).",
         "",
-        "## Best parameters (the defaults in `usdespeckle/filters.py` and `usdespeckle/filters_bm3d.py`)",
+        "## Best parameters (the defaults in `usdespeckle/filters.py`, `filters_nlm.py` and `filters_bm3d.py`)",
         "",
         "Mean over the sets; per-set numbers below.",
         "",

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 from collections.abc import Sequence
 
 from usdespeckle import __version__
 from usdespeckle.commands import COMMANDS
+from usdespeckle.errors import UserError
+
+__all__ = ["UserError", "build_parser", "main"]
 
 
-class UserError(Exception):
-    """A problem with the user's input, reported as one line without a traceback."""
+def _shipped(name: str) -> bool:
+    """Whether ``name``'s module is part of this copy of the package.
 
-
-def _load(name: str):
-    return importlib.import_module(f"usdespeckle.commands.{COMMANDS[name]}")
+    The Slicer extension ships only ``run``; a command whose module file is absent is not offered.
+    A module that is present but fails to import is an error, raised as it is.
+    """
+    return importlib.util.find_spec(f"usdespeckle.commands.{COMMANDS[name]}") is not None
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -25,13 +30,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"usdespeckle {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
+        if not _shipped(name):
+            continue
         if command is not None and name != command:
             sub.add_parser(name)
             continue
-        try:
-            module = _load(name)
-        except ModuleNotFoundError:  # a command whose module is not written yet
-            continue
+        module = importlib.import_module(f"usdespeckle.commands.{COMMANDS[name]}")
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
         p.set_defaults(_module=module)

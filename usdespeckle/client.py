@@ -220,7 +220,9 @@ def despeckle_via_server(
         image_path: the ultrasound image or volume.
         out_path: the float32 result (same geometry as the input).
         **params: ``method``, ``axis``, ``strength``, ``batch_size``, ``backend``, ``device``,
-            and the client options ``force`` and ``timeout`` (see :func:`infer_via_server`).
+            ``passes`` (choices and defaults: ``usdespeckle.options``; a parameter left out takes
+            the server's default), and the client options ``force`` and ``timeout`` (see
+            :func:`infer_via_server`).
 
     Returns:
         ``{"path": out_path, "bytes": size}``.

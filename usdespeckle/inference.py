@@ -35,11 +35,26 @@ import numpy as np
 import SimpleITK as sitk
 
 from usdespeckle.bundle_utils import verify_checksums
+from usdespeckle.errors import DespeckleCancelled
+from usdespeckle.options import (
+    BACKENDS,
+    CLASSICAL_METHODS,
+    DEFAULT_PASSES,
+    DEVICES,
+    METHODS,
+    MIRRORINGS,
+    MODEL_FILES,
+    PASSES,
+    PERCENTILES,
+)
 
 __all__ = [
     "CLASSICAL_METHODS",
     "METHODS",
     "MIRRORINGS",
+    "MODEL_FILES",
+    "PASSES",
+    "PERCENTILES",
     "Denoiser",
     "DespeckleCancelled",
     "default_bundle_root",
@@ -47,35 +62,17 @@ __all__ = [
     "despeckle_image",
     "load_denoiser",
     "pad_to_multiple",
+    "resolve_backend",
     "robust_range",
 ]
 
-#: Classical despecklers provided by ``usdespeckle.filters.FILTERS``.
-CLASSICAL_METHODS = ("median", "lee", "frost", "kuan", "srad", "obnlm", "bm3d", "mulog", "nlm", "tv")
-#: Every ``method`` accepted by :func:`despeckle_array`.
-METHODS = ("denoiser", *CLASSICAL_METHODS)
-#: Percentiles of the robust min-max intensity mapping to [0, 1].
-PERCENTILES = (0.5, 99.5)
 #: Smallest in-plane side of a slice, pixels.
 MIN_SLICE_SIZE = 8
-#: Valid numbers of mirrorings averaged per slice (``passes``): the first n of :data:`MIRRORINGS`.
-PASSES = (1, 2, 4, 8)
-#: The 8 mirrorings of a slice, as (transpose the last two axes first?, axes to flip): identity,
-#: left-right, up-down, both, then the same four of the transposed slice (the generator's order).
-MIRRORINGS: tuple[tuple[bool, tuple[int, ...]], ...] = tuple(
-    (transpose, flips) for transpose in (False, True) for flips in ((), (-1,), (-2,), (-2, -1))
-)
-#: Model files inside the bundle, per backend.
-MODEL_FILES = {"torch": "models/model.ts", "onnx": "models/model.onnx"}
 #: Largest number of values used to estimate the percentiles (a strided sample beyond that).
 _PERCENTILE_SAMPLE = 1_000_000
 
 Progress = Callable[[int, int], None]
 Cancel = Callable[[], bool] | threading.Event
-
-
-class DespeckleCancelled(Exception):
-    """Raised when the ``cancel`` callable or event asks a running despeckle to stop."""
 
 
 def default_bundle_root() -> Path:
@@ -203,15 +200,43 @@ def _onnx_threads() -> int:
         return 0
 
 
-_CACHE: dict[tuple[str, str, str, int | None], Denoiser] = {}
+_CACHE: dict[tuple[str, str, str, int], Denoiser] = {}
 _CACHE_LOCK = threading.Lock()
+
+
+def resolve_backend(requested: str, bundle_root: str | os.PathLike | None = None) -> str:
+    """The runtime that runs the denoiser for a requested backend: ``auto`` picks the fastest present.
+
+    Either runtime runs any ``passes``: the library mirrors the slices.
+
+    Args:
+        requested: one of :data:`usdespeckle.options.BACKENDS` (``"auto"``, ``"torch"``, ``"onnx"``).
+        bundle_root: the bundle folder; default :func:`default_bundle_root`.
+
+    Returns:
+        ``"onnx"`` or ``"torch"``: ``requested`` unless it is ``"auto"``, which gives ``"onnx"`` when
+        onnxruntime is importable and the bundle has ``models/model.onnx``, else ``"torch"``.
+
+    Raises:
+        ValueError: ``requested`` is not one of :data:`usdespeckle.options.BACKENDS`.
+    """
+    if requested not in BACKENDS:
+        raise ValueError(f"backend {requested!r} is not one of {', '.join(BACKENDS)}")
+    if requested != "auto":
+        return requested
+    import importlib.util
+
+    root = Path(bundle_root) if bundle_root is not None else default_bundle_root()
+    if (root / MODEL_FILES["onnx"]).is_file() and importlib.util.find_spec("onnxruntime") is not None:
+        return "onnx"
+    return "torch"
 
 
 def load_denoiser(
     bundle_root: str | os.PathLike | None = None,
     backend: str = "torch",
     device: str = "cpu",
-    passes: int | None = None,
+    passes: int = DEFAULT_PASSES,
 ) -> Denoiser:
     """Load the bundle's denoiser after checking its sha256 against ``configs/metadata.json``.
 
@@ -220,11 +245,11 @@ def load_denoiser(
 
     Args:
         bundle_root: the MONAI bundle folder; default :func:`default_bundle_root`.
-        backend: ``"torch"`` for ``models/model.ts`` (TorchScript) or ``"onnx"`` for
-            ``models/model.onnx`` (ONNX Runtime).
-        device: ``"cpu"`` or ``"cuda"``.
-        passes: mirrorings of each slice to average, one of :data:`PASSES`; ``None`` is 1, the
-            shipped model's setting. Time grows with passes.
+        backend: ``"torch"`` for ``models/model.ts`` (TorchScript), ``"onnx"`` for
+            ``models/model.onnx`` (ONNX Runtime) or ``"auto"`` (see :func:`resolve_backend`).
+        device: one of :data:`usdespeckle.options.DEVICES` (``"cpu"``, ``"cuda"``).
+        passes: mirrorings of each slice to average, one of :data:`PASSES`; default 1, the
+            shipped model's setting. Time grows with passes. ``None`` (older callers) means 1.
 
     Returns:
         A callable :class:`Denoiser`.
@@ -236,13 +261,12 @@ def load_denoiser(
             match the metadata (or is not listed there), unusable metadata, or ``passes`` that is
             not in :data:`PASSES`.
     """
-    if backend not in MODEL_FILES:
-        raise ValueError(f"backend {backend!r} is not one of {sorted(MODEL_FILES)}")
-    if passes is not None and passes not in PASSES:
+    passes = DEFAULT_PASSES if passes is None else passes
+    if passes not in PASSES:
         raise ValueError(f"passes must be one of {', '.join(map(str, PASSES))} (got {passes!r})")
-    passes = 1 if passes is None else passes
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device {device!r} is not 'cpu' or 'cuda'")
+    if device not in DEVICES:
+        raise ValueError(f"device {device!r} is not one of {', '.join(DEVICES)}")
+    backend = resolve_backend(backend, bundle_root)
     root = Path(bundle_root) if bundle_root is not None else default_bundle_root()
     rel = MODEL_FILES[backend]
     path = (root / rel).resolve()
@@ -341,17 +365,9 @@ def _is_cancelled(cancel: Cancel | None) -> bool:
 
 
 def _classical(method: str) -> Callable[[np.ndarray], np.ndarray]:
-    try:
-        from usdespeckle.filters import FILTERS
-    except ImportError as err:
-        raise ValueError(
-            f"method {method!r} needs usdespeckle.filters, which cannot be imported: {err}"
-        ) from None
-    if method not in FILTERS:
-        raise ValueError(
-            f"method {method!r} is not available in usdespeckle.filters.FILTERS (has: {', '.join(sorted(FILTERS))}); "
-            "choose one of those or 'denoiser'"
-        )
+    """The classical filter ``method`` (one of :data:`CLASSICAL_METHODS`) with its defaults."""
+    from usdespeckle.filters import FILTERS  # scipy and scikit-image: imported only when a filter runs
+
     return FILTERS[method]
 
 

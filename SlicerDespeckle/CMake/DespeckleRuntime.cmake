@@ -18,12 +18,15 @@ set(DESPECKLE_RUNTIME_LIBRARY_FILES
   usdespeckle/__init__.py
   usdespeckle/__main__.py
   usdespeckle/cli.py
+  usdespeckle/options.py
+  usdespeckle/errors.py
   usdespeckle/commands/__init__.py
   usdespeckle/commands/run.py
   usdespeckle/inference.py
   usdespeckle/io.py
   usdespeckle/bundle_utils.py
   usdespeckle/filters.py
+  usdespeckle/filters_nlm.py
   usdespeckle/_filter_utils.py
   usdespeckle/filters_bm3d.py
   usdespeckle/filters_noise.py

@@ -36,6 +36,7 @@ METHOD_PACKAGES: dict[str, tuple[str, ...]] = {
     "nlm": ("scikit-image",),
     "tv": ("scikit-image",),
     "bm3d": ("bm3d",),
+    "mulog": ("bm3d",),  # MuLoG's denoiser is BM3D
 }
 #: The name shown for PyTorch, which comes from the PyTorch extension, not from pip.
 TORCH = "torch (through the PyTorch extension)"

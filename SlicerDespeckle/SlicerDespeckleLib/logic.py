@@ -28,11 +28,13 @@ import slicer.util
 
 from SlicerDespeckleLib.dependencies import missing_for, requirements_for
 from SlicerDespeckleLib.process import (
+    MODULE_DIR,
     DespeckleCancelled,
     DespeckleJob,
     DespeckleProcessError,
     default_python_executable,
     despeckle_command,
+    library_module,
     parse_progress,
     process_environment,
     runtime_folder,
@@ -54,6 +56,10 @@ from SlicerDespeckleLib.volumes import (
 __all__ = [
     "AXIS_LABELS",
     "BACKENDS",
+    "DEFAULT_BACKEND",
+    "DEFAULT_DEVICE",
+    "DEFAULT_METHOD",
+    "DEFAULT_PASSES",
     "DEVICES",
     "METHODS",
     "OUTPUT_SUFFIX",
@@ -74,29 +80,23 @@ __all__ = [
     "validate_server_url",
 ]
 
-# The command's --method choices offered in the panel: the shipped pix2pix denoiser, then classical filters.
-METHODS: tuple[str, ...] = (
-    "denoiser",
-    "median",
-    "lee",
-    "frost",
-    "kuan",
-    "srad",
-    "obnlm",
-    "bm3d",
-    "mulog",
-    "nlm",
-    "tv",
-)
-DEVICES: tuple[str, ...] = ("cpu", "cuda")
-#: Denoiser runtimes: ONNX Runtime (default; one pip package) or TorchScript (PyTorch extension).
-BACKENDS: tuple[str, ...] = ("onnx", "torch")
-#: Mirrorings of each slice the denoiser averages (``usdespeckle run --passes``); 0 = the command's
-#: default (one pass, the shipped setting); time grows with passes. Either runtime.
-PASSES: tuple[int, ...] = (0, 1, 2, 4, 8)
+# The panel offers what the runtime's `usdespeckle run` accepts: its usdespeckle/options.py.
+_OPTIONS = library_module("options")
+#: ``--method`` choices: the shipped pix2pix denoiser, then the classical filters.
+METHODS: tuple[str, ...] = _OPTIONS.METHODS
+DEFAULT_METHOD: str = _OPTIONS.DEFAULT_METHOD
+DEVICES: tuple[str, ...] = _OPTIONS.DEVICES
+DEFAULT_DEVICE: str = _OPTIONS.DEFAULT_DEVICE
+#: Denoiser runtimes (the command's "auto" is not offered: the panel installs what the chosen one needs).
+BACKENDS: tuple[str, ...] = _OPTIONS.MODEL_BACKENDS
+#: ONNX Runtime: one pip package inside Slicer, where TorchScript needs the PyTorch extension.
+DEFAULT_BACKEND = "onnx"
+#: Mirrorings of each slice the denoiser averages (``usdespeckle run --passes``); time grows with
+#: passes. Either runtime.
+PASSES: tuple[int, ...] = _OPTIONS.PASSES
+DEFAULT_PASSES: int = _OPTIONS.DEFAULT_PASSES
 OUTPUT_SUFFIX = " despeckled"
 PREVIEW_SUFFIX = " despeckle preview"
-MODULE_DIR = Path(__file__).resolve().parents[1]
 
 
 def validate_server_url(url: str) -> str:
@@ -136,7 +136,7 @@ def validate_server_url(url: str) -> str:
 
 
 def validate_parameters(
-    method: str, axis: int, strength: float, backend: str, device: str, passes: int = 0
+    method: str, axis: int, strength: float, backend: str, device: str, passes: int = DEFAULT_PASSES
 ) -> None:
     """Check the settings the Logic can check itself (the command checks ``method``).
 
@@ -154,7 +154,7 @@ def validate_parameters(
     if device not in DEVICES:
         raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
     if passes not in PASSES:
-        raise ValueError(f"passes must be 0 (the default, one pass), 1, 2, 4 or 8, got {passes!r}")
+        raise ValueError(f"passes must be one of {', '.join(map(str, PASSES))}, got {passes!r}")
 
 
 @dataclass
@@ -239,7 +239,7 @@ class DespeckleLogic:
             return folder
         return Path(tempfile.mkdtemp(prefix="Despeckle-"))
 
-    def missing_requirements(self, method: str, backend: str = "onnx", server_url: str = "") -> list:
+    def missing_requirements(self, method: str, backend: str = DEFAULT_BACKEND, server_url: str = "") -> list:
         """Packages the settings need that Slicer's Python lacks (see ``dependencies.missing_for``)."""
         return missing_for(
             method,
@@ -253,14 +253,14 @@ class DespeckleLogic:
         input_node,
         output_volume=None,
         *,
-        method: str = "denoiser",
+        method: str = DEFAULT_METHOD,
         axis: int = 0,
         strength: float = 1.0,
-        backend: str = "onnx",
-        device: str = "cpu",
+        backend: str = DEFAULT_BACKEND,
+        device: str = DEFAULT_DEVICE,
         slice_index: int | None = None,
         server_url: str = "",
-        passes: int = 0,
+        passes: int = DEFAULT_PASSES,
         all_frames: bool = True,
     ) -> DespeckleJob:
         """Write the input to a temporary NRRD and start ``usdespeckle run`` on it.
@@ -278,7 +278,7 @@ class DespeckleLogic:
                 ``"<input> despeckle preview"`` node at the slice's position.
             server_url: a MONAI Label server (``http://host:port``) to despeckle on, through
                 ``usdespeckle run --server``; empty: on this computer.
-            passes: mirrorings of each slice the denoiser averages (:data:`PASSES`; 0 = the default, one).
+            passes: mirrorings of each slice the denoiser averages (:data:`PASSES`; default 1).
             all_frames: a proxy volume stands for every frame of its sequence (True) or for the
                 frame shown (False).
 
@@ -337,7 +337,7 @@ class DespeckleLogic:
                 backend=backend,
                 device=device,
                 server_url=server_url,
-                passes=passes if method == "denoiser" else 0,
+                passes=passes if method == "denoiser" else DEFAULT_PASSES,
             )
             process = start_process(command, temp_dir, self._environment())
         except BaseException:

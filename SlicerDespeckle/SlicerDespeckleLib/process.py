@@ -12,6 +12,8 @@ killed with its children.
 from __future__ import annotations
 
 import contextlib
+import importlib
+import importlib.util
 import logging
 import os
 import re
@@ -23,15 +25,12 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 _PROGRESS = re.compile(r"^\s*progress:\s*(\d+)\s*/\s*(\d+)\s*$")
 
 logger = logging.getLogger("Despeckle")
-
-
-class DespeckleCancelled(Exception):
-    """The despeckling process was cancelled; the scene was left unchanged."""
 
 
 class DespeckleProcessError(RuntimeError):
@@ -66,6 +65,56 @@ def runtime_folder(module_dir: str | os.PathLike) -> Path | None:
     return None
 
 
+#: The module's folder (holding SlicerDespeckle.py).
+MODULE_DIR = Path(__file__).resolve().parents[1]
+
+
+def library_module(name: str, module_dir: str | os.PathLike = MODULE_DIR) -> ModuleType:
+    """``usdespeckle.<name>`` of the runtime the module runs, for its standard-library-only modules.
+
+    ``options`` (the methods, passes, backends, devices the panel offers) and ``errors`` are read
+    from the runtime's own files (:func:`runtime_folder`), so the panel offers exactly what the
+    process accepts. They are loaded by path, without importing the ``usdespeckle`` package and
+    without changing Slicer's ``sys.path``: nothing but the standard library is needed here.
+
+    Args:
+        name: ``"options"`` or ``"errors"``.
+        module_dir: the module's folder.
+
+    Returns:
+        The module (loaded once per name and folder).
+
+    Raises:
+        ImportError: no runtime here and no ``usdespeckle`` installed in this Python.
+    """
+    runtime = runtime_folder(module_dir)
+    if runtime is None:  # no shipped copy: an installed library serves
+        try:
+            return importlib.import_module(f"usdespeckle.{name}")
+        except ImportError:
+            raise ImportError(
+                f"the Despeckle module's runtime (SlicerDespeckleLib/runtime under {module_dir}) is missing "
+                "and usdespeckle is not installed: build or install the extension"
+            ) from None
+    path = runtime / "usdespeckle" / f"{name}.py"
+    key = f"SlicerDespeckleLib._runtime_{name}"
+    loaded = sys.modules.get(key)
+    if loaded is not None and Path(loaded.__file__) == path:
+        return loaded
+    spec = importlib.util.spec_from_file_location(key, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}: build or install the extension again")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[key] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+#: Raised when a despeckling job is cancelled; the scene is left unchanged (the library's exception).
+DespeckleCancelled = library_module("errors").DespeckleCancelled
+_DEFAULT_PASSES: int = library_module("options").DEFAULT_PASSES
+
+
 def despeckle_command(
     python_executable: str,
     input_path: str | os.PathLike,
@@ -77,7 +126,7 @@ def despeckle_command(
     backend: str,
     device: str,
     server_url: str = "",
-    passes: int = 0,
+    passes: int = _DEFAULT_PASSES,
 ) -> list[str]:
     """Return the ``usdespeckle run`` command line (progress as ``progress: i/n`` lines on stdout).
 
@@ -92,14 +141,13 @@ def despeckle_command(
         device: ``"cpu"`` or ``"cuda"``.
         server_url: a MONAI Label server serving ``monailabel_app``; when set, ``--server URL``
             sends the work there and ``backend`` and ``device`` name the server's. Empty: run here.
-        passes: ``--passes``, mirrorings of each slice the denoiser averages; 0 leaves the option out
-            (all the exported model has).
+        passes: ``--passes``, mirrorings of each slice the denoiser averages (1, the default, is the
+            shipped setting).
 
     Returns:
         The argument list for ``subprocess.Popen``.
     """
     server = ["--server", str(server_url)] if server_url else []
-    passes_option = ["--passes", str(int(passes))] if passes else []
     return [
         str(python_executable),
         "-m",
@@ -117,7 +165,8 @@ def despeckle_command(
         str(backend),
         "--device",
         str(device),
-        *passes_option,
+        "--passes",
+        str(int(passes)),
         *server,
         "--progress",
         "lines",

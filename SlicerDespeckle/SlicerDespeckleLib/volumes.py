@@ -25,6 +25,10 @@ import numpy as np
 import slicer
 import slicer.util
 
+from SlicerDespeckleLib.process import library_module
+
+#: Low and high percentiles of the window/level of results: the library's intensity mapping.
+PERCENTILES: tuple[float, float] = library_module("options").PERCENTILES
 #: Node attribute naming the node a despeckled result was made from (its ID).
 SOURCE_ATTRIBUTE = "Despeckle.SourceNodeID"
 #: numpy axis of arrayFromVolume's (k, j, i) array -> anatomy-free label shown in the panel.
@@ -291,13 +295,13 @@ def read_source(node, scene, axis: int, *, all_frames: bool = True) -> SourceFra
 
 
 def set_window_level(volume_node, array: np.ndarray) -> None:
-    """Window/level from the 0.5 and 99.5 percentiles of ``array`` (a display node is made if none)."""
+    """Window/level from the :data:`PERCENTILES` (0.5 and 99.5) of ``array`` (a display node is made if none)."""
     if volume_node.GetDisplayNode() is None:
         volume_node.CreateDefaultDisplayNodes()
     display = volume_node.GetDisplayNode()
     if display is None:
         return
-    low, high = (float(v) for v in np.percentile(array, (0.5, 99.5)))
+    low, high = (float(v) for v in np.percentile(array, PERCENTILES))
     display.SetAutoWindowLevel(False)
     display.SetWindowLevelMinMax(low, high if high > low else low + 1.0)
 

@@ -92,7 +92,7 @@ def test_parse_progress_and_command():
     assert options["--axis"] == "2" and float(options["--strength"]) == 0.5 and options["--backend"] == "onnx"
     assert command[-3:] == ["--progress", "lines", "--force"]
     assert "--server" not in command  # no server: despeckle on this computer
-    assert "--passes" not in command  # 0: the command's default, one pass
+    assert options["--passes"] == "1"  # the default: one pass, the shipped setting
     fewer = despeckle_command(
         "py",
         "a.nrrd",
@@ -249,6 +249,8 @@ def test_invalid_settings_raise_value_error(scene, volume):
         logic.start(volume, axis=3)
     with pytest.raises(ValueError, match="passes"):
         logic.start(volume, passes=3)
+    with pytest.raises(ValueError, match="passes"):  # 0 no longer stands for the default
+        logic.start(volume, passes=0)
     with pytest.raises(ValueError, match="input volume"):
         logic.start(None)
     with pytest.raises(ValueError, match="differ"):
@@ -336,7 +338,7 @@ def test_dependencies_follow_the_method(tmp_path):
     assert names("denoiser") == ["onnxruntime>=1.18"]
     assert names("denoiser", "torch") == [TORCH]
     assert names("nlm") == names("tv") == ["scikit-image>=0.22"]
-    assert names("bm3d") == ["bm3d>=4.0.3"]
+    assert names("bm3d") == names("mulog") == ["bm3d>=4.0.3"]
     for method in ("median", "lee", "frost", "kuan", "srad", "obnlm"):  # numpy and SciPy, in Slicer
         assert names(method) == []
     assert names("denoiser", server=True) == names("bm3d", server=True) == []  # all on the server

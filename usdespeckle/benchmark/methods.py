@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from usdespeckle.options import CLASSICAL_METHODS
+
 __all__ = [
     "INPUT",
     "DENOISER",
@@ -58,12 +60,8 @@ def register_method(name: str, fn: ArrayFn, description: str = "") -> None:
 
 
 def classical_names() -> tuple[str, ...]:
-    """Names of the classical filters (``usdespeckle.filters.FILTERS``), empty if not importable."""
-    try:
-        from usdespeckle import filters
-    except ImportError:
-        return ()
-    return tuple(filters.FILTERS)
+    """Names of the classical filters (``usdespeckle.options.CLASSICAL_METHODS``, the keys of ``FILTERS``)."""
+    return CLASSICAL_METHODS
 
 
 def _classical_methods() -> dict[str, Method]:
@@ -77,10 +75,8 @@ def _classical_methods() -> dict[str, Method]:
 
 def _denoiser_method() -> tuple[Method | None, str]:
     """The shipped denoiser as a method, or ``(None, why it is skipped)``."""
-    try:
-        from usdespeckle import inference
-    except ImportError as err:
-        return None, f"usdespeckle.inference is not importable ({err})"
+    from usdespeckle import inference
+
     try:
         inference.load_denoiser()  # checks the weights exist and match the bundle's metadata
     except (FileNotFoundError, ValueError) as err:
@@ -101,12 +97,8 @@ def available_methods() -> tuple[dict[str, Method], dict[str, str]]:
         ``(methods, skipped)``: name -> :class:`Method` (classical filters, the denoiser when its
         weights exist, and anything added by :func:`register_method`), and name -> reason.
     """
-    methods: dict[str, Method] = {}
+    methods: dict[str, Method] = _classical_methods()
     skipped: dict[str, str] = {}
-    try:
-        methods.update(_classical_methods())
-    except ImportError as err:
-        skipped["filters"] = f"usdespeckle.filters is not importable ({err})"
     denoiser, why = _denoiser_method()
     if denoiser is None:
         skipped[DENOISER] = why

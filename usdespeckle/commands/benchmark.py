@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from usdespeckle.errors import UserError
+from usdespeckle.options import CLASSICAL_METHODS
+
 HELP = "Benchmark despeckling methods (quality per test set, ms per 256x256 slice); writes a Markdown report."
 
 
@@ -14,8 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         default=["all"],
         metavar="NAME",
-        help="methods to run (classical filters, 'denoiser' when its weights are shipped) or 'all' "
-        "(default); the speckled input is always the baseline row",
+        help=f"methods to run (classical filters: {', '.join(CLASSICAL_METHODS)}; 'denoiser' when its "
+        "weights are shipped) or 'all' (default); the speckled input is always the baseline row",
     )
     parser.add_argument(
         "--sets",
@@ -52,7 +55,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Run the benchmark and print where the report is; returns the exit status."""
     from usdespeckle.benchmark import resolve_methods, run_benchmark
-    from usdespeckle.cli import UserError
 
     try:
         _, skipped = resolve_methods(args.methods)

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from usdespeckle.cli import UserError
+from usdespeckle.errors import UserError
+from usdespeckle.options import CLASSICAL_METHODS, DEFAULT_METHOD, METHODS
 
 HELP = (
     "Make a demo B-mode volume (MNI152 slices from nilearn rendered by the shipped simulator), or take "
     "held-out real cine frames with --real, despeckle it, write input/output/PNG."
 )
 
-_METHODS = ("denoiser", "median", "lee", "frost", "kuan", "srad", "obnlm", "bm3d", "mulog", "nlm", "tv")
 #: Classical method shown beside the chosen one with ``--real``.
 REAL_CLASSICAL = "obnlm"
 #: Held-out real frames despeckled with ``--real``.
@@ -37,9 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_out", metavar="DIR", help="output folder (default demo_out)")
     parser.add_argument(
         "--method",
-        choices=_METHODS,
-        default="denoiser",
-        help=f"despeckler (default denoiser; {FALLBACK_METHOD} with a notice if no weights are shipped)",
+        choices=METHODS,
+        default=DEFAULT_METHOD,
+        help=f"despeckler (default {DEFAULT_METHOD}; {FALLBACK_METHOD} with a notice if no weights are shipped)",
     )
     parser.add_argument("--seed", type=int, default=SEED, help=f"speckle random seed (default {SEED})")
     parser.add_argument(
@@ -56,8 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--classical",
+        choices=CLASSICAL_METHODS,
         default=REAL_CLASSICAL,
-        metavar="NAME",
         help=f"with --real: classical filter shown beside --method (default {REAL_CLASSICAL})",
     )
     parser.add_argument(
@@ -186,8 +186,6 @@ def _despeckle_frames(frames: np.ndarray, method: str) -> np.ndarray:
 
     if method == "denoiser":
         return despeckle_array(frames, method="denoiser", axis=0, intensity_range=(0.0, 1.0))
-    if method not in filters.FILTERS:
-        raise UserError(f"unknown classical method {method!r}; choose from {', '.join(filters.FILTERS)}")
     return np.stack([filters.FILTERS[method](frame) for frame in frames]).astype(np.float32)
 
 

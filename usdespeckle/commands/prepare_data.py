@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from usdespeckle.errors import UserError
+
 HELP = "Build training, validation and test data (MRI slices, photographs, simulated B-mode) offline."
 
 
@@ -46,7 +48,6 @@ def _command_line(args: argparse.Namespace) -> list[str]:
 
 def main(args: argparse.Namespace) -> int:
     """Run the command; returns the exit status."""
-    from usdespeckle.cli import UserError
     from usdespeckle.data import PrepareSettings, prepare_dataset
 
     settings = PrepareSettings(
@@ -64,13 +65,16 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(str(err)) from err
     bmode_maker = None
     if settings.simulator_count > 0:
+        from usdespeckle.simulate import FastBModeSimulator
+
         try:
-            from usdespeckle.simulate import FastBModeSimulator
-        except ImportError as err:
+            simulator = FastBModeSimulator(probe="L11-5v", shape=(settings.size, settings.size))
+        except ImportError as err:  # pymust, of the optional [data] extra, computes the probe's PSF
             raise UserError(
-                f"the B-mode simulator is not available ({err}); use --simulator-count 0 to skip simulated images."
-            ) from err
-        bmode_maker = FastBModeSimulator(probe="L11-5v", shape=(settings.size, settings.size)).simulate
+                f"the B-mode simulator needs pymust ({err}): pip install 'usdespeckle[data]', or use "
+                "--simulator-count 0 to skip simulated images."
+            ) from None
+        bmode_maker = simulator.simulate
     start = time.perf_counter()
     try:
         manifest, written = prepare_dataset(

@@ -7,11 +7,20 @@ import os
 import sys
 from collections.abc import Callable
 
-from usdespeckle.cli import UserError
+from usdespeckle.errors import UserError
+from usdespeckle.options import (
+    BACKEND_NAMES,
+    BACKENDS,
+    DEFAULT_BACKEND,
+    DEFAULT_DEVICE,
+    DEFAULT_METHOD,
+    DEFAULT_PASSES,
+    DEVICES,
+    METHODS,
+    PASSES,
+)
 
 HELP = "Despeckle an image or volume (any format SimpleITK reads, or a DICOM folder) into OUTPUT."
-
-_METHODS = ("denoiser", "median", "lee", "frost", "kuan", "srad", "obnlm", "bm3d", "mulog", "nlm", "tv")
 
 
 def _strength(text: str) -> float:
@@ -42,9 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output", metavar="OUTPUT", help="output file; its extension names the format")
     parser.add_argument(
         "--method",
-        choices=_METHODS,
-        default="denoiser",
-        help="'denoiser' (the shipped pix2pix model, default) or a classical filter with its defaults",
+        choices=METHODS,
+        default=DEFAULT_METHOD,
+        help=f"'denoiser' (the shipped pix2pix model, default {DEFAULT_METHOD}) or a classical filter "
+        "with its defaults",
     )
     parser.add_argument(
         "--axis",
@@ -57,17 +67,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--backend",
-        choices=("auto", "onnx", "torch"),
-        default="auto",
+        choices=BACKENDS,
+        default=DEFAULT_BACKEND,
         help="denoiser runtime: 'onnx' (ONNX Runtime, models/model.onnx), 'torch' (TorchScript, "
-        "models/model.ts) or 'auto' (default): ONNX Runtime when it is installed and the bundle has "
-        "model.onnx (2-4x faster on a CPU), else TorchScript; --passes needs torch",
+        "models/model.ts) or 'auto': ONNX Runtime when it is installed and the bundle has "
+        f"model.onnx (2-4x faster on a CPU), else TorchScript (default {DEFAULT_BACKEND}); with "
+        "--server, 'auto' leaves the choice to the server",
     )
     parser.add_argument(
         "--batch", type=_positive, default=8, metavar="N", help="slices per model call (default 8)"
     )
     parser.add_argument(
-        "--device", choices=("cpu", "cuda"), default="cpu", help="denoiser device (default cpu)"
+        "--device",
+        choices=DEVICES,
+        default=DEFAULT_DEVICE,
+        help=f"denoiser device (default {DEFAULT_DEVICE})",
     )
     parser.add_argument(
         "--strength",
@@ -79,10 +93,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--passes",
         type=int,
-        choices=(1, 2, 4, 8),
-        default=None,
-        help="denoiser: mirrorings (flips, transposes) of each slice averaged (default 1, the "
-        "shipped setting); time grows with passes",
+        choices=PASSES,
+        default=DEFAULT_PASSES,
+        help=f"denoiser: mirrorings (flips, transposes) of each slice averaged, with either backend "
+        f"(default {DEFAULT_PASSES}, the shipped setting); time grows with passes",
     )
     parser.add_argument(
         "--uncertainty",
@@ -151,31 +165,23 @@ def _max_voxels(args: argparse.Namespace) -> int:
     return args.max_voxels if args.max_voxels is not None else MAX_VOXELS
 
 
-_BACKEND_NAMES = {"onnx": "ONNX Runtime", "torch": "TorchScript"}
+#: pip names of the optional packages whose import name differs.
+_PIP_NAMES = {"skimage": "scikit-image"}
 
 
-def choose_backend(requested: str) -> str:
-    """The denoiser runtime for ``--backend``: ``auto`` picks the fastest one present.
+def _missing_package(method: str, err: ImportError) -> str:
+    """One line naming the optional package ``method`` needs; a broken ``usdespeckle`` is re-raised.
 
-    Either runtime runs any ``--passes``: the library mirrors the slices.
-
-    Args:
-        requested: ``"auto"``, ``"onnx"`` or ``"torch"``.
-
-    Returns:
-        ``"onnx"`` or ``"torch"``: ``requested`` unless it is ``"auto"``, which gives ``"onnx"``
-        when onnxruntime is importable and the bundle has ``models/model.onnx``, else ``"torch"``.
+    The Slicer extension's runtime holds numpy, SimpleITK and onnxruntime only; the classical
+    filters also need SciPy (and scikit-image or bm3d for some), which Slicer provides or installs.
     """
-    if requested != "auto":
-        return requested
-    import importlib.util
-
-    from usdespeckle.inference import MODEL_FILES, default_bundle_root
-
-    has_onnx = (default_bundle_root() / MODEL_FILES["onnx"]).is_file()
-    if has_onnx and importlib.util.find_spec("onnxruntime") is not None:
-        return "onnx"
-    return "torch"
+    if not isinstance(err, ModuleNotFoundError):  # a package's own message (bm3d says how to install it)
+        return f"--method {method}: {' '.join(str(err).split())}"
+    top = (err.name or "").split(".")[0]
+    if not top or top == "usdespeckle":
+        raise err  # part of this package is missing or broken: not the user's input
+    pip = _PIP_NAMES.get(top, top)
+    return f"--method {method} needs the Python package {pip}, which is not installed: pip install {pip}"
 
 
 def main(args: argparse.Namespace) -> int:
@@ -185,14 +191,12 @@ def main(args: argparse.Namespace) -> int:
     collisions with the input and existing files, and the format against the image's dimension.
     """
     if args.server:
-        if args.backend == "auto":
-            args.backend = "torch"  # the server's own default runtime
         return _main_via_server(args)
-    args.backend = choose_backend(args.backend)
-    from usdespeckle.inference import despeckle_image, load_denoiser
+    from usdespeckle.inference import despeckle_image, load_denoiser, resolve_backend
     from usdespeckle.io import check_output_path, read_image, write_image
 
     try:
+        args.backend = resolve_backend(args.backend)
         check_output_path(args.output, force=args.force, source=args.input)
         image = read_image(args.input, max_voxels=_max_voxels(args))
         check_output_path(args.output, force=args.force, source=args.input, dimension=image.GetDimension())
@@ -242,8 +246,10 @@ def main(args: argparse.Namespace) -> int:
             write_image(spread, args.uncertainty, force=args.force, source=args.input)
     except (ValueError, OSError) as err:  # FileNotFoundError is an OSError
         raise UserError(" ".join(str(err).split())) from None  # one line
+    except ImportError as err:  # a package only some methods need (scipy, scikit-image, bm3d)
+        raise UserError(_missing_package(args.method, err)) from None
     if args.progress != "none":
-        used = f"denoiser, {_BACKEND_NAMES[args.backend]}" if args.method == "denoiser" else args.method
+        used = f"denoiser, {BACKEND_NAMES[args.backend]}" if args.method == "denoiser" else args.method
         print(f"wrote {args.output} ({used})", file=sys.stderr)
     return 0
 
@@ -287,9 +293,10 @@ def _main_via_server(args: argparse.Namespace) -> int:
                 axis=args.axis,
                 strength=args.strength,
                 batch_size=args.batch,
-                backend=args.backend,
                 device=args.device,
-                **({} if args.passes is None else {"passes": args.passes}),
+                passes=args.passes,
+                # auto: the server's own default runtime (its --conf backend)
+                **({} if args.backend == "auto" else {"backend": args.backend}),
             )
             try:
                 result = sitk.ReadImage(str(answer))

@@ -25,10 +25,22 @@ from lib.infers.common import (
     run_timed,
     write_result,
 )
-from usdespeckle.inference import METHODS, despeckle_image
+from usdespeckle.inference import despeckle_image
 from usdespeckle.io import MAX_VOXELS
+from usdespeckle.options import (
+    DEFAULT_DEVICE,
+    DEFAULT_METHOD,
+    DEFAULT_PASSES,
+    METHODS,
+    MODEL_BACKENDS,
+    PASSES,
+)
 
 logger = logging.getLogger(__name__)
+
+#: The server's default runtime (``--conf backend``): TorchScript, which the training environment
+#: the app runs in always has. A request may name either of ``options.MODEL_BACKENDS``.
+SERVER_BACKEND = "torch"
 
 
 class DespeckleInferTask(InferTask):
@@ -39,7 +51,9 @@ class DespeckleInferTask(InferTask):
     ``(k, j, i)`` array to slice along, 0-2), ``strength`` (blend with the input, [0, 1]),
     ``batch_size`` (slices per model call, 1-256), ``backend`` (``"torch"`` or ``"onnx"``),
     ``device`` (``"cpu"`` or ``"cuda"``), ``passes`` (mirrorings of each slice the denoiser
-    averages: 1, 2, 4 or 8, with either backend, time grows with passes; 0, the default: one pass), ``result_extension`` (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``).
+    averages: 1, the default and the shipped setting, 2, 4 or 8, with either backend; time grows
+    with passes), ``result_extension`` (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``). The choices are
+    the library's (``usdespeckle.options``).
 
     Args:
         bundle_root: the MONAI bundle folder holding the denoiser; None uses the library's default
@@ -53,8 +67,8 @@ class DespeckleInferTask(InferTask):
     def __init__(
         self,
         bundle_root: str | None = None,
-        device: str = "cpu",
-        backend: str = "torch",
+        device: str = DEFAULT_DEVICE,
+        backend: str = SERVER_BACKEND,
         datastore_root: str | None = None,
         max_voxels: int = MAX_VOXELS,
     ) -> None:
@@ -64,13 +78,13 @@ class DespeckleInferTask(InferTask):
             dimension=3,
             description="Ultrasound despeckling (pix2pix denoiser); returns a float32 image with the input's geometry",
             config={
-                "method": "denoiser",
+                "method": DEFAULT_METHOD,
                 "axis": 0,
                 "strength": 1.0,
                 "batch_size": 8,
                 "backend": backend,
                 "device": device,
-                "passes": 0,
+                "passes": DEFAULT_PASSES,
                 "result_extension": ".nii.gz",
             },
         )
@@ -95,16 +109,16 @@ class DespeckleInferTask(InferTask):
         """
         params = copy.deepcopy(self._config)
         params.update(request)
-        method = get_choice(params, "method", "denoiser", METHODS)
+        method = get_choice(params, "method", DEFAULT_METHOD, METHODS)
         axis = get_int(params, "axis", 0, 0, 2)
         strength = get_float(params, "strength", 1.0, 0.0, 1.0)
         batch_size = get_int(params, "batch_size", 8, 1, 256)
-        backend = get_choice(params, "backend", "torch", ("torch", "onnx"))
-        device = get_choice(params, "device", "cpu", DEVICES)
-        passes = get_int(params, "passes", 0, 0, 8)
-        if passes not in (0, 1, 2, 4, 8):
+        backend = get_choice(params, "backend", self._config["backend"], MODEL_BACKENDS)
+        device = get_choice(params, "device", self._config["device"], DEVICES)
+        passes = get_int(params, "passes", DEFAULT_PASSES, min(PASSES), max(PASSES))
+        if passes not in PASSES:
             raise bad_request(
-                f"parameter 'passes' must be 0 (the default, one pass), 1, 2, 4 or 8, got {passes}"
+                f"parameter 'passes' must be one of {', '.join(map(str, PASSES))}, got {passes}"
             )
         extension = get_choice(params, "result_extension", ".nii.gz", RESULT_EXTENSIONS)
 
@@ -122,7 +136,7 @@ class DespeckleInferTask(InferTask):
                     device=device,
                     backend=backend,
                     bundle_root=self.bundle_root,
-                    passes=passes or None,
+                    passes=passes,
                 )
             )
         path = write_result(result, extension)
