@@ -1,0 +1,93 @@
+"""Tests of the one atomic writer: a failed write keeps the old file and leaves no temporary."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from usdespeckle.atomic import (
+    atomic_write,
+    parse_temporary,
+    remove_stale_temporaries,
+    temporary_folder,
+)
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+@pytest.mark.parametrize("content", [b"new bytes", "new text", lambda f: f.write(b"new bytes")])
+def test_write_replaces_the_file_and_leaves_no_temporary(tmp_path, content):
+    target = tmp_path / "report.md"
+    target.write_text("old")
+    assert atomic_write(target, content) == target
+    assert target.read_bytes() in (b"new bytes", b"new text")
+    assert [p.name for p in tmp_path.iterdir()] == ["report.md"]
+
+
+@pytest.mark.parametrize("unique", [True, False])
+def test_failed_write_keeps_the_old_file_and_removes_the_temporary(tmp_path, unique):
+    target = tmp_path / "model.pt"
+    target.write_bytes(b"previous")
+
+    def half_then_fail(f):
+        f.write(b"half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        atomic_write(target, half_then_fail, unique=unique)
+    assert target.read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_failed_rename_keeps_the_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "out.png"
+    target.write_bytes(b"previous")
+
+    def refuse(src, dst):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(PermissionError):
+        atomic_write(target, b"new")
+    assert target.read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
+
+
+def test_temporary_names_follow_one_rule(tmp_path):
+    seen = []
+    atomic_write(tmp_path / "a.json", lambda f: seen.extend(os.listdir(tmp_path)))
+    (name,) = seen
+    assert parse_temporary(name) == ("a.json", os.getpid())
+    with temporary_folder(tmp_path / "out.nii.gz") as folder:
+        assert parse_temporary(folder.name) == ("out.nii.gz", os.getpid())
+        (folder / "out.nii.gz").write_bytes(b"partial")
+    assert not folder.exists()
+    assert parse_temporary(f".model.pt.{os.getpid()}.tmp") == ("model.pt", os.getpid())
+    assert parse_temporary(".config.tmp") is None
+    assert parse_temporary("out.nii.gz.12.tmp") is None  # not hidden: not one of ours
+
+
+def test_only_stale_temporaries_are_removed(tmp_path):
+    dead = _dead_pid()
+    stale_file = tmp_path / f".model.pt.{dead}.tmp"
+    stale_file.write_bytes(b"half")
+    stale_folder = tmp_path / f".out.nrrd.{dead}.abcd1234.tmp"
+    stale_folder.mkdir()
+    (stale_folder / "out.nrrd").write_bytes(b"half")
+    running = tmp_path / f".report.md.{os.getpid()}.efgh5678.tmp"
+    running.write_bytes(b"being written")
+    other = tmp_path / f".notes.txt.{dead}.tmp"
+    other.write_bytes(b"kept: not a checkpoint")
+    removed = remove_stale_temporaries(tmp_path, older_than_s=None, destination=lambda n: n.endswith(".pt"))
+    assert removed == [stale_file]
+    assert sorted(remove_stale_temporaries(tmp_path)) == sorted([stale_folder, other])
+    assert running.exists()
+    assert remove_stale_temporaries(tmp_path, older_than_s=-1.0) == [running]  # its pid reused, say
+    assert remove_stale_temporaries(tmp_path / "missing") == []
