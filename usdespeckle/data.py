@@ -159,6 +159,9 @@ class PrepareSettings:
 def write_png(path: Path, image: np.ndarray) -> str:
     """Write a [0, 1] grey image as an 8-bit PNG and return its sha256.
 
+    Not atomic, on purpose (thousands of files, an fsync each would dominate): the manifest, written
+    atomically last with every file's sha256, is what makes a dataset complete.
+
     Args:
         path: file to write (parent folders are created).
         image: 2D float image, values in [0, 1] (clipped).
