@@ -54,16 +54,16 @@ from usdespeckle.sources import (
     ORIENTATIONS,
     SKIMAGE_SOURCES,
     SPLITS,
-    _flip_rotate,
-    _mri_extra_images,
-    _mri_slices,
-    _mri_view,
-    _oriented_slice,
+    extra_mri_images,
+    flip_rotate,
     load_mri_volume,
     load_natural_sources,
     mri_slab_split,
+    mri_slices,
+    mri_view,
     natural_crop,
     natural_split,
+    oriented_slice,
     random_shapes_map,
 )
 
@@ -277,14 +277,12 @@ class DatasetWriter:
         """The template's kept slices, each as ``mri_views`` views (the first whole)."""
         volume, template_path = load_mri_volume()
         self.sources["mri"] = template_path
-        for orientation, index, split in self._bar(_mri_slices(volume, self.settings.mri_step), "MRI slices"):
+        for orientation, index, split in self._bar(mri_slices(volume, self.settings.mri_step), "MRI slices"):
             axis = ORIENTATIONS.index(orientation)
-            image = _oriented_slice(volume, axis, index)
+            image = oriented_slice(volume, axis, index)
             source = f"mni152:{orientation}:{split}-slab"
             for view in range(self.settings.mri_views):
-                picture = _mri_view(
-                    image, view, self.rng(RNG_MRI_VIEW, axis, index, view), self.settings.size
-                )
+                picture = mri_view(image, view, self.rng(RNG_MRI_VIEW, axis, index, view), self.settings.size)
                 rel = self.save(f"mri/{orientation}_{index:03d}_v{view}.png", picture)
                 self.datalists["mri"][split].append({"label": rel, "source": source})
                 if view == 0:
@@ -293,7 +291,7 @@ class DatasetWriter:
     def write_extra_mri(self) -> None:
         """dipy's and nibabel's sample MRI slices, for testing only."""
         items = self.datalists["mri_extra_test"]["test"]
-        for source, name, image in self._bar(list(_mri_extra_images(self.settings.size)), "extra MRI"):
+        for source, name, image in self._bar(list(extra_mri_images(self.settings.size)), "extra MRI"):
             items.append({"label": self.save(f"mri_extra/{name}.png", image), "source": source})
         self.sources["mri_extra_test"] = sorted({item["source"] for item in items})
 
@@ -317,7 +315,7 @@ class DatasetWriter:
         """(source, echogenicity map) of simulator item ``i`` of ``split``, of ``kind``."""
         if kind == "mri":
             source, whole = self._mri_pool[split][int(rng.integers(0, len(self._mri_pool[split])))]
-            return source, _flip_rotate(whole, rng)
+            return source, flip_rotate(whole, rng)
         if kind == "natural":
             names = self._natural_by_split[split]
             name = names[int(rng.integers(0, len(names)))]

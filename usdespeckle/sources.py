@@ -34,10 +34,16 @@ __all__ = [
     "NATURAL_TEST",
     "NATURAL_VALIDATION",
     "SPLITS",
+    "extra_mri_images",
+    "flip_rotate",
     "load_mri_volume",
     "load_natural_sources",
     "mri_slab_split",
+    "mri_slices",
+    "mri_view",
+    "natural_crop",
     "natural_split",
+    "oriented_slice",
     "random_shapes_map",
 ]
 
@@ -98,7 +104,7 @@ def _crop_resize(image: np.ndarray, rng: np.random.Generator, size: int, min_fra
     return np.clip(resize(crop, (size, size), order=1, anti_aliasing=True), 0.0, 1.0)
 
 
-def _flip_rotate(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def flip_rotate(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A random one of the 8 flips/90-degree rotations."""
     out = np.rot90(image, k=int(rng.integers(0, 4)))
     if rng.random() < 0.5:
@@ -138,7 +144,7 @@ def load_mri_volume() -> tuple[np.ndarray, str]:
     return volume, str(path)
 
 
-def _oriented_slice(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
+def oriented_slice(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
     """Slice ``index`` along ``axis`` of a RAS volume, rotated so superior (or anterior) is up."""
     return np.rot90(np.take(volume, index, axis=axis))
 
@@ -183,7 +189,7 @@ def mri_slab_split(indices: Sequence[int], orientation: str, gap: int = MRI_SLAB
     return result
 
 
-def _mri_slices(volume: np.ndarray, step: int) -> list[tuple[str, int, str]]:
+def mri_slices(volume: np.ndarray, step: int) -> list[tuple[str, int, str]]:
     """(orientation, slice index, split) of every kept template slice, in a fixed order."""
     threshold = 0.1 * float(volume.max())
     out = []
@@ -196,7 +202,7 @@ def _mri_slices(volume: np.ndarray, step: int) -> list[tuple[str, int, str]]:
     return out
 
 
-def _mri_view(slice_image: np.ndarray, view: int, rng: np.random.Generator, size: int) -> np.ndarray:
+def mri_view(slice_image: np.ndarray, view: int, rng: np.random.Generator, size: int) -> np.ndarray:
     """View 0 is the whole padded slice; other views are random zoomed crops, flipped left-right at random."""
     whole = _square(slice_image, size)
     if view == 0:
@@ -205,7 +211,7 @@ def _mri_view(slice_image: np.ndarray, view: int, rng: np.random.Generator, size
     return np.ascontiguousarray(out[:, ::-1]) if rng.random() < 0.5 else out
 
 
-def _mri_extra_images(size: int) -> Iterable[tuple[str, str, np.ndarray]]:
+def extra_mri_images(size: int) -> Iterable[tuple[str, str, np.ndarray]]:
     """(source, name, image) of dipy's and nibabel's sample MRI, for testing only."""
     import dipy
     import nibabel as nib
@@ -237,7 +243,7 @@ def _mri_extra_images(size: int) -> Iterable[tuple[str, str, np.ndarray]]:
         axes = (2,) if volume.shape[2] < 16 else (0, 1, 2)  # the 10-slice volume is axial only
         for axis in axes:
             for i in range(volume.shape[axis]):
-                image = _oriented_slice(volume, axis, i)
+                image = oriented_slice(volume, axis, i)
                 if (image > threshold).mean() >= MRI_MIN_FOREGROUND:
                     yield source, f"{name}_{ORIENTATIONS[axis]}_{i:03d}", _square(image, size)
 
@@ -308,7 +314,7 @@ NATURAL_MIN_CROP = 0.35  # natural crops: side at least this fraction of the pho
 
 def natural_crop(image: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
     """A random crop of a photograph, resized to ``size x size``, randomly flipped and rotated."""
-    return _flip_rotate(_crop_resize(image, rng, size, min_fraction=NATURAL_MIN_CROP), rng)
+    return flip_rotate(_crop_resize(image, rng, size, min_fraction=NATURAL_MIN_CROP), rng)
 
 
 # ----------------------------------------------------------------------------- random shapes
