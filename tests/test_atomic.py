@@ -91,3 +91,50 @@ def test_only_stale_temporaries_are_removed(tmp_path):
     assert running.exists()
     assert remove_stale_temporaries(tmp_path, older_than_s=-1.0) == [running]  # its pid reused, say
     assert remove_stale_temporaries(tmp_path / "missing") == []
+
+
+def test_server_answer_is_written_atomically(tmp_path, monkeypatch):
+    """The MONAI Label client writes the answer through atomic_write: a failed rename keeps the old result."""
+    import http.server
+    import threading
+
+    from usdespeckle import client
+
+    answer = b"\x00result bytes\xff" * 100
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # a stand-in for the app's /infer endpoint
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    image = tmp_path / "in.nrrd"
+    image.write_bytes(b"an image")
+    out = tmp_path / "out.nii.gz"
+    try:
+        assert client.despeckle_via_server(url, image, out, timeout=10) == {
+            "path": str(out),
+            "bytes": len(answer),
+        }
+        assert out.read_bytes() == answer
+        out.write_bytes(b"previous result")
+
+        def refuse(src, dst):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(os, "replace", refuse)
+        with pytest.raises(ValueError, match="No space left.*left unchanged"):
+            client.despeckle_via_server(url, image, out, force=True, timeout=10)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert out.read_bytes() == b"previous result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.nrrd", "out.nii.gz"]
