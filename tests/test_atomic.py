@@ -32,6 +32,14 @@ def test_write_replaces_the_file_and_leaves_no_temporary(tmp_path, content):
 
 
 @pytest.mark.parametrize("unique", [True, False])
+def test_written_file_has_the_mode_a_plain_write_gives(tmp_path, unique):
+    plain = tmp_path / "plain.json"
+    plain.write_text("{}")  # 0o666 less the umask, readable by the group as the user expects
+    written = atomic_write(tmp_path / "atomic.json", "{}", unique=unique)
+    assert written.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+
+
+@pytest.mark.parametrize("unique", [True, False])
 def test_failed_write_keeps_the_old_file_and_removes_the_temporary(tmp_path, unique):
     target = tmp_path / "model.pt"
     target.write_bytes(b"previous")
@@ -131,7 +139,7 @@ def test_server_answer_is_written_atomically(tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
 
         monkeypatch.setattr(os, "replace", refuse)
-        with pytest.raises(ValueError, match="No space left.*left unchanged"):
+        with pytest.raises(ValueError, match=r"No space left.*left unchanged"):
             client.despeckle_via_server(url, image, out, force=True, timeout=10)
     finally:
         server.shutdown()

@@ -13,13 +13,14 @@ runs can be told from writes in progress and removed later (:func:`remove_stale_
 * ``.{name}.{pid}.tmp``: a fixed name, for writers that own their destination (``unique=False``:
   one checkpoint file at a time per process).
 
-The standard library's ``tempfile`` makes the names; nothing here is specific to one file format.
+The standard library makes the names (``tempfile``, ``secrets``); nothing here is specific to one file format.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -129,6 +130,21 @@ def fsync_path(path: str | os.PathLike) -> None:
             os.close(fd)
 
 
+def _create_temporary(path: Path, unique: bool) -> tuple[int, Path]:
+    """Create the temporary file for ``path`` (mode 0o666 less the umask, as a plain ``open`` makes it)."""
+    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_BINARY", 0)
+    if not unique:
+        tmp = path.with_name(f"{_prefix(path)[:-1]}{TMP_SUFFIX}")
+        return os.open(tmp, flags | os.O_TRUNC, 0o666), tmp
+    for _ in range(100):
+        tmp = path.with_name(f"{_prefix(path)}{secrets.token_hex(4)}{TMP_SUFFIX}")
+        try:
+            return os.open(tmp, flags | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
 @contextlib.contextmanager
 def temporary_folder(path: str | os.PathLike) -> Iterator[Path]:
     """A new folder ``.{name}.{pid}.{random}.tmp`` beside ``path``, removed with what is left in it.
@@ -177,15 +193,9 @@ def atomic_write(
             and the temporary removed. Anything ``content`` raises is re-raised the same way.
     """
     path = Path(path)
-    if unique:
-        handle, name = tempfile.mkstemp(prefix=_prefix(path), suffix=TMP_SUFFIX, dir=path.parent)
-        tmp = Path(name)
-        file = os.fdopen(handle, "wb")
-    else:
-        tmp = path.with_name(f"{_prefix(path)[:-1]}{TMP_SUFFIX}")
-        file = open(tmp, "wb")  # noqa: SIM115 - closed below, before the rename
+    handle, tmp = _create_temporary(path, unique)
     try:
-        with file:
+        with os.fdopen(handle, "wb") as file:
             if isinstance(content, str):
                 file.write(content.encode("utf-8"))
             elif isinstance(content, bytes | bytearray | memoryview):

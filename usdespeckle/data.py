@@ -215,8 +215,8 @@ def _manifest_parameters(settings: PrepareSettings) -> dict[str, Any]:
 
 def simulator_split_counts(total: int) -> dict[str, int]:
     """How many of ``total`` simulator items each split gets (validation and test rounded, training the rest)."""
-    validation = int(round(SIMULATOR_VALIDATION_FRACTION * total))
-    test = int(round(SIMULATOR_TEST_FRACTION * total))
+    validation = round(SIMULATOR_VALIDATION_FRACTION * total)
+    test = round(SIMULATOR_TEST_FRACTION * total)
     return {"training": total - validation - test, "validation": validation, "test": test}
 
 

@@ -280,7 +280,7 @@ def load_natural_sources() -> dict[str, np.ndarray]:
             continue
         try:
             image = getattr(skimage.data, name)()
-        except Exception:  # noqa: BLE001 - a sample that needs a download is simply left out
+        except Exception:  # a sample that needs a download is simply left out
             continue
         if isinstance(image, tuple):  # stereo_motorcycle: (left, right, disparity)
             image = image[0]
@@ -293,7 +293,7 @@ def load_natural_sources() -> dict[str, np.ndarray]:
         bunch = load_sample_images()
         for filename, image in zip(bunch.filenames, bunch.images, strict=True):
             sources[f"sklearn:{Path(filename).stem}"] = grey(image)
-    except Exception:  # noqa: BLE001 - scikit-learn is optional here
+    except Exception:  # scikit-learn is optional here
         pass
     for image in sources.values():
         image.flags.writeable = False
