@@ -189,7 +189,7 @@ def _existing_state(out_dir: Path, parameters: dict[str, Any]) -> str:
     if not manifest_path.is_file():
         return "absent" if not any(out_dir.iterdir()) else "different"
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return "different"
     if manifest.get("parameters") != parameters:
@@ -425,7 +425,7 @@ def prepare_dataset(
     parameters = _manifest_parameters(settings)
     state = _existing_state(out, parameters)
     if state == "same":
-        return json.loads((out / "manifest.json").read_text()), False
+        return json.loads((out / "manifest.json").read_text(encoding="utf-8")), False
     if state == "different":
         if not force:
             raise DatasetExistsError(
