@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -129,11 +130,25 @@ def test_mri_slab_split_unit():
     assert sagittal[50] == "test" and sagittal[0] == "training"
 
 
+def _sha256_map(folder: Path) -> dict[str, str]:
+    """{relative path: sha256} of every file under ``folder``, as written on disk."""
+    return {
+        path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
 def test_same_seed_same_checksums_other_seed_differs(dataset, tmp_path):
     out, manifest = dataset
     again, written = prepare_dataset(tmp_path / "again", SMALL, bmode_maker=cheap_bmode, progress=False)
     assert written
     assert again["files"] == manifest["files"]
+    # every file on disk, the datalists and the manifest included, is byte-identical
+    first, second = _sha256_map(out), _sha256_map(tmp_path / "again")
+    assert first == second
+    assert {"manifest.json", "datalist_simulator.json"} <= set(first)
+    assert set(manifest["files"]) | set(DATALISTS) | {"manifest.json"} == set(first)
     other = PrepareSettings(
         **{**SMALL.__dict__, "seed": 4, "mri_step": 40, "natural_crops": 1, "simulator_count": 3}
     )
@@ -141,6 +156,19 @@ def test_same_seed_same_checksums_other_seed_differs(dataset, tmp_path):
     shared = set(different["files"]) & set(manifest["files"])
     changed = [rel for rel in shared if different["files"][rel] != manifest["files"][rel]]
     assert changed  # random crops and views depend on the seed
+    on_disk = _sha256_map(tmp_path / "other")
+    assert [rel for rel in shared if on_disk[rel] != first[rel]] == changed
+
+
+def test_an_item_does_not_depend_on_the_counts_of_the_others(dataset, tmp_path):
+    """Each item has its own random stream (data.RNG_*), so fewer crops or simulator items change nothing else."""
+    _, manifest = dataset
+    fewer = PrepareSettings(**{**SMALL.__dict__, "natural_crops": 1, "simulator_count": 3})
+    smaller, _ = prepare_dataset(tmp_path / "fewer", fewer, bmode_maker=cheap_bmode, progress=False)
+    shared = set(smaller["files"]) & set(manifest["files"])
+    assert {rel.split("/")[0] for rel in shared} == {"mri", "mri_extra", "natural", "bmode", "echogenicity"}
+    assert any(rel.startswith("bmode/training_00002") for rel in shared)
+    assert {rel: smaller["files"][rel] for rel in shared} == {rel: manifest["files"][rel] for rel in shared}
 
 
 def test_existing_dataset_same_is_kept_different_is_refused(dataset, tmp_path):

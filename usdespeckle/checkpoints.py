@@ -4,8 +4,8 @@ MONAI's ``CheckpointSaver`` writes with ignite's ``DiskSaver(atomic=False)``: a 
 save leaves a truncated newest checkpoint. And ignite's ``Checkpoint`` removes the oldest file
 *before* it saves the new one, so with ``n_saved: 1`` a kill at that moment leaves none.
 :class:`AtomicCheckpointSaver` is MONAI's handler with one change: each file is written to a
-temporary name beside its destination, flushed to disk, and moved into place with ``os.replace``;
-the file it replaces is removed only after that. Temporary files of killed runs are removed when
+temporary name beside its destination, flushed to disk, and moved into place with ``os.replace``
+(:func:`usdespeckle.atomic.atomic_write`); the file it replaces is removed only after that. Temporary files of killed runs are removed when
 the next saver starts.
 
 Resume (:func:`usdespeckle.bundle_utils.latest_checkpoint`) falls back to the newest checkpoint
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,20 +24,9 @@ import torch
 from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointSaver
 
+from usdespeckle.atomic import atomic_write, remove_stale_temporaries
+
 __all__ = ["AtomicCheckpointSaver", "AtomicDiskSaver", "remove_stale_checkpoint_temporaries"]
-
-# ``.{file name}.{pid}.tmp``: the temporary name of a checkpoint being written.
-_TMP = re.compile(r"^\.(?P<name>.+\.pt)\.(?P<pid>\d+)\.tmp$")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, OSError):
-        return True
-    return True
 
 
 def remove_stale_checkpoint_temporaries(folder: str | os.PathLike) -> list[Path]:
@@ -50,15 +38,7 @@ def remove_stale_checkpoint_temporaries(folder: str | os.PathLike) -> list[Path]
     Returns:
         The files removed: those named ``.{name}.pt.{pid}.tmp`` whose process no longer runs.
     """
-    removed = []
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(folder):
-            match = _TMP.match(entry.name)
-            if match and entry.is_file() and not _pid_alive(int(match["pid"])):
-                with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
-                    removed.append(Path(entry.path))
-    return removed
+    return remove_stale_temporaries(folder, older_than_s=None, destination=lambda name: name.endswith(".pt"))
 
 
 class AtomicDiskSaver(DiskSaver):
@@ -85,23 +65,8 @@ class AtomicDiskSaver(DiskSaver):
             return
         name = self.filename or filename
         path = Path(self.dirname) / name
-        tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f, **self.kwargs)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-        with contextlib.suppress(OSError):
-            fd = os.open(self.dirname, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        # the fixed name ``.{name}.{pid}.tmp``: one save per checkpoint file at a time
+        atomic_write(path, lambda f: torch.save(checkpoint, f, **self.kwargs), unique=False)
         pending, self._pending_removal = self._pending_removal, []
         for old in pending:
             if old != name:

@@ -14,13 +14,14 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
+
+from usdespeckle.atomic import atomic_write
 
 __all__ = [
     "RESULT_SUFFIXES",
@@ -189,20 +190,8 @@ def infer_via_server(
         raise ServerError(0, f"cannot reach MONAI Label server at {url}: {err}") from None
     if not data:
         raise ServerError(0, f"the server at {url} answered with an empty file")
-    # atomic write: a temporary file in the output folder, flushed, then os.replace
     try:
-        handle, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=".usdespeckle-", suffix=out_suffix)
-        try:
-            with os.fdopen(handle, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            if os.path.getsize(tmp) != len(data):
-                raise OSError(f"wrote {os.path.getsize(tmp)} of {len(data)} bytes")
-            os.replace(tmp, out_path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(out_path, data)
     except OSError as err:
         raise ValueError(
             f"cannot write {out_path}: {err.strerror or err}; an existing output was left unchanged"

@@ -1,28 +1,29 @@
 """Dataset preparation for training and testing (``usdespeckle prepare-data``).
 
-Everything comes from data shipped inside installed packages; nothing is downloaded.
+Everything comes from data shipped inside installed packages (:mod:`usdespeckle.sources`); nothing
+is downloaded. :class:`DatasetWriter` writes one datalist per source:
 
-* MRI slices (``datalist_mri.json``, key ``label``): nilearn's MNI152 2009a symmetric T1 template
-  in its three orientations. The template is a single volume, so items are split by *slab*:
-  contiguous ranges of slices with a gap of :data:`MRI_SLAB_GAP` slices (1 mm each) between the
-  training, validation and test slabs, so that no validation or test slice neighbours a training
-  slice. The template is left-right symmetric, so sagittal slabs are chosen by distance from the
-  midline (test: the central slab; validation: the next slabs on both sides; training: the lateral
-  slabs); a sagittal slice and its mirror image therefore always fall in the same split. Axial and
-  coronal slabs follow the slice index (training, then validation, then test). Each kept slice is
-  written once as a whole and ``mri_views - 1`` more times as a random zoomed, possibly flipped crop.
-* Extra MRI test slices (``datalist_mri_extra_test.json``, key ``label``, test only): dipy's
-  ``t1_coronal_slice.npy`` and ``S0_10slices.nii.gz``, nibabel's ``tests/data/anatomical.nii``.
-* Natural photographs (``datalist_natural.json``, key ``label``): scikit-image's offline sample
-  images and scikit-learn's sample images, converted to grey; random crops with flips and
-  90-degree rotations, split by source photograph (fixed lists :data:`NATURAL_TEST`,
-  :data:`NATURAL_VALIDATION`; images that are the same photograph share a source).
+* MRI slices (``datalist_mri.json``, key ``label``): the MNI152 template's slices, split by slab
+  (:func:`usdespeckle.sources.mri_slab_split`). Each kept slice is written once as a whole and
+  ``mri_views - 1`` more times as a random zoomed, possibly flipped crop.
+* Extra MRI test slices (``datalist_mri_extra_test.json``, key ``label``, test only): dipy's and
+  nibabel's sample MRI.
+* Natural photographs (``datalist_natural.json``, key ``label``): random crops with flips and
+  90-degree rotations, split by source photograph.
 * Simulator B-mode (``datalist_simulator.json``, key ``image``, plus ``echogenicity``): echogenicity
-  maps from MRI slices, natural crops and random shapes, turned into B-mode images by a physics
-  simulator (``FastBModeSimulator`` in the command line; any callable in the Python API). MRI and
-  natural maps keep the split of their source, so the splits agree across all datalists. The
-  stored ``echogenicity`` PNG is the grey-level map ``g``; the simulator receives the linear
-  amplitude ``10 ** ((g - 1) * C / 20)`` with ``C ~ U(SIMULATOR_CONTRAST_DB)`` decibels (0 stays 0).
+  maps from MRI slices, natural crops and random shapes (:data:`SIMULATOR_KINDS`, in turn), turned
+  into B-mode images by a physics simulator (``FastBModeSimulator`` in the command line; any
+  callable in the Python API); :data:`SIMULATOR_VALIDATION_FRACTION` and
+  :data:`SIMULATOR_TEST_FRACTION` of them are for validation and testing. MRI and natural maps keep
+  the split of their source, so the splits agree across all datalists. The stored
+  ``echogenicity`` PNG is the grey-level map ``g``; the simulator receives the linear amplitude
+  ``10 ** ((g - 1) * C / 20)`` with ``C ~ U(SIMULATOR_CONTRAST_DB)`` decibels (0 stays 0).
+* Real B-mode (``datalist_real_bmode.json``): frames of pydicom-data's clinical scans
+  (:mod:`usdespeckle.real_bmode`).
+
+Every item draws its random numbers from its own stream, ``default_rng([seed, stream, *index])``
+(:data:`RNG_MRI_VIEW`, :data:`RNG_NATURAL_CROP`, :data:`RNG_SIMULATOR`), so an item does not change
+when the counts or the order of the others do.
 
 Images are 8-bit grey PNG files of ``size x size`` pixels; datalist paths are relative to the
 output folder (``monai.data.load_decathlon_datalist(path, base_dir=out_dir)``).
@@ -30,7 +31,6 @@ output folder (``monai.data.load_decathlon_datalist(path, base_dir=out_dir)``).
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -42,47 +42,68 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from skimage.transform import resize
 from tqdm import tqdm
 
 from usdespeckle import __version__
+from usdespeckle.atomic import atomic_write
+from usdespeckle.sources import (
+    MNI_T1,
+    MRI_SLAB_GAP,
+    NATURAL_TEST,
+    NATURAL_VALIDATION,
+    ORIENTATIONS,
+    SKIMAGE_SOURCES,
+    SPLITS,
+    extra_mri_images,
+    flip_rotate,
+    load_mri_volume,
+    load_natural_sources,
+    mri_slab_split,
+    mri_slices,
+    mri_view,
+    natural_crop,
+    natural_split,
+    oriented_slice,
+    random_shapes_map,
+)
 
 __all__ = [
-    "BModeMaker",
-    "DatasetExistsError",
+    "MNI_T1",
     "MRI_SLAB_GAP",
     "NATURAL_TEST",
     "NATURAL_VALIDATION",
-    "PrepareSettings",
+    "RNG_MRI_VIEW",
+    "RNG_NATURAL_CROP",
+    "RNG_SIMULATOR",
     "SIMULATOR_CONTRAST_DB",
+    "SIMULATOR_KINDS",
+    "SIMULATOR_TEST_FRACTION",
+    "SIMULATOR_VALIDATION_FRACTION",
+    "SKIMAGE_SOURCES",
     "SPLITS",
+    "BModeMaker",
+    "DatasetExistsError",
+    "DatasetWriter",
+    "PrepareSettings",
     "load_mri_volume",
     "load_natural_sources",
     "mri_slab_split",
+    "natural_split",
     "prepare_dataset",
     "random_shapes_map",
     "write_png",
 ]
 
-SPLITS = ("training", "validation", "test")
 BModeMaker = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
-MNI_T1 = "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"  # inside the nilearn package
-MRI_SLAB_GAP = 6  # slices (mm) left out between training, validation and test slabs
-MRI_MIN_FOREGROUND = 0.15  # keep slices with at least this fraction of pixels above 10% of the maximum
-ORIENTATIONS = ("sagittal", "coronal", "axial")  # volume axes 0, 1, 2 of the RAS template
+# Random streams: the second number of each item's seed sequence ``[seed, stream, *index]``.
+RNG_MRI_VIEW = 1  #: MRI views, indexed (axis, slice index, view)
+RNG_NATURAL_CROP = 2  #: natural crops, indexed (source number, crop)
+RNG_SIMULATOR = 3  #: simulator items, indexed (split number, item)
 
-SKIMAGE_SOURCES = (
-    "astronaut", "brick", "camera", "cat", "cell", "chelsea", "clock", "coffee", "coins",
-    "colorwheel", "grass", "gravel", "horse", "hubble_deep_field", "immunohistochemistry", "logo",
-    "microaneurysms", "moon", "page", "retina", "rocket", "shepp_logan_phantom",
-    "stereo_motorcycle", "text",
-)  # fmt: skip
-# Different names for the same photograph (or a crop of it) share one source.
-SOURCE_ALIASES = {"skimage:cat": "skimage:chelsea", "skimage:microaneurysms": "skimage:retina"}
-NATURAL_TEST = ("skimage:camera", "skimage:coins", "skimage:moon", "skimage:chelsea", "sklearn:china")
-NATURAL_VALIDATION = ("skimage:astronaut", "skimage:gravel", "skimage:page")
-
+SIMULATOR_VALIDATION_FRACTION = 0.1  # of simulator_count, rounded; training takes the rest
+SIMULATOR_TEST_FRACTION = 0.1
+SIMULATOR_KINDS = ("mri", "natural", "shapes")  # echogenicity map of simulator item i: kind i % 3
 SIMULATOR_CONTRAST_DB = (20.0, 40.0)  # range of the decibel span given to an echogenicity map's grey levels
 _FORMAT = 3  # bump when the layout or the generation changes in a way that makes old data different
 _OWNED = ("mri", "mri_extra", "natural", "bmode", "echogenicity", "real_bmode")
@@ -135,47 +156,11 @@ class PrepareSettings:
             raise ValueError(f"seed must be >= 0; got {self.seed}.")
 
 
-# ----------------------------------------------------------------------------- image helpers
-
-
-def _to_unit(image: np.ndarray) -> np.ndarray:
-    """Min-max scale to [0, 1] as float64 (a constant image gives zeros)."""
-    arr = np.asarray(image, dtype=np.float64)
-    lo, hi = float(arr.min()), float(arr.max())
-    return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
-
-
-def _square(image: np.ndarray, size: int) -> np.ndarray:
-    """Zero-pad to a centred square, then resize to ``size x size`` (bilinear, anti-aliased)."""
-    h, w = image.shape
-    side = max(h, w)
-    padded = np.zeros((side, side), dtype=np.float64)
-    top, left = (side - h) // 2, (side - w) // 2
-    padded[top : top + h, left : left + w] = image
-    return np.clip(resize(padded, (size, size), order=1, anti_aliasing=True), 0.0, 1.0)
-
-
-def _crop_resize(image: np.ndarray, rng: np.random.Generator, size: int, min_fraction: float) -> np.ndarray:
-    """A random square crop of side ``U(min_fraction, 1) * min(H, W)``, resized to ``size``."""
-    h, w = image.shape
-    side = max(8, int(round(rng.uniform(min_fraction, 1.0) * min(h, w))))
-    side = min(side, h, w)
-    top = int(rng.integers(0, h - side + 1))
-    left = int(rng.integers(0, w - side + 1))
-    crop = image[top : top + side, left : left + side]
-    return np.clip(resize(crop, (size, size), order=1, anti_aliasing=True), 0.0, 1.0)
-
-
-def _flip_rotate(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A random one of the 8 flips/90-degree rotations."""
-    out = np.rot90(image, k=int(rng.integers(0, 4)))
-    if rng.random() < 0.5:
-        out = out[:, ::-1]
-    return np.ascontiguousarray(out)
-
-
 def write_png(path: Path, image: np.ndarray) -> str:
     """Write a [0, 1] grey image as an 8-bit PNG and return its sha256.
+
+    Not atomic, on purpose (thousands of files, an fsync each would dominate): the manifest, written
+    atomically last with every file's sha256, is what makes a dataset complete.
 
     Args:
         path: file to write (parent folders are created).
@@ -194,241 +179,6 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-# ----------------------------------------------------------------------------- MRI
-
-
-@functools.lru_cache(maxsize=1)
-def load_mri_volume() -> tuple[np.ndarray, str]:
-    """Load nilearn's MNI152 T1 template from the installed package (no network).
-
-    Returns:
-        (volume scaled to [0, 1] by its 99.9th percentile, float32 (197, 233, 189); path).
-        Cached: the same read-only array is returned on every call.
-
-    Raises:
-        FileNotFoundError: if nilearn or its template file is missing.
-    """
-    import nibabel as nib
-
-    try:
-        import nilearn
-    except ImportError as err:
-        raise FileNotFoundError(
-            "nilearn is not installed; `pip install nilearn` provides the MRI template."
-        ) from err
-    path = Path(nilearn.__file__).parent / MNI_T1
-    if not path.is_file():
-        raise FileNotFoundError(f"MNI152 template not found at {path}; reinstall nilearn (>= 0.10).")
-    volume = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
-    scale = float(np.percentile(volume, 99.9))
-    volume = np.clip(volume / scale, 0.0, 1.0)
-    volume.flags.writeable = False
-    return volume, str(path)
-
-
-def _oriented_slice(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
-    """Slice ``index`` along ``axis`` of a RAS volume, rotated so superior (or anterior) is up."""
-    return np.rot90(np.take(volume, index, axis=axis))
-
-
-def mri_slab_split(indices: Sequence[int], orientation: str, gap: int = MRI_SLAB_GAP) -> dict[int, str]:
-    """Assign kept slice indices of one orientation to splits by slab, leaving gaps out.
-
-    Args:
-        indices: sorted slice indices that passed the foreground test.
-        orientation: "sagittal" (symmetric slabs around the midline), "coronal" or "axial".
-        gap: slices left out at each slab boundary.
-
-    Returns:
-        {slice index: split name} for the slices kept (those in the gaps are absent).
-    """
-    idx = np.asarray(sorted(indices))
-    first, last = int(idx.min()), int(idx.max())
-    result: dict[int, str] = {}
-    if orientation == "sagittal":
-        centre = 0.5 * (first + last)
-        half = max(1.0, 0.5 * (last - first))
-        # distance from the midline, in slices: test |d| < 0.2 half, validation up to 0.4 half
-        bounds = (0.2 * half, 0.4 * half)
-        for i in idx:
-            d = abs(i - centre)
-            if d < bounds[0] - gap / 2:
-                result[int(i)] = "test"
-            elif bounds[0] + gap / 2 <= d < bounds[1] - gap / 2:
-                result[int(i)] = "validation"
-            elif d >= bounds[1] + gap / 2:
-                result[int(i)] = "training"
-    else:
-        span = last - first
-        cut_val, cut_test = first + 0.65 * span, first + 0.82 * span
-        for i in idx:
-            if i < cut_val - gap / 2:
-                result[int(i)] = "training"
-            elif cut_val + gap / 2 <= i < cut_test - gap / 2:
-                result[int(i)] = "validation"
-            elif i >= cut_test + gap / 2:
-                result[int(i)] = "test"
-    return result
-
-
-def _mri_slices(volume: np.ndarray, step: int) -> list[tuple[str, int, str]]:
-    """(orientation, slice index, split) of every kept template slice, in a fixed order."""
-    threshold = 0.1 * float(volume.max())
-    out = []
-    for axis, orientation in enumerate(ORIENTATIONS):
-        moved = np.moveaxis(volume, axis, 0)
-        foreground = (moved > threshold).mean(axis=(1, 2))
-        kept = [int(i) for i in np.nonzero(foreground >= MRI_MIN_FOREGROUND)[0]]
-        split = mri_slab_split(kept, orientation)
-        out.extend((orientation, i, split[i]) for i in kept[::step] if i in split)
-    return out
-
-
-def _mri_view(slice_image: np.ndarray, view: int, rng: np.random.Generator, size: int) -> np.ndarray:
-    """View 0 is the whole padded slice; other views are random zoomed crops, flipped left-right at random."""
-    whole = _square(slice_image, size)
-    if view == 0:
-        return whole
-    out = _crop_resize(whole, rng, size, min_fraction=0.6)
-    return np.ascontiguousarray(out[:, ::-1]) if rng.random() < 0.5 else out
-
-
-def _mri_extra_images(size: int) -> Iterable[tuple[str, str, np.ndarray]]:
-    """(source, name, image) of dipy's and nibabel's sample MRI, for testing only."""
-    import dipy
-    import nibabel as nib
-
-    files = Path(dipy.__file__).parent / "data" / "files"
-    coronal = files / "t1_coronal_slice.npy"
-    if coronal.is_file():
-        yield (
-            "dipy:t1_coronal_slice",
-            "dipy_t1_coronal",
-            _square(_to_unit(np.load(coronal)), size),
-        )  # stored superior-up
-    volumes = [
-        ("dipy:S0_10slices", "dipy_s0", files / "S0_10slices.nii.gz"),
-        (
-            "nibabel:anatomical",
-            "nibabel_anatomical",
-            Path(nib.__file__).parent / "tests" / "data" / "anatomical.nii",
-        ),
-    ]
-    for source, name, path in volumes:
-        if not path.is_file():
-            continue
-        canonical = nib.as_closest_canonical(nib.load(str(path)))  # RAS axes, like the template
-        volume = np.asarray(canonical.dataobj, dtype=np.float64)
-        volume = volume.reshape(volume.shape[:3])
-        volume = np.clip(volume / max(float(np.percentile(volume, 99.9)), 1e-12), 0.0, 1.0)
-        threshold = 0.1 * float(volume.max())
-        axes = (2,) if volume.shape[2] < 16 else (0, 1, 2)  # the 10-slice volume is axial only
-        for axis in axes:
-            for i in range(volume.shape[axis]):
-                image = _oriented_slice(volume, axis, i)
-                if (image > threshold).mean() >= MRI_MIN_FOREGROUND:
-                    yield source, f"{name}_{ORIENTATIONS[axis]}_{i:03d}", _square(image, size)
-
-
-# ----------------------------------------------------------------------------- natural photographs
-
-
-@functools.lru_cache(maxsize=1)
-def load_natural_sources() -> dict[str, np.ndarray]:
-    """Grey [0, 1] photographs shipped with scikit-image and scikit-learn (no network).
-
-    Images that fail to load (those that need a download) are skipped. Aliases of one photograph
-    are merged under one source name (:data:`SOURCE_ALIASES`).
-
-    Returns:
-        {source name: float64 (H, W) image in [0, 1]}, sorted by name. Cached: the same read-only
-        arrays are returned on every call.
-    """
-    import skimage.data
-    from skimage.color import rgb2gray, rgba2rgb
-
-    def grey(image: np.ndarray) -> np.ndarray:
-        arr = np.asarray(image)
-        if arr.ndim == 3 and arr.shape[-1] == 4:
-            arr = rgba2rgb(arr)
-        if arr.ndim == 3 and arr.shape[-1] == 3:
-            arr = rgb2gray(arr)
-        return _to_unit(arr.astype(np.float64))
-
-    sources: dict[str, np.ndarray] = {}
-    for name in SKIMAGE_SOURCES:
-        source = SOURCE_ALIASES.get(f"skimage:{name}", f"skimage:{name}")
-        if source in sources:
-            continue
-        try:
-            image = getattr(skimage.data, name)()
-        except Exception:  # noqa: BLE001 - a sample that needs a download is simply left out
-            continue
-        if isinstance(image, tuple):  # stereo_motorcycle: (left, right, disparity)
-            image = image[0]
-        image = grey(image)
-        if image.ndim == 2 and min(image.shape) >= 64:
-            sources[source] = image
-    try:
-        from sklearn.datasets import load_sample_images
-
-        bunch = load_sample_images()
-        for filename, image in zip(bunch.filenames, bunch.images, strict=True):
-            sources[f"sklearn:{Path(filename).stem}"] = grey(image)
-    except Exception:  # noqa: BLE001 - scikit-learn is optional here
-        pass
-    for image in sources.values():
-        image.flags.writeable = False
-    return dict(sorted(sources.items()))
-
-
-def natural_split(source: str) -> str:
-    """The split of a natural source photograph: fixed lists, everything else is training."""
-    if source in NATURAL_TEST:
-        return "test"
-    if source in NATURAL_VALIDATION:
-        return "validation"
-    return "training"
-
-
-# ----------------------------------------------------------------------------- random shapes
-
-
-def random_shapes_map(size: int, rng: np.random.Generator) -> np.ndarray:
-    """A random echogenicity map: 1-8 shapes of random grey levels on a random background.
-
-    Args:
-        size: image side, pixels.
-        rng: random generator.
-
-    Returns:
-        float64 (size, size) map in [0, 1].
-    """
-    from skimage.draw import random_shapes
-
-    labels, _ = random_shapes(
-        (size, size),
-        max_shapes=8,
-        min_shapes=1,
-        min_size=max(4, size // 10),
-        max_size=size // 2,
-        channel_axis=None,
-        intensity_range=(0, 254),
-        allow_overlap=True,
-        rng=int(rng.integers(0, 2**31 - 1)),
-    )
-    image = labels.astype(np.float64) / 254.0
-    image[labels == 255] = rng.uniform(0.1, 0.9)  # background
-    return np.clip(image, 0.0, 1.0)
-
-
-# ----------------------------------------------------------------------------- the whole dataset
-
-
-def _manifest_parameters(settings: PrepareSettings) -> dict[str, Any]:
-    return {"format": _FORMAT, "version": __version__, **asdict(settings)}
-
-
 def _existing_state(out_dir: Path, parameters: dict[str, Any]) -> str:
     """'absent', 'same' or 'different' for what ``out_dir`` holds."""
     if not out_dir.exists():
@@ -439,7 +189,7 @@ def _existing_state(out_dir: Path, parameters: dict[str, Any]) -> str:
     if not manifest_path.is_file():
         return "absent" if not any(out_dir.iterdir()) else "different"
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return "different"
     if manifest.get("parameters") != parameters:
@@ -457,6 +207,186 @@ def _clear(out_dir: Path) -> None:
         shutil.rmtree(out_dir / name, ignore_errors=True)
     for name in (*_DATALISTS, "manifest.json"):
         (out_dir / name).unlink(missing_ok=True)
+
+
+def _manifest_parameters(settings: PrepareSettings) -> dict[str, Any]:
+    return {"format": _FORMAT, "version": __version__, **asdict(settings)}
+
+
+def simulator_split_counts(total: int) -> dict[str, int]:
+    """How many of ``total`` simulator items each split gets (validation and test rounded, training the rest)."""
+    validation = round(SIMULATOR_VALIDATION_FRACTION * total)
+    test = round(SIMULATOR_TEST_FRACTION * total)
+    return {"training": total - validation - test, "validation": validation, "test": test}
+
+
+def echogenicity_to_amplitude(echogenicity: np.ndarray, contrast_db: float) -> np.ndarray:
+    """The linear scatterer amplitude ``10 ** ((g - 1) * contrast_db / 20)`` of a grey-level map (0 stays 0).
+
+    The map is a grey-level (log-domain) picture and B-mode grey levels are log-compressed, so the
+    amplitude spans ``contrast_db`` decibels (zero stays anechoic). A linear use of the grey levels
+    would leave e.g. grey and white matter 2 dB apart, invisible under speckle.
+    """
+    return np.where(echogenicity > 0, 10.0 ** ((echogenicity - 1.0) * contrast_db / 20.0), 0.0)
+
+
+class DatasetWriter:
+    """Writes one dataset into a folder: the PNG files with their sha256, the datalists, the manifest.
+
+    One ``write_*`` method per source, in the order :func:`prepare_dataset` calls them (the
+    simulator uses the MRI slices and natural photographs written before it); :meth:`finish` writes
+    the datalists and, last, the manifest.
+
+    Args:
+        out_dir: the output folder (created by the caller).
+        settings: what to write (validated by the caller).
+        progress: show tqdm progress bars.
+    """
+
+    def __init__(self, out_dir: Path, settings: PrepareSettings, *, progress: bool = True) -> None:
+        self.out = out_dir
+        self.settings = settings
+        self.progress = progress
+        self.files: dict[str, str] = {}  # relative path -> sha256
+        self.datalists: dict[str, dict[str, list[dict[str, Any]]]] = {
+            "mri": {s: [] for s in SPLITS},
+            "natural": {s: [] for s in SPLITS},
+            "simulator": {s: [] for s in SPLITS},
+            "mri_extra_test": {"test": []},
+        }
+        self.sources: dict[str, Any] = {}  # what the manifest says of each source
+        self._mri_pool: dict[str, list[tuple[str, np.ndarray]]] = {s: [] for s in SPLITS}  # whole slices
+        self._natural: dict[str, np.ndarray] = {}
+        self._natural_by_split: dict[str, list[str]] = {s: [] for s in SPLITS}
+
+    def rng(self, stream: int, *index: int) -> np.random.Generator:
+        """The random generator of one item: ``default_rng([seed, stream, *index])``."""
+        return np.random.default_rng([self.settings.seed, stream, *index])
+
+    def save(self, rel: str, image: np.ndarray) -> str:
+        """Write a [0, 1] grey image as ``out_dir / rel`` (PNG), record its sha256, return ``rel``."""
+        self.files[rel] = write_png(self.out / rel, image)
+        return rel
+
+    def _bar(self, items: Iterable, desc: str) -> tqdm:
+        # disable=None lets tqdm switch itself off when stderr is not a terminal (logs, CI)
+        disable = None if self.progress else True
+        return tqdm(items, desc=desc, disable=disable, unit="img", leave=False, mininterval=1.0)
+
+    def write_mri(self) -> None:
+        """The template's kept slices, each as ``mri_views`` views (the first whole)."""
+        volume, template_path = load_mri_volume()
+        self.sources["mri"] = template_path
+        for orientation, index, split in self._bar(mri_slices(volume, self.settings.mri_step), "MRI slices"):
+            axis = ORIENTATIONS.index(orientation)
+            image = oriented_slice(volume, axis, index)
+            source = f"mni152:{orientation}:{split}-slab"
+            for view in range(self.settings.mri_views):
+                picture = mri_view(image, view, self.rng(RNG_MRI_VIEW, axis, index, view), self.settings.size)
+                rel = self.save(f"mri/{orientation}_{index:03d}_v{view}.png", picture)
+                self.datalists["mri"][split].append({"label": rel, "source": source})
+                if view == 0:
+                    self._mri_pool[split].append((source, picture))
+
+    def write_extra_mri(self) -> None:
+        """dipy's and nibabel's sample MRI slices, for testing only."""
+        items = self.datalists["mri_extra_test"]["test"]
+        for source, name, image in self._bar(list(extra_mri_images(self.settings.size)), "extra MRI"):
+            items.append({"label": self.save(f"mri_extra/{name}.png", image), "source": source})
+        self.sources["mri_extra_test"] = sorted({item["source"] for item in items})
+
+    def write_natural(self) -> None:
+        """``natural_crops`` random crops of every natural photograph, in its source's split."""
+        self._natural = load_natural_sources()
+        for k, name in enumerate(self._bar(list(self._natural), "natural sources")):
+            split = natural_split(name)
+            self._natural_by_split[split].append(name)
+            for crop in range(self.settings.natural_crops):
+                picture = natural_crop(
+                    self._natural[name], self.rng(RNG_NATURAL_CROP, k, crop), self.settings.size
+                )
+                rel = self.save(f"natural/{name.replace(':', '_')}_{crop:03d}.png", picture)
+                self.datalists["natural"][split].append({"label": rel, "source": name})
+        self.sources["natural"] = {s: self._natural_by_split[s] for s in SPLITS}
+
+    def _echogenicity(
+        self, kind: str, split: str, i: int, rng: np.random.Generator
+    ) -> tuple[str, np.ndarray]:
+        """(source, echogenicity map) of simulator item ``i`` of ``split``, of ``kind``."""
+        if kind == "mri":
+            source, whole = self._mri_pool[split][int(rng.integers(0, len(self._mri_pool[split])))]
+            return source, flip_rotate(whole, rng)
+        if kind == "natural":
+            names = self._natural_by_split[split]
+            name = names[int(rng.integers(0, len(names)))]
+            return name, natural_crop(self._natural[name], rng, self.settings.size)
+        return f"random-shapes:{split}:{i:05d}", random_shapes_map(self.settings.size, rng)
+
+    def write_simulator(self, bmode_maker: BModeMaker) -> None:
+        """``simulator_count`` (echogenicity map, simulated B-mode) pairs; needs the MRI and natural sources.
+
+        Raises:
+            ValueError: if ``bmode_maker`` returns an image of another shape.
+        """
+        size = self.settings.size
+        counts = simulator_split_counts(self.settings.simulator_count)
+        jobs = [(split, i) for split in SPLITS for i in range(counts[split])]
+        for split, i in self._bar(jobs, "simulator B-mode"):
+            rng = self.rng(RNG_SIMULATOR, SPLITS.index(split), i)
+            kind = SIMULATOR_KINDS[i % len(SIMULATOR_KINDS)]
+            if (kind == "mri" and not self._mri_pool[split]) or (
+                kind == "natural" and not self._natural_by_split[split]
+            ):
+                kind = "shapes"
+            source, echogenicity = self._echogenicity(kind, split, i, rng)
+            amplitude = echogenicity_to_amplitude(echogenicity, rng.uniform(*SIMULATOR_CONTRAST_DB))
+            bmode = np.asarray(bmode_maker(amplitude.astype(np.float32), rng), dtype=np.float64)
+            if bmode.shape != (size, size):
+                raise ValueError(f"bmode_maker returned shape {bmode.shape}; expected {(size, size)}.")
+            stem = f"{split}_{i:05d}_{kind}"
+            echo_rel = self.save(f"echogenicity/{stem}.png", echogenicity)
+            rel = self.save(f"bmode/{stem}.png", bmode)
+            self.datalists["simulator"][split].append(
+                {"image": rel, "echogenicity": echo_rel, "source": source}
+            )
+
+    def write_real_bmode(self) -> None:
+        """The real B-mode frames of pydicom-data's clinical scans (:mod:`usdespeckle.real_bmode`)."""
+        from usdespeckle.real_bmode import real_bmode_items
+
+        self.datalists["real_bmode"], self.sources["real_bmode"] = real_bmode_items(
+            self.save, progress=self.progress
+        )
+
+    def finish(self, parameters: dict[str, Any], command: Sequence[str] | None) -> dict[str, Any]:
+        """Write the datalists, then the manifest (a folder without a manifest is an unfinished run).
+
+        Returns:
+            The manifest.
+        """
+        for name, content in self.datalists.items():
+            atomic_write(self.out / f"datalist_{name}.json", json.dumps(content, indent=1) + "\n")
+        sources = {
+            "mri": self.sources.get("mri"),
+            "mri_extra_test": self.sources.get("mri_extra_test", []),
+            "natural": self.sources.get("natural", {s: [] for s in SPLITS}),
+            "simulator": "echogenicity maps from MRI slices, natural crops and skimage.draw.random_shapes; "
+            f"amplitude 10**((g-1)*C/20), C ~ U{SIMULATOR_CONTRAST_DB} dB",
+            "mri_split": f"slabs per orientation, {MRI_SLAB_GAP}-slice gaps between splits",
+            "real_bmode": self.sources.get("real_bmode", []),
+        }
+        manifest = {
+            "parameters": parameters,
+            "command": list(command) if command is not None else None,
+            "sources": sources,
+            "counts": {
+                name: {s: len(items) for s, items in content.items()}
+                for name, content in self.datalists.items()
+            },
+            "files": dict(sorted(self.files.items())),
+        }
+        atomic_write(self.out / "manifest.json", json.dumps(manifest, indent=1) + "\n")
+        return manifest
 
 
 def prepare_dataset(
@@ -495,7 +425,7 @@ def prepare_dataset(
     parameters = _manifest_parameters(settings)
     state = _existing_state(out, parameters)
     if state == "same":
-        return json.loads((out / "manifest.json").read_text()), False
+        return json.loads((out / "manifest.json").read_text(encoding="utf-8")), False
     if state == "different":
         if not force:
             raise DatasetExistsError(
@@ -505,123 +435,12 @@ def prepare_dataset(
         _clear(out)
     out.mkdir(parents=True, exist_ok=True)
 
-    size, seed = settings.size, settings.seed
-    files: dict[str, str] = {}
-    datalists: dict[str, dict[str, list[dict[str, str]]]] = {
-        "mri": {s: [] for s in SPLITS},
-        "natural": {s: [] for s in SPLITS},
-        "simulator": {s: [] for s in SPLITS},
-        "mri_extra_test": {"test": []},
-    }
-
-    def rng_for(kind: int, *index: int) -> np.random.Generator:
-        # one independent, reproducible stream per item, whatever the order or the counts
-        return np.random.default_rng([seed, kind, *index])
-
-    def save(rel: str, image: np.ndarray) -> str:
-        files[rel] = write_png(out / rel, image)
-        return rel
-
-    # disable=None lets tqdm switch itself off when stderr is not a terminal (logs, CI)
-    bar = {"disable": None if progress else True, "unit": "img", "leave": False, "mininterval": 1.0}
-
-    # MRI slices ------------------------------------------------------------------------------
-    volume, template_path = load_mri_volume()
-    slices = _mri_slices(volume, settings.mri_step)
-    mri_pool: dict[str, list[tuple[str, np.ndarray]]] = {
-        s: [] for s in SPLITS
-    }  # whole slices, for the simulator
-    for orientation, index, split in tqdm(slices, desc="MRI slices", **bar):
-        axis = ORIENTATIONS.index(orientation)
-        image = _oriented_slice(volume, axis, index)
-        source = f"mni152:{orientation}:{split}-slab"
-        for view in range(settings.mri_views):
-            picture = _mri_view(image, view, rng_for(1, axis, index, view), size)
-            rel = save(f"mri/{orientation}_{index:03d}_v{view}.png", picture)
-            datalists["mri"][split].append({"label": rel, "source": source})
-            if view == 0:
-                mri_pool[split].append((source, picture))
-
-    for source, name, image in tqdm(list(_mri_extra_images(size)), desc="extra MRI", **bar):
-        rel = save(f"mri_extra/{name}.png", image)
-        datalists["mri_extra_test"]["test"].append({"label": rel, "source": source})
-
-    # natural photographs ----------------------------------------------------------------------
-    natural = load_natural_sources()
-    natural_names = list(natural)
-    for k, name in enumerate(tqdm(natural_names, desc="natural sources", **bar)):
-        split = natural_split(name)
-        for crop in range(settings.natural_crops):
-            rng = rng_for(2, k, crop)
-            picture = _flip_rotate(_crop_resize(natural[name], rng, size, min_fraction=0.35), rng)
-            rel = save(f"natural/{name.replace(':', '_')}_{crop:03d}.png", picture)
-            datalists["natural"][split].append({"label": rel, "source": name})
-
-    # simulator B-mode ---------------------------------------------------------------------------
-    natural_by_split = {s: [n for n in natural_names if natural_split(n) == s] for s in SPLITS}
-    n_total = settings.simulator_count
-    n_split = {"validation": int(round(0.1 * n_total)), "test": int(round(0.1 * n_total))}
-    n_split["training"] = n_total - n_split["validation"] - n_split["test"]
-    jobs = [(split, i) for split in SPLITS for i in range(n_split[split])]
-    kinds = ("mri", "natural", "shapes")
-    for split, i in tqdm(jobs, desc="simulator B-mode", **bar):
-        rng = rng_for(3, SPLITS.index(split), i)
-        kind = kinds[i % 3]
-        if kind == "mri" and not mri_pool[split]:
-            kind = "shapes"
-        if kind == "natural" and not natural_by_split[split]:
-            kind = "shapes"
-        if kind == "mri":
-            j = int(rng.integers(0, len(mri_pool[split])))
-            source, whole = mri_pool[split][j]
-            echogenicity = _flip_rotate(whole, rng)
-        elif kind == "natural":
-            name = natural_by_split[split][int(rng.integers(0, len(natural_by_split[split])))]
-            echogenicity = _flip_rotate(_crop_resize(natural[name], rng, size, min_fraction=0.35), rng)
-            source = name
-        else:
-            echogenicity = random_shapes_map(size, rng)
-            source = f"random-shapes:{split}:{i:05d}"
-        # The map is a grey-level (log-domain) picture; B-mode grey levels are log-compressed, so
-        # it becomes a linear scatterer amplitude spanning ``contrast_db`` decibels (zero stays
-        # anechoic). A linear use of the grey levels would leave e.g. grey/white matter 2 dB apart,
-        # invisible under speckle.
-        contrast_db = rng.uniform(*SIMULATOR_CONTRAST_DB)
-        amplitude = np.where(echogenicity > 0, 10.0 ** ((echogenicity - 1.0) * contrast_db / 20.0), 0.0)
-        bmode = np.asarray(bmode_maker(amplitude.astype(np.float32), rng), dtype=np.float64)  # type: ignore[misc]
-        if bmode.shape != (size, size):
-            raise ValueError(f"bmode_maker returned shape {bmode.shape}; expected {(size, size)}.")
-        stem = f"{split}_{i:05d}_{kind}"
-        echo_rel = save(f"echogenicity/{stem}.png", echogenicity)
-        rel = save(f"bmode/{stem}.png", bmode)
-        datalists["simulator"][split].append({"image": rel, "echogenicity": echo_rel, "source": source})
-
-    # real B-mode from pydicom-data's clinical scans (usdespeckle.real_bmode) -----------------------
-    real_scans: list[dict] = []
+    writer = DatasetWriter(out, settings, progress=progress)
+    writer.write_mri()
+    writer.write_extra_mri()
+    writer.write_natural()
+    if settings.simulator_count > 0:
+        writer.write_simulator(bmode_maker)  # type: ignore[arg-type]
     if settings.real_bmode:
-        from usdespeckle.real_bmode import real_bmode_items
-
-        datalists["real_bmode"], real_scans = real_bmode_items(save, progress=progress)
-
-    # datalists and manifest (written last: a folder without a manifest is an unfinished run) ---
-    for name, content in datalists.items():
-        (out / f"datalist_{name}.json").write_text(json.dumps(content, indent=1) + "\n")
-    manifest = {
-        "parameters": parameters,
-        "command": list(command) if command is not None else None,
-        "sources": {
-            "mri": template_path,
-            "mri_extra_test": sorted({item["source"] for item in datalists["mri_extra_test"]["test"]}),
-            "natural": {s: natural_by_split[s] for s in SPLITS},
-            "simulator": "echogenicity maps from MRI slices, natural crops and skimage.draw.random_shapes; "
-            f"amplitude 10**((g-1)*C/20), C ~ U{SIMULATOR_CONTRAST_DB} dB",
-            "mri_split": f"slabs per orientation, {MRI_SLAB_GAP}-slice gaps between splits",
-            "real_bmode": real_scans,
-        },
-        "counts": {
-            name: {s: len(items) for s, items in content.items()} for name, content in datalists.items()
-        },
-        "files": dict(sorted(files.items())),
-    }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    return manifest, True
+        writer.write_real_bmode()
+    return writer.finish(parameters, command), True

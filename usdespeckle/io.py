@@ -1,4 +1,4 @@
-"""Reading and writing images with SimpleITK: input validation and verified atomic writes.
+"""Reading and writing images with SimpleITK: verified atomic writes.
 
 Everything SimpleITK reads is accepted (NIfTI, NRRD, MHA/MHD, PNG/JPEG/TIFF/BMP, a DICOM file, a
 folder holding a DICOM series, multi-frame ultrasound DICOM as a volume). Colour frames that hold
@@ -7,26 +7,41 @@ grey images (the usual ultrasound DICOM export) become grey; any other multi-com
 
 Reading checks the header first (a voxel limit, before any pixel memory is allocated) and reads
 NIfTI files a second time through nibabel, because SimpleITK's NIfTI reader turns NaN and
-infinite voxels into 0 and reads a truncated file as zero-filled without an error.
+infinite voxels into 0 and reads a truncated file as zero-filled without an error. Those checks,
+and the checks of output paths, live in :mod:`usdespeckle.io_checks` (their names are importable
+from here too).
 
-Writes go to a temporary folder beside the output, are read back and compared with what was meant
-to be written (SimpleITK's NIfTI and PNG writers only print a warning on a full disk), and are then
-moved into place with ``os.replace``: an existing output is replaced only by a verified file, and
-an interrupted run never leaves a partial output behind.
+Writes go to a temporary folder beside the output (:func:`usdespeckle.atomic.temporary_folder`),
+are read back and compared with what was meant to be written (SimpleITK's NIfTI and PNG writers
+only print a warning on a full disk), and are then moved into place with ``os.replace``: an
+existing output is replaced only by a verified file, and an interrupted run never leaves a partial
+output behind.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
 import os
-import shutil
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+
+from usdespeckle.atomic import fsync_path, remove_stale_temporaries, temporary_folder
+from usdespeckle.io_checks import (
+    _NIFTI,
+    MAX_ABS_VALUE,
+    MAX_VOXELS,
+    MIN_SIZE,
+    OUTPUT_SUFFIXES,
+    _check_nifti,
+    _check_voxels,
+    _existing,
+    _first_line,
+    _suffix,
+    check_output_path,
+    image_files,
+    validate_image,
+)
 
 __all__ = [
     "MAX_ABS_VALUE",
@@ -42,15 +57,6 @@ __all__ = [
     "write_image",
 ]
 
-#: Default smallest accepted in-plane side, pixels.
-MIN_SIZE = 16
-#: Default largest accepted number of values (voxels x components per voxel) an input may declare:
-#: 2**28, 1 GiB as float32 (a 1024 x 512 x 512 volume, or 900 frames of 600 x 480 x RGB).
-MAX_VOXELS = 2**28
-#: Largest accepted absolute pixel value: the despecklers compute in float32 (largest 3.4e38), and
-#: the intensity range (max - min) must stay finite there.
-MAX_ABS_VALUE = 1e30
-
 # ITU-R BT.601 luma weights, the usual RGB -> grey conversion for video frames.
 _LUMA = (0.299, 0.587, 0.114)
 
@@ -62,24 +68,8 @@ _INTEGER_ONLY = {
     ".bmp": (np.uint8,),
 }
 _DICOM = {".dcm", ".dicom"}
-_2D_ONLY = {".png", ".jpg", ".jpeg", ".bmp"}
 _COMPRESSED = {".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd"}
 _LOSSY = {".jpg", ".jpeg"}
-_NIFTI = {".nii", ".nii.gz", ".hdr", ".img"}
-# ITK's MetaImage and NIfTI writers need these extensions in lower case (x.MHA becomes x.mhd + x.raw).
-_LOWER_CASE_ONLY = {".mha", ".mhd", ".nii", ".nii.gz", ".hdr"}
-#: Output extensions :func:`write_image` writes (the extension names the format).
-OUTPUT_SUFFIXES = (
-    ".nii.gz", ".nii", ".hdr", ".nrrd", ".nhdr", ".mha", ".mhd", ".tif", ".tiff",
-    ".png", ".jpg", ".jpeg", ".bmp", ".dcm", ".dicom",
-)  # fmt: skip
-# Files a two-file format writes or reads beside the named one (same stem).
-_SIDECARS = {
-    ".mhd": (".raw", ".zraw"),
-    ".hdr": (".img", ".img.gz"),
-    ".img": (".hdr",),
-    ".nhdr": (".raw", ".raw.gz"),
-}
 # Pixel types of colour images (RGB, RGBA, grey + alpha): integer components.
 _COLOUR_PIXELS = {
     sitk.sitkVectorUInt8,
@@ -89,49 +79,6 @@ _COLOUR_PIXELS = {
     sitk.sitkVectorUInt32,
     sitk.sitkVectorInt32,
 }
-# The prefix of the temporary folders write_image makes beside an output: ``.{name}.{pid}.``.
-_TMP_SUFFIX = ".tmp"
-
-
-def _suffix(path: Path) -> str:
-    """Lower-case extension, keeping the compound ``.nii.gz``."""
-    name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
-
-
-def _stem(path: Path) -> str:
-    name, suffix = path.name, _suffix(path)
-    return name[: len(name) - len(suffix)] if suffix else name
-
-
-def image_files(path: str | os.PathLike) -> list[Path]:
-    """The files an image path stands for: the file itself and its two-file format partner.
-
-    ``x.mhd`` stands for itself and its data file (the ``ElementDataFile`` of an existing header,
-    else ``x.raw`` and ``x.zraw``); ``x.hdr`` for ``x.img``; ``x.nhdr`` for its ``data file``.
-
-    Args:
-        path: an image file (it may not exist yet).
-
-    Returns:
-        The path first, then the data files, all in the path's folder or where the header says.
-    """
-    path = Path(path)
-    files = [path]
-    suffix = _suffix(path)
-    named: list[str] = []
-    if suffix in (".mhd", ".nhdr") and path.is_file():
-        key = "elementdatafile" if suffix == ".mhd" else "data file"
-        with contextlib.suppress(OSError, UnicodeDecodeError), open(path, encoding="latin-1") as f:
-            for line in f.read(65536).splitlines():
-                name, sep, value = line.partition("=" if suffix == ".mhd" else ":")
-                if sep and name.strip().lower() == key:
-                    value = value.strip()
-                    if value and value.upper() not in ("LOCAL", "LIST") and "%" not in value:
-                        named.append(value)
-    files += [path.parent / name for name in named]
-    files += [path.parent / (_stem(path) + ext) for ext in _SIDECARS.get(suffix, ())]
-    return list(dict.fromkeys(files))
 
 
 def to_grey(image: sitk.Image) -> sitk.Image:
@@ -174,73 +121,6 @@ def to_grey(image: sitk.Image) -> sitk.Image:
     return grey
 
 
-def validate_image(image: sitk.Image, *, min_size: int = MIN_SIZE, name: str = "image") -> None:
-    """Check that an image is something the despecklers can process.
-
-    Args:
-        image: scalar SimpleITK image, 2D or 3D.
-        min_size: smallest accepted side, pixels, for both sides of a 2D image and the two largest
-            sides of a volume (a volume may hold only a few slices).
-        name: how to call the image in error messages (usually its path).
-
-    Raises:
-        ValueError: for vector or complex pixels, more than 3 dimensions, an empty or too small
-            image, NaN or infinite values, values beyond +-:data:`MAX_ABS_VALUE`, or a constant image.
-    """
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise ValueError(f"{name}: has vector pixels; call usdespeckle.io.to_grey first")
-    dim, size = image.GetDimension(), image.GetSize()
-    if dim > 3:
-        raise ValueError(
-            f"{name}: is {dim}D with size {size}; only 2D images and 3D volumes are supported. "
-            "Split it into 3D volumes first."
-        )
-    if dim < 2 or min(size) == 0:
-        raise ValueError(f"{name}: is empty (size {size})")
-    sides = sorted(size, reverse=True)[:2]
-    if min(sides) < min_size:
-        raise ValueError(
-            f"{name}: is too small (size {size}); needs at least {min_size} pixels on each image side"
-        )
-    array = sitk.GetArrayViewFromImage(image)
-    if np.iscomplexobj(array) or not np.issubdtype(array.dtype, np.number):
-        raise ValueError(
-            f"{name}: has {image.GetPixelIDTypeAsString()} pixels; only real-valued grey images are "
-            "accepted. Save the magnitude as a grey image first."
-        )
-    if np.issubdtype(array.dtype, np.floating):
-        if not np.isfinite(array).all():
-            bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
-            raise ValueError(
-                f"{name}: holds {bad} NaN or infinite values; fix or mask them before despeckling"
-            )
-        largest = float(np.abs(array).max())
-        if largest > MAX_ABS_VALUE:
-            raise ValueError(
-                f"{name}: holds values up to {largest:.3g}, beyond the +-{MAX_ABS_VALUE:.0e} this tool "
-                "computes with in float32; rescale the image (for example to [0, 1000]) first"
-            )
-    lo, hi = array.min(), array.max()
-    if lo == hi:
-        raise ValueError(f"{name}: is constant (every pixel is {lo}); there is nothing to despeckle")
-
-
-def _first_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-    detail = next((line for line in lines if "ERROR" in line or "Unable" in line), lines[-1] if lines else "")
-    return detail[:200]
-
-
-def _check_voxels(name: str, size: tuple[int, ...], components: int, max_voxels: int) -> None:
-    values = math.prod(size) * max(1, components)
-    if values > max_voxels:
-        raise ValueError(
-            f"{name}: declares {values:,} values (size {tuple(size)}, {components} per voxel), more "
-            f"than the limit of {max_voxels:,}; crop it, or raise the limit (--max-voxels, max_voxels=) "
-            "if the machine has the memory (4 bytes per value, twice)"
-        )
-
-
 def _dicom_series_files(folder: Path) -> list[str]:
     """The file names of the DICOM series with the most files in ``folder``."""
     series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
@@ -257,30 +137,6 @@ def _header(path: Path) -> tuple[tuple[int, ...], int]:
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
     return tuple(reader.GetSize()), reader.GetNumberOfComponents()
-
-
-def _check_nifti(path: Path, max_voxels: int) -> None:
-    """Read a NIfTI / Analyze file through nibabel, which sees truncation and NaN (SimpleITK does not)."""
-    try:
-        import nibabel as nib
-    except ImportError:
-        raise ValueError(
-            f"{path}: reading NIfTI safely needs nibabel (pip install nibabel), which is not installed"
-        ) from None
-
-    try:
-        nifti = nib.load(str(path))
-        _check_voxels(str(path), tuple(int(s) for s in nifti.shape), 1, max_voxels)
-        data = np.asanyarray(nifti.dataobj)
-    except ValueError as err:
-        if "declares" in str(err):
-            raise
-        raise ValueError(f"{path}: is truncated or corrupt: {_first_line(err)}") from None
-    except (OSError, EOFError, MemoryError) as err:
-        raise ValueError(f"{path}: is truncated or corrupt: {_first_line(err)}") from None
-    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
-        bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
-        raise ValueError(f"{path}: holds {bad} NaN or infinite values; fix or mask them before despeckling")
 
 
 def _read_with_pillow(path: Path, max_voxels: int) -> sitk.Image:
@@ -358,100 +214,6 @@ def read_image(
     return image
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    """Whether two paths name one file, case-insensitively (the MetaImage writer lower-cases names)."""
-    with contextlib.suppress(OSError):
-        if a.exists() and b.exists() and os.path.samefile(a, b):
-            return True
-    if a.name.lower() != b.name.lower():
-        return False
-    with contextlib.suppress(OSError):
-        return a.parent.resolve() == b.parent.resolve() or os.path.samefile(a.parent, b.parent)
-    return False
-
-
-def _existing(path: Path) -> Path | None:
-    """The file in ``path``'s folder whose name equals ``path``'s case-insensitively, if any."""
-    if path.exists():
-        return path
-    with contextlib.suppress(OSError):
-        lower = path.name.lower()
-        for entry in os.scandir(path.parent):
-            if entry.name.lower() == lower:
-                return path.parent / entry.name
-    return None
-
-
-def check_output_path(
-    path: str | os.PathLike,
-    *,
-    force: bool = False,
-    source: str | os.PathLike | None = None,
-    dimension: int | None = None,
-) -> Path:
-    """Check an output path before any work is done.
-
-    Args:
-        path: where the output will be written; its extension (one of :data:`OUTPUT_SUFFIXES`)
-            names the format.
-        force: allow replacing an existing output (and its data file, for two-file formats).
-        source: the input path; neither it nor its data files may be overwritten, even with
-            ``force``, also when names differ only in case.
-        dimension: the image's dimension (2 or 3) when known, to refuse a volume to a 2D format.
-
-    Returns:
-        ``path`` as a Path.
-
-    Raises:
-        ValueError: if ``path`` or one of the files it would write is the input or one of its
-            files, exists and ``force`` is false, is a folder, has an extension no writer knows (or
-            an upper-case .MHA, .MHD, .NII, .NII.GZ, .HDR, which ITK mishandles), is a 2D-only
-            format for a volume, or its folder does not exist or is not writable.
-    """
-    path = Path(path)
-    suffix = _suffix(path)
-    if suffix not in OUTPUT_SUFFIXES:
-        raise ValueError(
-            f"output {path}: unknown format {suffix or '(no extension)'!r}; use one of "
-            f"{', '.join(OUTPUT_SUFFIXES)}"
-        )
-    if dimension is not None and dimension != 2 and suffix in _2D_ONLY:
-        raise ValueError(
-            f"output {path}: {suffix} holds 2D images only and the result is {dimension}D; "
-            "use .nii.gz, .nrrd, .mha or .tif"
-        )
-    outputs = image_files(path)
-    if source is not None:
-        inputs = image_files(source)
-        for out in outputs:
-            for inp in inputs:
-                if _same_file(out, inp):
-                    what = (
-                        "is the input file" if out == path and inp == inputs[0] else f"would overwrite {inp}"
-                    )
-                    raise ValueError(
-                        f"output {path} {what}, part of the input {source}; choose another output path"
-                    )
-    if suffix in _LOWER_CASE_ONLY and not path.name.endswith(suffix):
-        raise ValueError(
-            f"output {path}: write the extension in lower case ({suffix}); ITK's MetaImage and NIfTI "
-            "writers mishandle upper-case ones"
-        )
-    if path.is_dir():
-        raise ValueError(f"output {path} is a folder; give a file name such as {path / 'output.nii.gz'}")
-    if not force:
-        for out in outputs:
-            found = _existing(out)
-            if found is not None:
-                which = "exists" if out == path else f"would replace {found}"
-                raise ValueError(f"output {path} {which}; pass force=True (--force) to overwrite it")
-    if not path.parent.is_dir():
-        raise ValueError(f"output folder {path.parent} does not exist; create it first")
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise ValueError(f"output folder {path.parent} is not writable; choose another output path")
-    return path
-
-
 def _cast_for_format(image: sitk.Image, suffix: str) -> sitk.Image:
     """Cast to an integer pixel type the format can hold (PNG/JPEG/BMP/DICOM)."""
     if suffix in _DICOM:
@@ -482,43 +244,6 @@ def _cast_for_format(image: sitk.Image, suffix: str) -> sitk.Image:
     return result
 
 
-def remove_stale_temporaries(folder: str | os.PathLike, *, older_than_s: float = 3600.0) -> list[Path]:
-    """Remove the temporary folders that killed writes left in ``folder``.
-
-    :func:`write_image` names them ``.{output name}.{pid}.{random}.tmp``; one is stale when its
-    process no longer runs, or (a pid reused by another program) when it is older than
-    ``older_than_s`` seconds.
-
-    Args:
-        folder: an output folder.
-        older_than_s: age beyond which a temporary folder is removed even if its pid runs, seconds.
-
-    Returns:
-        The folders removed.
-    """
-    removed = []
-    now = time.time()
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(folder):
-            if not (entry.name.startswith(".") and entry.name.endswith(_TMP_SUFFIX) and entry.is_dir()):
-                continue
-            parts = entry.name[: -len(_TMP_SUFFIX)].rsplit(".", 2)
-            if len(parts) != 3 or not parts[1].isdigit():
-                continue
-            alive = True
-            try:
-                os.kill(int(parts[1]), 0)
-            except ProcessLookupError:
-                alive = False
-            except (PermissionError, OverflowError, OSError):
-                pass
-            with contextlib.suppress(OSError):
-                if not alive or now - entry.stat().st_mtime > older_than_s:
-                    shutil.rmtree(entry.path)
-                    removed.append(Path(entry.path))
-    return removed
-
-
 def _verify(written: Path, expected: sitk.Image, suffix: str) -> None:
     """Read a written file back and compare it with the image meant to be written.
 
@@ -542,15 +267,6 @@ def _verify(written: Path, expected: sitk.Image, suffix: str) -> None:
     got, want = sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(expected)
     if got.shape != want.shape or not np.array_equal(got, want):
         raise ValueError("the written file's pixels differ from the result's (truncated or corrupt file)")
-
-
-def _sync(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def write_image(
@@ -592,41 +308,39 @@ def write_image(
     image = _cast_for_format(image, suffix)
     remove_stale_temporaries(path.parent)
     try:
-        tmp = Path(
-            tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=_TMP_SUFFIX, dir=path.parent)
-        )
-    except OSError as err:
-        raise ValueError(f"cannot write {path}: {err.strerror or err}") from None
-    try:
-        try:
-            sitk.WriteImage(image, str(tmp / path.name), useCompression=suffix in _COMPRESSED)
-        except RuntimeError as err:
-            raise ValueError(f"cannot write {path}: {_first_line(err)}") from None
-        written = list(tmp.iterdir())
-        named = tmp / path.name
-        if named not in written:
-            raise ValueError(f"cannot write {path}: the writer made {sorted(p.name for p in written)}")
-        try:
-            _verify(named, image, suffix)
-        except ValueError as err:
-            raise ValueError(
-                f"cannot write {path}: {err}; the disk may be full. Nothing was replaced"
-            ) from None
-        parts = sorted(written, key=lambda p: p.name == path.name)
-        for part in parts:
-            _sync(part)
-        if not force:  # the data files may have names the checks could not predict
-            for part in parts:
-                if _existing(path.parent / part.name) is not None:
-                    raise ValueError(f"output {path} would replace {path.parent / part.name}; pass --force")
-        for part in parts:
-            os.replace(part, path.parent / part.name)
-        _sync(path.parent)
+        with temporary_folder(path) as tmp:
+            parts = _write_verified(image, path, tmp, suffix)
+            if not force:  # the data files may have names the checks could not predict
+                for part in parts:
+                    if _existing(path.parent / part.name) is not None:
+                        raise ValueError(
+                            f"output {path} would replace {path.parent / part.name}; pass --force"
+                        )
+            for part in parts:  # data files first, the named file last
+                os.replace(part, path.parent / part.name)
+            fsync_path(path.parent)
     except OSError as err:
         raise ValueError(
             f"cannot write {path}: {err.strerror or err}; an existing output was left unchanged"
         ) from None
-    finally:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(tmp)
     return path
+
+
+def _write_verified(image: sitk.Image, path: Path, tmp: Path, suffix: str) -> list[Path]:
+    """Write ``image`` as ``tmp / path.name``, verify it, flush it; the files written, named file last."""
+    try:
+        sitk.WriteImage(image, str(tmp / path.name), useCompression=suffix in _COMPRESSED)
+    except RuntimeError as err:
+        raise ValueError(f"cannot write {path}: {_first_line(err)}") from None
+    written = list(tmp.iterdir())
+    named = tmp / path.name
+    if named not in written:
+        raise ValueError(f"cannot write {path}: the writer made {sorted(p.name for p in written)}")
+    try:
+        _verify(named, image, suffix)
+    except ValueError as err:
+        raise ValueError(f"cannot write {path}: {err}; the disk may be full. Nothing was replaced") from None
+    parts = sorted(written, key=lambda p: p.name == path.name)
+    for part in parts:
+        fsync_path(part)
+    return parts

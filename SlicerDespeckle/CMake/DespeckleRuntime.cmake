@@ -24,6 +24,8 @@ set(DESPECKLE_RUNTIME_LIBRARY_FILES
   usdespeckle/commands/run.py
   usdespeckle/inference.py
   usdespeckle/io.py
+  usdespeckle/io_checks.py
+  usdespeckle/atomic.py
   usdespeckle/bundle_utils.py
   usdespeckle/filters.py
   usdespeckle/filters_nlm.py

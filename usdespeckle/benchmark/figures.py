@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from usdespeckle.atomic import atomic_write
 
 __all__ = ["compose_grid", "compose_panels", "display", "save_png"]
 
@@ -161,10 +162,8 @@ def display(reference: np.ndarray) -> np.ndarray:
 
 
 def save_png(array: np.ndarray, path: Path) -> None:
-    """Write a uint8 image as PNG atomically (a temporary file, then a rename)."""
+    """Write a uint8 image as PNG atomically (:func:`usdespeckle.atomic.atomic_write`)."""
     from PIL import Image
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    Image.fromarray(array).save(tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: Image.fromarray(array).save(f, format="PNG"))

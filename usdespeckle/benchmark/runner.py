@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from usdespeckle.atomic import atomic_write
 from usdespeckle.benchmark.figures import compose_grid, compose_panels, display, save_png
 from usdespeckle.benchmark.methods import DENOISER, INPUT, classical_names, resolve_methods
 from usdespeckle.benchmark.report import (
@@ -94,12 +95,6 @@ def _timing_image(seed: int) -> np.ndarray:
 
     clean = _to_size(_skimage_photo("camera"), TIMING_SHAPE[0])
     return np.asarray(rayleigh_speckle(clean, _case_rng(seed, "timing", 0)), dtype=np.float32)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -307,7 +302,7 @@ def run_benchmark(
     result["summary"] = summary_rows(result)
     out_path.mkdir(parents=True, exist_ok=True)
     report = out_path / "benchmark.md"
-    _atomic_write(report, markdown(result))
-    _atomic_write(out_path / "benchmark.json", json.dumps(result, indent=1, allow_nan=True) + "\n")
+    atomic_write(report, markdown(result))
+    atomic_write(out_path / "benchmark.json", json.dumps(result, indent=1, allow_nan=True) + "\n")
     result["report"] = str(report)
     return result
