@@ -102,12 +102,12 @@ class SetSpec:
     default_limit: int | None = None
 
 
-def _case_rng(seed: int, set_name: str, index: int) -> np.random.Generator:
+def case_rng(seed: int, set_name: str, index: int) -> np.random.Generator:
     """A generator fixed by (seed, set, case): each case's speckle does not depend on the others."""
     return np.random.default_rng([int(seed), zlib.crc32(set_name.encode()), int(index)])
 
 
-def _to_size(image: np.ndarray, size: int) -> np.ndarray:
+def to_size(image: np.ndarray, size: int) -> np.ndarray:
     """Scale the shorter side to ``size`` (anti-aliased) and crop the centre to ``size x size``."""
     from skimage.transform import resize
 

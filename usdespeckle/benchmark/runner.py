@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from usdespeckle.atomic import atomic_write
+from usdespeckle.benchmark.cases import Case, case_rng, to_size
 from usdespeckle.benchmark.figures import compose_grid, compose_panels, display, save_png
 from usdespeckle.benchmark.methods import DENOISER, INPUT, classical_names, resolve_methods
 from usdespeckle.benchmark.report import (
@@ -26,7 +27,8 @@ from usdespeckle.benchmark.report import (
     versions,
 )
 from usdespeckle.benchmark.scoring import score, strongest, summary
-from usdespeckle.benchmark.sets import SETS, Case, _case_rng, _skimage_photo, _to_size, resolve_sets
+from usdespeckle.benchmark.sets import SETS, resolve_sets
+from usdespeckle.benchmark.sets_synthetic import skimage_photo
 
 __all__ = ["run_benchmark"]
 
@@ -93,8 +95,8 @@ def _timing_image(seed: int) -> np.ndarray:
     """A 256x256 speckled photograph (scikit-image's camera), the input every method is timed on."""
     from usdespeckle.speckle import rayleigh_speckle
 
-    clean = _to_size(_skimage_photo("camera"), TIMING_SHAPE[0])
-    return np.asarray(rayleigh_speckle(clean, _case_rng(seed, "timing", 0)), dtype=np.float32)
+    clean = to_size(skimage_photo("camera"), TIMING_SHAPE[0])
+    return np.asarray(rayleigh_speckle(clean, case_rng(seed, "timing", 0)), dtype=np.float32)
 
 
 # --------------------------------------------------------------------------------------------------

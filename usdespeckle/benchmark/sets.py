@@ -27,17 +27,14 @@ from usdespeckle.benchmark.cases import (
     Case,
     LoadedSet,
     SetSpec,
-    _case_rng,  # noqa: F401 - re-exported: the runner builds its timing inputs with it
-    _to_size,  # noqa: F401 - re-exported for the runner
 )
-from usdespeckle.benchmark.sets_real import CINE_CROP, REAL_DATALIST, _load_cine, _load_real, speckle_grain
+from usdespeckle.benchmark.sets_real import CINE_CROP, REAL_DATALIST, load_cine, load_real, speckle_grain
 from usdespeckle.benchmark.sets_synthetic import (
     _gamma_loader,
     _load_correlated,
     _load_phantoms,
     _pairs_loader,
     _rayleigh_loader,
-    _skimage_photo,  # noqa: F401 - re-exported for the runner
 )
 
 __all__ = [
@@ -128,14 +125,14 @@ SETS: dict[str, SetSpec] = {
             "real_bmode",
             "held-out real B-mode frames (pydicom-data scans), no reference, scored inside the imaging field",
             "real",
-            _load_real,
+            load_real,
             default_limit=4,
         ),
         SetSpec(
             "cine",
             "the held-out block of the real cardiac cine loop, as a sequence",
             "cine",
-            _load_cine,
+            load_cine,
             default_limit=6,
         ),
     )

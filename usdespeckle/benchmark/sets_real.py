@@ -85,7 +85,7 @@ def _missing_real(data_dir: Path | None) -> LoadedSet:
     return LoadedSet([], [f"SKIPPED: {where}; `usdespeckle prepare-data` makes the real_bmode dataset"])
 
 
-def _load_real(data_dir: Path | None, limit: int | None, seed: int, size: int) -> LoadedSet:
+def load_real(data_dir: Path | None, limit: int | None, seed: int, size: int) -> LoadedSet:
     entries = _datalist_split(data_dir, REAL_DATALIST, "test")
     if entries is None:
         return _missing_real(data_dir)
@@ -119,7 +119,7 @@ def _load_real(data_dir: Path | None, limit: int | None, seed: int, size: int) -
     return LoadedSet(cases, notes)
 
 
-def _load_cine(data_dir: Path | None, limit: int | None, seed: int, size: int) -> LoadedSet:
+def load_cine(data_dir: Path | None, limit: int | None, seed: int, size: int) -> LoadedSet:
     entries = _datalist_split(data_dir, REAL_DATALIST, "cine_test")
     if entries is None:
         return _missing_real(data_dir)

@@ -15,11 +15,11 @@ import numpy as np
 from usdespeckle.benchmark.cases import (
     Case,
     LoadedSet,
-    _case_rng,
     _datalist_split,
     _read_grey,
     _spread,
-    _to_size,
+    case_rng,
+    to_size,
 )
 
 # --------------------------------------------------------------------------------------------------
@@ -29,7 +29,7 @@ from usdespeckle.benchmark.cases import (
 _SKIMAGE_PHOTOS = ("camera", "astronaut", "coffee", "chelsea", "brick", "gravel", "moon", "clock", "rocket")
 
 
-def _skimage_photo(name: str) -> np.ndarray:
+def skimage_photo(name: str) -> np.ndarray:
     from skimage import data
     from skimage.color import rgb2gray
     from skimage.util import img_as_float
@@ -48,7 +48,7 @@ def _natural_references(data_dir: Path | None, limit: int | None, size: int) -> 
     if entries is not None:
         for entry in _spread(entries, limit):
             path = Path(data_dir) / entry["label"]
-            refs.append((path.stem, _to_size(_read_grey(path), size)))
+            refs.append((path.stem, to_size(_read_grey(path), size)))
         notes.append(f"clean photographs: test split of {Path(data_dir) / 'datalist_natural.json'}")
     else:
         where = (
@@ -59,7 +59,7 @@ def _natural_references(data_dir: Path | None, limit: int | None, size: int) -> 
             f"grey, shorter side scaled to {size} and centre-cropped"
         )
         for name in _SKIMAGE_PHOTOS[:limit]:
-            refs.append((name, _to_size(_skimage_photo(name), size)))
+            refs.append((name, to_size(skimage_photo(name), size)))
     return refs, notes
 
 
@@ -71,7 +71,7 @@ def _rayleigh_loader(set_name: str, **speckle_kwargs: Any) -> Callable[..., Load
         cases = []
         for index, (name, clean) in enumerate(refs):
             # The gain a and offset b are drawn inside from this per-image generator: fixed by the seed.
-            speckled = rayleigh_speckle(clean, _case_rng(seed, set_name, index), **speckle_kwargs)
+            speckled = rayleigh_speckle(clean, case_rng(seed, set_name, index), **speckle_kwargs)
             cases.append(Case(name, np.asarray(speckled, dtype=np.float32), clean))
         settings = ", ".join(f"{k}={v}" for k, v in speckle_kwargs.items())
         notes.append(f"Rayleigh speckle: {settings}; a and b drawn per image from the seed")
@@ -86,7 +86,7 @@ def _gamma_loader(set_name: str, looks: float) -> Callable[..., LoadedSet]:
 
         refs, notes = _natural_references(data_dir, limit, size)
         cases = [
-            Case(name, gamma_speckle(clean, looks, _case_rng(seed, set_name, index)), clean)
+            Case(name, gamma_speckle(clean, looks, case_rng(seed, set_name, index)), clean)
             for index, (name, clean) in enumerate(refs)
         ]
         notes.append(
@@ -121,7 +121,7 @@ def _load_correlated(data_dir: Path | None, limit: int | None, seed: int, size: 
     for index, (name, clean) in enumerate(refs):
         # The photograph sets the echo level in dB: grey 1 -> 0 dB (echogenicity 1), grey 0 -> -span_db.
         echogenicity = 10.0 ** (-(1.0 - clean.astype(np.float64)) * span_db / 20.0)
-        image = simulator.simulate(echogenicity, _case_rng(seed, "correlated", index))
+        image = simulator.simulate(echogenicity, case_rng(seed, "correlated", index))
         reference = log_compress(
             echogenicity, dynamic_range_db=_CORRELATED_RANGE_DB, headroom_db=_CORRELATED_HEADROOM_DB
         )
@@ -153,8 +153,8 @@ def _pairs_loader(filenames: Sequence[tuple[str, str]]) -> Callable[..., LoadedS
                 continue
             cases = []
             for entry in _spread(entries, limit):
-                image = _to_size(_read_grey(Path(data_dir) / entry["image"]), size)
-                label = _to_size(_read_grey(Path(data_dir) / entry["label"]), size)
+                image = to_size(_read_grey(Path(data_dir) / entry["image"]), size)
+                label = to_size(_read_grey(Path(data_dir) / entry["label"]), size)
                 cases.append(Case(Path(entry["image"]).stem, image, label))
             return LoadedSet(cases, [f"pairs: {split!r} split of {Path(data_dir) / filename}"])
         looked = " or ".join(f"{name} [{split!r}]" for name, split in filenames)
@@ -176,7 +176,7 @@ def _load_phantoms(data_dir: Path | None, limit: int | None, seed: int, size: in
     count = _PHANTOM_COUNT if limit is None else limit
     cases = []
     for index in range(count):
-        rng = _case_rng(seed, "phantom", index)
+        rng = case_rng(seed, "phantom", index)
         echogenicity, masks = make_cyst_phantom((size, size), rng, contrasts_db=_PHANTOM_CONTRASTS_DB)
         image = np.asarray(simulator.simulate(echogenicity, rng), dtype=np.float32)
         # make_cyst_phantom names one "cyst_<c>dB" mask per contrast, in the order of contrasts_db.

@@ -138,7 +138,7 @@ def held_out_cine_frames(data_dir: str | Path | None, count: int) -> tuple[np.nd
     Raises:
         UserError: a bad count, a missing dataset, or pydicom-data not installed.
     """
-    from usdespeckle.benchmark.sets import REAL_DATALIST, _load_cine
+    from usdespeckle.benchmark.sets_real import REAL_DATALIST, load_cine
 
     if count < 2:
         raise UserError(f"--frames must be at least 2, got {count}")
@@ -158,7 +158,7 @@ def held_out_cine_frames(data_dir: str | Path | None, count: int) -> tuple[np.nd
         return stack, field, f"pydicom-data {CINE_FILE}, held-out frames {first}-{first + count - 1}"
     if not (Path(data_dir) / REAL_DATALIST).is_file():
         raise UserError(f"{Path(data_dir) / REAL_DATALIST} does not exist; rerun `usdespeckle prepare-data`")
-    loaded = _load_cine(Path(data_dir), count, 0, 0)
+    loaded = load_cine(Path(data_dir), count, 0, 0)
     if not loaded.cases:
         raise UserError("; ".join(loaded.notes))
     case = loaded.cases[0]
