@@ -150,7 +150,7 @@ def test_denoiser_learns_physics_pairs_and_evaluates_on_them(tmp_path: Path, dat
     network = evaluation.parser.get_parsed_content("validate#evaluator").network
     assert (
         isinstance(network, SelfEnsemble)
-        and len(network.mirrorings) == evaluation.parser["export_test_time_flips"]
+        and len(network.mirrorings) == evaluation.parser["export_mirrorings"]
     )
     evaluation.run()
     evaluation.finalize()
@@ -189,7 +189,7 @@ def test_train_configs_share_hyperparameters() -> None:
     # statistics to drift during GAN training; the shipped simulator keeps pix2pix's batch norm
     model_specific |= {"norm", "crop_size", "batch_size", "val_interval"}
     # only the denoiser is exported, with its test-time self-ensemble (training/export_bundle.py)
-    model_specific |= {"export_test_time_flips"}
+    model_specific |= {"export_mirrorings"}
     # denoiser 1.0: its extra kinds of pairs, a smaller generator (ngf 12) for one fast pass, and the
     # adversarial weight chosen by the equal-budget ablation (reports/ablation.md); the real frames
     # are repeated more often for the simulator, whose only real data they are
@@ -410,7 +410,7 @@ def test_export_script_ships_the_self_ensemble(tmp_path: Path) -> None:
     import onnxruntime as ort
 
     root, generator = _tiny_bundle(tmp_path, ngf=8, num_downs=4)
-    flips = json.loads((CONFIGS / "train.json").read_text())["export_test_time_flips"]
+    flips = json.loads((CONFIGS / "train.json").read_text())["export_mirrorings"]
     assert flips == 1, "the shipped denoiser is one pass; the library mirrors for --passes"
     inference = json.loads((root / "configs" / "inference.json").read_text())
     assert (inference["ngf"], inference["num_downs"], inference["mirrorings"]) == (8, 4, flips)
