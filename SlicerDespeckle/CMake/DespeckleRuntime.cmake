@@ -21,6 +21,9 @@ set(DESPECKLE_RUNTIME_LIBRARY_FILES
   usdespeckle/commands/__init__.py
   usdespeckle/commands/run.py
   usdespeckle/inference.py
+  usdespeckle/slicewise.py
+  usdespeckle/options.py
+  usdespeckle/errors.py
   usdespeckle/io.py
   usdespeckle/bundle_utils.py
   usdespeckle/filters.py
