@@ -238,8 +238,9 @@ def load_denoiser(
         FileNotFoundError: if the model file or ``metadata.json`` is missing (the message says how to
             get the weights).
         ValueError: for an unknown backend or device, an unavailable CUDA, a sha256 that does not
-            match the metadata (or is not listed there), unusable metadata, or ``passes`` that is
-            not in :data:`PASSES`.
+            match the metadata (or is not listed there), unusable metadata, ``passes`` that is
+            not in :data:`PASSES`, or a TorchScript export that averages mirrorings itself (one
+            before 1.0.0: re-export it as one pass).
     """
     if backend not in MODEL_FILES:
         raise ValueError(f"backend {backend!r} is not one of {sorted(MODEL_FILES)}")
