@@ -7,8 +7,8 @@ resident memory from ``/proc/self/status`` and ``tracemalloc`` for numpy allocat
 
 If the bundle ships no weights yet, a randomly initialised generator of the bundle's size
 (``usdespeckle.networks.Pix2PixUNetGenerator`` with train.json's size and norm, in the
-``usdespeckle.ensemble.SelfEnsemble`` of ``export_mirrorings`` passes) is exported into a temporary bundle; speed does not depend on the
-weights' values. The report says which was used.
+``usdespeckle.ensemble.SelfEnsemble`` of ``export_mirrorings`` passes) is exported into a temporary
+bundle; speed does not depend on the weights' values. The report says which was used.
 
 Usage::
 
