@@ -14,7 +14,9 @@ import SimpleITK as sitk
 import torch
 
 from usdespeckle import inference
+from usdespeckle.denoiser import mirror, unmirror
 from usdespeckle.inference import DespeckleCancelled, despeckle_array, despeckle_image, load_denoiser
+from usdespeckle.options import MIRRORINGS
 
 DIVISOR = 16
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
@@ -292,10 +294,10 @@ def test_passes_are_the_self_ensemble_for_every_pass_count(tmp_path, rng, backen
 
 def test_mirror_and_unmirror_undo_each_other_over_the_table(rng):
     batch = rng.uniform(size=(2, 1, 4, 6))
-    views = {inference.mirror(batch, i).tobytes() for i in range(len(inference.MIRRORINGS))}
+    views = {mirror(batch, i).tobytes() for i in range(len(MIRRORINGS))}
     assert len(views) == 8  # eight different mirrorings of a generic image
-    for i in range(len(inference.MIRRORINGS)):
-        np.testing.assert_array_equal(inference.unmirror(inference.mirror(batch, i), i), batch)
+    for i in range(len(MIRRORINGS)):
+        np.testing.assert_array_equal(unmirror(mirror(batch, i), i), batch)
 
 
 def test_an_export_that_averages_mirrorings_itself_is_refused(tmp_path):

@@ -11,7 +11,7 @@ The ensemble has no parameters of its own and its state dict *is* the wrapped ne
 ``CheckpointLoader``, ``ckpt_export``), and ``state_dict()`` writes the plain generator's keys.
 
 The library runs the same average in numpy over the one-pass export
-(:func:`usdespeckle.inference.mirror` / :func:`~usdespeckle.inference.unmirror`, its ``passes``):
+(:func:`usdespeckle.denoiser.mirror` / :func:`~usdespeckle.denoiser.unmirror`, its ``passes``):
 ONNX Runtime runs there without torch (as in 3D Slicer), and the uncertainty needs each
 mirroring's output. Both loops read the one table :data:`usdespeckle.options.MIRRORINGS`, and a test
 checks that they agree for every number of passes; this one stays a torch module because the

@@ -17,23 +17,17 @@ by reflection up to the next multiple and cropped back. The exported denoiser is
 of the 8 mirrorings' outputs (``return_uncertainty``) shows where the network invents texture: there
 the mirrorings disagree.
 
-The self-ensemble is written twice over the one table :data:`usdespeckle.options.MIRRORINGS`, on
-purpose: here in numpy (:func:`mirror` / :func:`unmirror`), because ONNX Runtime runs without torch
-(as in 3D Slicer) and the spread needs each mirroring's output; and in torch as
-:class:`usdespeckle.ensemble.SelfEnsemble`, the bundle's network definition, so MONAI's
-``ckpt_export`` / ``onnx_export`` can write an ensemble into a model file. A test checks that both
-give the same result for every number of passes.
+The loaded model and its numpy self-ensemble are :class:`usdespeckle.denoiser.Denoiser`; this module
+checks the bundle, loads it and runs the methods.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 import threading
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +35,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from usdespeckle.bundle_utils import default_bundle_root, verify_checksums
+from usdespeckle.denoiser import Denoiser, mirror, onnx_threads, unmirror
 from usdespeckle.errors import DespeckleCancelled
 from usdespeckle.slicewise import (
     MIN_SLICE_SIZE,
@@ -111,101 +106,6 @@ def _divisor(metadata: dict[str, Any], path: Path) -> int:
     if len(set(divisors)) != 1 or divisors[0] < 1:
         raise ValueError(f"{path}: spatial_shape {shape} must name one positive divisor for both sides")
     return divisors[0]
-
-
-def mirror(batch: np.ndarray, index: int) -> np.ndarray:
-    """Mirroring ``index`` of :data:`MIRRORINGS` of ``(..., H, W)`` arrays: transpose first if asked, then flip.
-
-    Returns a view; :func:`unmirror` undoes it.
-    """
-    transpose, flips = MIRRORINGS[index]
-    out = batch.swapaxes(-2, -1) if transpose else batch
-    return np.flip(out, flips) if flips else out
-
-
-def unmirror(batch: np.ndarray, index: int) -> np.ndarray:
-    """Undo :func:`mirror` ``index`` on ``(..., W, H)`` or ``(..., H, W)`` arrays (flip, then transpose back)."""
-    transpose, flips = MIRRORINGS[index]
-    out = np.flip(batch, flips) if flips else batch
-    return out.swapaxes(-2, -1) if transpose else out
-
-
-@dataclass
-class Denoiser:
-    """A loaded denoiser: call it on ``(B, 1, H, W)`` float32 in [0, 1], H and W multiples of ``divisor``.
-
-    Attributes:
-        path: the model file.
-        backend: ``"torch"`` (TorchScript) or ``"onnx"`` (ONNX Runtime).
-        device: ``"cpu"`` or ``"cuda"``.
-        divisor: H and W must be multiples of this, pixels.
-        model: the ``torch.jit.ScriptModule`` or ``onnxruntime.InferenceSession`` (one pass).
-        passes: mirrorings of each slice averaged per call, one of :data:`PASSES`.
-    """
-
-    path: Path
-    backend: str
-    device: str
-    divisor: int
-    model: Any = field(repr=False)
-    passes: int = 1
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """Run the model, averaged over ``passes`` mirrorings.
-
-        Args:
-            batch: float32 ``(B, 1, H, W)`` in [0, 1].
-
-        Returns:
-            float32 ``(B, 1, H, W)`` in [0, 1].
-        """
-        outputs = self.mirrored(batch, self.passes)
-        return outputs[0] if len(outputs) == 1 else np.mean(outputs, axis=0, dtype=np.float32)
-
-    def mirrored(self, batch: np.ndarray, passes: int) -> list[np.ndarray]:
-        """The model's outputs for the first ``passes`` mirrorings of the batch, each undone.
-
-        Args:
-            batch: float32 ``(B, 1, H, W)`` in [0, 1]; H and W multiples of ``divisor``.
-            passes: one of :data:`PASSES`.
-
-        Returns:
-            ``passes`` float32 arrays ``(B, 1, H, W)`` in [0, 1], aligned with the input.
-        """
-        return [np.ascontiguousarray(unmirror(self._run(mirror(batch, i)), i)) for i in range(passes)]
-
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        """One network pass: float32 ``(B, 1, H, W)`` in [0, 1] in, clipped to [0, 1] out."""
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        if self.backend == "onnx":
-            inp = self.model.get_inputs()[0]
-            fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None
-            step = fixed or len(batch)
-            parts = [
-                self.model.run(None, {inp.name: batch[i : i + step]})[0] for i in range(0, len(batch), step)
-            ]
-            out = np.concatenate(parts, axis=0)
-        else:
-            import torch
-
-            with torch.inference_mode():
-                out = self.model(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
-        return np.clip(out, 0.0, 1.0, out=out)
-
-
-def _onnx_threads() -> int:
-    """Threads for ONNX Runtime: torch's setting when torch is already loaded, else ``OMP_NUM_THREADS``.
-
-    0 lets ONNX Runtime choose. torch is never imported here: the ONNX path runs with numpy,
-    SimpleITK and onnxruntime alone (as inside 3D Slicer).
-    """
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        return int(torch.get_num_threads())
-    try:
-        return max(0, int(os.environ.get("OMP_NUM_THREADS", "0")))
-    except ValueError:
-        return 0
 
 
 _CACHE: dict[tuple[str, str, str, int | None], Denoiser] = {}
@@ -291,7 +191,7 @@ def load_denoiser(
                     )
                 providers.insert(0, "CUDAExecutionProvider")
             options = ort.SessionOptions()
-            options.intra_op_num_threads = _onnx_threads()
+            options.intra_op_num_threads = onnx_threads()
             model: Any = ort.InferenceSession(str(path), options, providers=providers)
         else:
             try:

@@ -21,6 +21,7 @@ set(DESPECKLE_RUNTIME_LIBRARY_FILES
   usdespeckle/commands/__init__.py
   usdespeckle/commands/run.py
   usdespeckle/inference.py
+  usdespeckle/denoiser.py
   usdespeckle/slicewise.py
   usdespeckle/options.py
   usdespeckle/errors.py
