@@ -155,7 +155,7 @@ def test_denoiser_learns_physics_pairs_and_evaluates_on_them(tmp_path: Path, dat
     network = evaluation.parser.get_parsed_content("validate#evaluator").network
     assert (
         isinstance(network, SelfEnsemble)
-        and len(network.mirrorings) == evaluation.parser["export_test_time_flips"]
+        and len(network.mirrorings) == evaluation.parser["export_mirrorings"]
     )
     evaluation.run()
     evaluation.finalize()
@@ -447,7 +447,7 @@ def test_export_script_ships_the_self_ensemble(tmp_path: Path) -> None:
     import onnxruntime as ort
 
     root, generator = _tiny_bundle(tmp_path, ngf=8, num_downs=4)
-    flips = json.loads((CONFIGS / "train.json").read_text())["export_test_time_flips"]
+    flips = json.loads((CONFIGS / "train.json").read_text())["export_mirrorings"]
     assert flips == 1, "the shipped denoiser is one pass; the library mirrors for --passes"
     inference = json.loads((root / "configs" / "inference.json").read_text())
     assert (inference["ngf"], inference["num_downs"], inference["mirrorings"]) == (8, 4, flips)

@@ -116,7 +116,7 @@ def test_errors_are_one_line_and_non_zero(tmp_path, bundle, volume_path, capsys,
 
 
 def test_passes_option_reaches_the_model(tmp_path, volume_path, capsys, monkeypatch):
-    root, _ = make_generator_bundle(tmp_path / "gen", test_time_flips=1)
+    root, _ = make_generator_bundle(tmp_path / "gen")
     monkeypatch.setenv("USDESPECKLE_BUNDLE", str(root))
     results = {}
     for passes in (None, "1", "8"):
@@ -133,7 +133,7 @@ def test_passes_option_reaches_the_model(tmp_path, volume_path, capsys, monkeypa
 def test_uncertainty_option_writes_the_spread_with_the_input_geometry(
     tmp_path, volume_path, capsys, monkeypatch
 ):
-    root, _ = make_generator_bundle(tmp_path / "gen", test_time_flips=1)
+    root, _ = make_generator_bundle(tmp_path / "gen")
     monkeypatch.setenv("USDESPECKLE_BUNDLE", str(root))
     out, spread_path = tmp_path / "out.nrrd", tmp_path / "spread.nrrd"
     args = ["run", str(volume_path), str(out), "--progress", "none", "--uncertainty", str(spread_path)]

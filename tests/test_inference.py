@@ -14,7 +14,9 @@ import SimpleITK as sitk
 import torch
 
 from usdespeckle import inference
+from usdespeckle.denoiser import mirror, unmirror
 from usdespeckle.inference import DespeckleCancelled, despeckle_array, despeckle_image, load_denoiser
+from usdespeckle.options import MIRRORINGS
 
 DIVISOR = 16
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
@@ -231,47 +233,74 @@ def test_loaded_model_is_cached(bundle):
     assert load_denoiser(bundle).divisor == DIVISOR
 
 
-def make_generator_bundle(root: Path, test_time_flips: int) -> tuple[Path, torch.nn.Module]:
-    """A tiny bundle whose TorchScript is a real generator averaging ``test_time_flips`` mirrorings."""
+def make_generator_bundle(
+    root: Path, mirrorings: int = 1, *, onnx: bool = False
+) -> tuple[Path, torch.nn.Module]:
+    """A tiny bundle exported as the shipped one is: a real generator in a ``SelfEnsemble``.
+
+    Returns the bundle and the plain (one-pass) generator; ``mirrorings`` > 1 makes an export that
+    averages mirrorings itself (as before 1.0.0). ``onnx`` also writes ``models/model.onnx``.
+    """
+    from usdespeckle.ensemble import SelfEnsemble
     from usdespeckle.networks import Pix2PixUNetGenerator
 
     torch.manual_seed(0)
-    generator = Pix2PixUNetGenerator(
-        ngf=4, num_downs=4, norm="INSTANCE", test_time_flips=test_time_flips
-    ).eval()
+    generator = Pix2PixUNetGenerator(ngf=4, num_downs=4, norm="INSTANCE").eval()
+    exported = SelfEnsemble(generator, mirrorings).eval()
     (root / "models").mkdir(parents=True)
     (root / "configs").mkdir()
-    torch.jit.script(generator).save(str(root / "models" / "model.ts"))
-    write_metadata(root, ["models/model.ts"])
+    torch.jit.script(exported).save(str(root / "models" / "model.ts"))
+    files = ["models/model.ts"]
+    if onnx:
+        axes = {0: "batch", 2: "h", 3: "w"}
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                exported,
+                (torch.rand(1, 1, 32, 32),),
+                str(root / "models" / "model.onnx"),
+                input_names=["image"],
+                output_names=["pred"],
+                dynamic_axes={"image": axes, "pred": axes},
+                dynamo=False,
+            )
+        files.append("models/model.onnx")
+    write_metadata(root, files)
     return root, generator
 
 
-def test_passes_average_mirrorings_like_the_generator_self_ensemble(tmp_path, rng):
-    from usdespeckle.networks import Pix2PixUNetGenerator
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_passes_are_the_self_ensemble_for_every_pass_count(tmp_path, rng, backend):
+    """The library's numpy mirroring over the one-pass export equals the torch SelfEnsemble module."""
+    from usdespeckle.ensemble import SelfEnsemble
 
-    root, generator = make_generator_bundle(tmp_path / "b", test_time_flips=1)
-    assert load_denoiser(root).passes == 1  # the default: one pass
+    root, generator = make_generator_bundle(tmp_path / "b", onnx=True)
+    assert load_denoiser(root, backend=backend).passes == 1  # the default: one pass
     batch = rng.uniform(size=(2, 1, 32, 48)).astype(np.float32)  # not square: transposes must round-trip
-    for passes in (1, 2, 4, 8):
-        reference = Pix2PixUNetGenerator(ngf=4, num_downs=4, norm="INSTANCE", test_time_flips=passes).eval()
-        reference.load_state_dict(generator.state_dict())
+    for passes in inference.PASSES:
         with torch.no_grad():
-            expected = reference(torch.from_numpy(batch)).clamp(0, 1).numpy()
-        denoiser = load_denoiser(root, passes=passes)
+            expected = SelfEnsemble(generator, passes).eval()(torch.from_numpy(batch)).clamp(0, 1).numpy()
+        denoiser = load_denoiser(root, backend=backend, passes=passes)
         assert denoiser.passes == passes
         np.testing.assert_allclose(denoiser(batch), expected, atol=1e-5)
     image = rng.uniform(0, 100, size=(3, 20, 30))
-    one = despeckle_array(image, bundle_root=root, passes=1)
-    assert np.abs(one - despeckle_array(image, bundle_root=root, passes=8)).max() > 1e-3
+    one = despeckle_array(image, bundle_root=root, backend=backend, passes=1)
+    assert np.abs(one - despeckle_array(image, bundle_root=root, backend=backend, passes=8)).max() > 1e-3
 
 
-def test_an_export_with_a_built_in_ensemble_runs_one_pass_per_mirroring(tmp_path, rng):
-    root, generator = make_generator_bundle(tmp_path / "b", test_time_flips=4)
-    batch = rng.uniform(size=(1, 1, 32, 32)).astype(np.float32)
-    with torch.no_grad():
-        generator.mirrorings = generator.mirrorings[:1]
-        expected = generator(torch.from_numpy(batch)).clamp(0, 1).numpy()
-    np.testing.assert_allclose(load_denoiser(root, passes=1)(batch), expected, atol=1e-5)
+def test_mirror_and_unmirror_undo_each_other_over_the_table(rng):
+    batch = rng.uniform(size=(2, 1, 4, 6))
+    views = {mirror(batch, i).tobytes() for i in range(len(MIRRORINGS))}
+    assert len(views) == 8  # eight different mirrorings of a generic image
+    for i in range(len(MIRRORINGS)):
+        np.testing.assert_array_equal(unmirror(mirror(batch, i), i), batch)
+
+
+def test_an_export_that_averages_mirrorings_itself_is_refused(tmp_path):
+    root, _ = make_generator_bundle(tmp_path / "b", mirrorings=4)
+    with pytest.raises(ValueError, match="averages 4 mirrorings itself") as info:
+        load_denoiser(root)
+    assert "export_bundle.py" in str(info.value) and "\n" not in str(info.value)
 
 
 def test_passes_work_with_onnx_and_bad_values_are_clear_errors(bundle, rng):

@@ -74,63 +74,12 @@ def test_size_not_multiple_raises_with_sizes() -> None:
         net(torch.rand(1, 1, 40, 48))
 
 
-def _mirrored_average(plain: Pix2PixUNetGenerator, x: torch.Tensor, count: int) -> torch.Tensor:
-    """The self-ensemble written out by hand: each mirroring of x through ``plain``, undone, averaged."""
-    mirrorings = [
-        lambda t: t,
-        lambda t: torch.flip(t, [-1]),
-        lambda t: torch.flip(t, [-2]),
-        lambda t: torch.flip(t, [-2, -1]),
-    ]
-    mirrorings += [lambda t, m=m: m(t).transpose(-2, -1) for m in mirrorings]
-    undo = mirrorings[:4] + [lambda t, m=m: m(t.transpose(-2, -1)) for m in mirrorings[:4]]
-    outputs = [undo[i](plain(mirrorings[i](x))) for i in range(count)]
-    return torch.stack(outputs).mean(dim=0)
-
-
-@pytest.mark.parametrize("count", [2, 4, 8])
-def test_test_time_flips_average_the_mirrored_passes(count: int) -> None:
-    torch.manual_seed(0)
-    plain = Pix2PixUNetGenerator(num_downs=4, ngf=4, norm="INSTANCE").eval()
-    ensemble = Pix2PixUNetGenerator(num_downs=4, ngf=4, norm="INSTANCE", test_time_flips=count).eval()
-    ensemble.load_state_dict(plain.state_dict())  # no extra parameters: the same weights load
-    x = torch.rand(2, 1, 32, 48)  # not square: transposed passes see 48x32
-    with torch.no_grad():
-        out = ensemble(x)
-        torch.testing.assert_close(out, _mirrored_average(plain, x, count))
-        assert float((out - plain(x)).abs().max()) > 1e-4  # the average differs from one pass
-        scripted = torch.jit.script(ensemble)  # what ckpt_export writes
-        torch.testing.assert_close(scripted(x), out)
-
-
-def test_test_time_flips_make_the_output_mirror_equivariant() -> None:
-    torch.manual_seed(1)
-    net = Pix2PixUNetGenerator(num_downs=4, ngf=4, norm="INSTANCE", test_time_flips=8).eval()
-    x = torch.rand(1, 1, 32, 32)
-    with torch.no_grad():
-        out = net(x)
-        torch.testing.assert_close(net(torch.flip(x, [-1])), torch.flip(out, [-1]))
-        torch.testing.assert_close(net(torch.flip(x, [-2])), torch.flip(out, [-2]))
-        torch.testing.assert_close(net(x.transpose(-2, -1)), out.transpose(-2, -1))
-
-
-def test_training_mode_runs_one_pass_whatever_test_time_flips() -> None:
-    torch.manual_seed(2)
-    plain = Pix2PixUNetGenerator(num_downs=4, ngf=4, norm="INSTANCE", dropout=0.0).train()
-    ensemble = Pix2PixUNetGenerator(num_downs=4, ngf=4, norm="INSTANCE", dropout=0.0, test_time_flips=8)
-    ensemble.load_state_dict(plain.state_dict())
-    x = torch.rand(2, 1, 32, 32)
-    torch.testing.assert_close(ensemble.train()(x), plain(x))
-
-
 @pytest.mark.parametrize(
     "kwargs",
     [
         {"num_downs": 1},
         {"ngf": 0},
         {"dropout": 1.0},
-        {"test_time_flips": 3},
-        {"test_time_flips": 8, "spatial_dims": 3},
     ],
 )
 def test_bad_arguments_raise(kwargs: dict) -> None:

@@ -79,7 +79,7 @@ def test_simulated_bmode_keeps_shapes_the_generator_cannot_take_directly():
 def test_load_simulator_checks_the_shipped_weights(tmp_path):
     import shutil
 
-    from usdespeckle.inference import default_bundle_root
+    from usdespeckle.bundle_utils import default_bundle_root
     from usdespeckle.pairs import load_simulator
 
     shipped = default_bundle_root()

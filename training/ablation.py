@@ -28,7 +28,7 @@ from PIL import Image
 
 from usdespeckle import metrics
 from usdespeckle.acquisition import simulate_acquisition
-from usdespeckle.inference import pad_to_multiple
+from usdespeckle.slicewise import pad_to_multiple
 from usdespeckle.speckle import gamma_speckle, rayleigh_speckle
 
 FIDELITY_SIGMA_PX = 4.0  # low-pass before the fidelity fit, pixels (a few speckle grains)

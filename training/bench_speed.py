@@ -6,9 +6,9 @@ resident memory from ``/proc/self/status`` and ``tracemalloc`` for numpy allocat
 ``reports/speed.md``.
 
 If the bundle ships no weights yet, a randomly initialised generator of the bundle's size
-(``usdespeckle.networks.Pix2PixUNetGenerator`` with train.json's size, norm and
-``export_test_time_flips``) is exported into a temporary bundle; speed does not depend on the
-weights' values. The report says which was used.
+(``usdespeckle.networks.Pix2PixUNetGenerator`` with train.json's size and norm, in the
+``usdespeckle.ensemble.SelfEnsemble`` of ``export_mirrorings`` passes) is exported into a temporary
+bundle; speed does not depend on the weights' values. The report says which was used.
 
 Usage::
 
@@ -39,13 +39,14 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from usdespeckle.inference import default_bundle_root, despeckle_array, load_denoiser  # noqa: E402
+from usdespeckle.bundle_utils import default_bundle_root  # noqa: E402
+from usdespeckle.inference import despeckle_array, load_denoiser  # noqa: E402
 from usdespeckle.options import CLASSICAL_METHODS  # noqa: E402
 
 # the bundle's generator, as train.json builds it (used when the shipped weights cannot be loaded)
 _TRAIN = json.loads((REPO / "monai_bundle" / "configs" / "train.json").read_text())
 NGF, NUM_DOWNS, NORM = _TRAIN["ngf"], _TRAIN["num_downs"], _TRAIN["norm"]
-FLIPS = int(_TRAIN.get("export_test_time_flips", 1))  # mirrorings averaged by the exported model
+EXPORT_MIRRORINGS = int(_TRAIN.get("export_mirrorings", 1))  # mirrorings averaged by the exported model
 
 _MEMORY_SCRIPT = r"""
 import os, sys, json, tracemalloc, time
@@ -80,18 +81,14 @@ print(json.dumps(dict(base=base, peak=peak, traced=traced, seconds=seconds, volu
 
 def export_random_bundle(root: Path) -> Path:
     """Export a randomly initialised generator of the bundle's size as a TorchScript + ONNX bundle."""
+    from usdespeckle.ensemble import SelfEnsemble
     from usdespeckle.networks import Pix2PixUNetGenerator
 
     torch.manual_seed(0)
-    generator = Pix2PixUNetGenerator(
-        spatial_dims=2,
-        in_channels=1,
-        out_channels=1,
-        num_downs=NUM_DOWNS,
-        ngf=NGF,
-        norm=NORM,
-        test_time_flips=FLIPS,
-    ).eval()
+    network = Pix2PixUNetGenerator(
+        spatial_dims=2, in_channels=1, out_channels=1, num_downs=NUM_DOWNS, ngf=NGF, norm=NORM
+    )
+    generator = SelfEnsemble(network, EXPORT_MIRRORINGS).eval()
     divisor = 2**NUM_DOWNS
     example = torch.rand(1, 1, divisor, divisor)
     (root / "models").mkdir(parents=True)
@@ -171,7 +168,7 @@ def main() -> int:
         bundle = export_random_bundle(Path(tmp.name) / "bundle")
         weights = (
             f"a randomly initialised generator of the bundle's size (ngf={NGF}, num_downs={NUM_DOWNS}, "
-            f"{FLIPS} mirrorings averaged), "
+            f"{EXPORT_MIRRORINGS} mirrorings averaged), "
             f"because the shipped weights could not be loaded ({type(err).__name__}). Speed does not depend on "
             "the weights' values; re-run with the real weights to confirm"
         )

@@ -9,7 +9,7 @@ same commands by hand (docs/README.md, *Commands*) therefore write the same file
 
 First the generator's arguments in ``inference.json`` are brought in line with ``train.json`` (the
 keys its ``network_def`` refers to, e.g. ``ngf``, ``num_downs``, ``norm``; and ``mirrorings`` from
-``export_test_time_flips``), so a retrained network with other options exports without hand edits;
+``export_mirrorings``), so a retrained network with other options exports without hand edits;
 every change is printed.
 
 ``--half_weights`` first stores model.pt in half precision (half the size in git), after checking
@@ -32,7 +32,7 @@ from monai.bundle import ConfigParser, ckpt_export, onnx_export
 from usdespeckle.bundle_utils import update_checksums, verify_checksums
 
 #: Arguments of train.json's generator that inference.json does not copy (training-only settings).
-TRAINING_ONLY_ARGUMENTS = ("test_time_flips", "_desc_")
+TRAINING_ONLY_ARGUMENTS = ("_desc_",)
 
 
 def sync_network_definition(bundle_root: Path) -> list[str]:
@@ -42,7 +42,7 @@ def sync_network_definition(bundle_root: Path) -> list[str]:
 
     The generator's arguments are copied as written in train.json (references such as ``"@ngf"``
     included), and so are the values of the top-level keys they refer to; ``mirrorings`` takes
-    train.json's ``export_test_time_flips``. inference.json is rewritten (4-space JSON, key order kept)
+    train.json's ``export_mirrorings``. inference.json is rewritten (4-space JSON, key order kept)
     only if something changed.
 
     Args:
@@ -72,7 +72,7 @@ def sync_network_definition(bundle_root: Path) -> list[str]:
         if key not in train:
             raise ValueError(f"train.json's network_def refers to @{key}, which train.json does not define")
         values[key] = train[key]
-    values["mirrorings"] = int(train.get("export_test_time_flips", 1))
+    values["mirrorings"] = int(train.get("export_mirrorings", 1))
     for key, value in values.items():
         if inference.get(key, object()) != value:
             changes.append(f"{key}: {json.dumps(inference.get(key))} -> {json.dumps(value)}")

@@ -16,9 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from usdespeckle.inference import pad_to_multiple
 from usdespeckle.lowlevel import low_level_map
-from usdespeckle.pairs import load_simulator
+from usdespeckle.simulator import load_simulator, simulate_bmode_from_mri
 
 
 def _grey(path: Path) -> np.ndarray:
@@ -44,7 +43,6 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     simulator = load_simulator(args.bundle_root)
-    divisor = 2**simulator.num_downs
     real = json.loads((args.data / "datalist_real_bmode.json").read_text())
     picks = [real["test"][0], real["test"][-1], real["validation"][-1]]
     mri = json.loads((args.data / "datalist_mri.json").read_text())["test"]
@@ -52,9 +50,8 @@ def main() -> None:
     images.append(_tile(_grey(args.data / mri[len(mri) // 2]["label"])))
     rows = []
     for image in images:
-        level = low_level_map(image).astype(np.float32)
-        padded, crop = pad_to_multiple(level[None], divisor)
-        simulated = simulator(torch.from_numpy(padded[:, None]).float()).numpy()[0, 0][crop]
+        level = low_level_map(image)
+        simulated = simulate_bmode_from_mri(simulator, image[None])[0]
         rows.append(np.concatenate([image, level, simulated], axis=1))
     grid = np.concatenate(rows, axis=0)
     args.out.parent.mkdir(parents=True, exist_ok=True)

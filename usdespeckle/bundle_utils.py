@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import warnings
 import zipfile
@@ -15,6 +16,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "WEIGHT_FILES",
     "checkpoint_problem",
+    "default_bundle_root",
     "latest_checkpoint",
     "sha256_file",
     "update_checksums",
@@ -24,6 +26,23 @@ __all__ = [
 # The shipped files whose sha256 metadata.json records, relative to the bundle root.
 WEIGHT_FILES = ("models/model.pt", "models/model.ts", "models/model.onnx", "models/simulator.pt")
 _CHECKSUM_KEY = "weights_sha256"
+
+
+def default_bundle_root() -> Path:
+    """The bundle folder, found by this rule.
+
+    1. ``$USDESPECKLE_BUNDLE`` if set;
+    2. ``monai_bundle/`` beside the package, if it holds ``configs/metadata.json`` (a source
+       checkout or an editable install);
+    3. ``usdespeckle/monai_bundle/`` inside the installed package (a wheel: its configs, model.ts
+       and model.onnx are package data).
+    """
+    env = os.environ.get("USDESPECKLE_BUNDLE")
+    if env:
+        return Path(env)
+    package = Path(__file__).resolve().parent
+    checkout = package.parent / "monai_bundle"
+    return checkout if (checkout / "configs" / "metadata.json").is_file() else package / "monai_bundle"
 
 
 def checkpoint_problem(path: str | Path) -> str | None:

@@ -4,11 +4,18 @@
 mode, averages its output over up to 8 mirrorings of each image (flips and transposes, each undone on
 its output). It is the shipped denoiser's network definition in the bundle's ``inference.json``, so
 MONAI's standard ``ckpt_export`` / ``onnx_export`` of ``network_def`` write the same ``model.ts`` /
-``model.onnx`` as ``training/export_bundle.py``.
+``model.onnx`` as ``training/export_bundle.py`` (one pass since 1.0.0: ``mirrorings`` 1).
 
 The ensemble has no parameters of its own and its state dict *is* the wrapped network's: a
 ``model.pt`` saved from the plain generator during training loads into it unchanged (MONAI's
 ``CheckpointLoader``, ``ckpt_export``), and ``state_dict()`` writes the plain generator's keys.
+
+The library runs the same average in numpy over the one-pass export
+(:func:`usdespeckle.denoiser.mirror` / :func:`~usdespeckle.denoiser.unmirror`, its ``passes``):
+ONNX Runtime runs there without torch (as in 3D Slicer), and the uncertainty needs each
+mirroring's output. Both loops read the one table :data:`usdespeckle.options.MIRRORINGS`, and a test
+checks that they agree for every number of passes; this one stays a torch module because the
+exporters script or trace it into a model file.
 
 References:
     Lim et al., "Enhanced Deep Residual Networks for Single Image Super-Resolution" (EDSR,
@@ -23,24 +30,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from usdespeckle.inference import PASSES
+from usdespeckle.options import MIRRORINGS, PASSES
 
-__all__ = ["MIRRORINGS", "SelfEnsemble"]
-
-#: Valid numbers of mirrorings: identity; + left-right; + up-down and both; + the same four transposed
-#: (the library's ``passes``, which mirror in the same order).
-MIRRORINGS = PASSES
+__all__ = ["SelfEnsemble"]
 
 
 class SelfEnsemble(nn.Module):
     """Average ``network`` over ``mirrorings`` mirrorings of each 2D input, in eval mode.
 
-    The mirrorings, in order: identity, left-right flip, up-down flip, both flips, then the same four
-    of the transposed image (the 8 symmetries of a square). The first ``n`` of them are the ``n``-pass
-    setting, so a loaded TorchScript export can run fewer passes by shortening its ``mirrorings``
-    list (``usdespeckle.inference.load_denoiser(passes=...)`` does). MONAI's
-    ``TestTimeAugmentation`` draws random transforms to estimate uncertainty; this fixed, exactly
-    invertible average is written here (a few lines, no library offers it as a module).
+    The mirrorings, in order (:data:`usdespeckle.options.MIRRORINGS`): identity, left-right flip,
+    up-down flip, both flips, then the same four of the transposed image (the 8 symmetries of a
+    square); the first ``n`` of them are the ``n``-pass setting. MONAI's ``TestTimeAugmentation``
+    draws random transforms to estimate uncertainty; this fixed, exactly invertible average is
+    written here (a few lines, no library offers it as a module).
 
     In training mode the network runs once. Time grows linearly with the number of mirrorings.
 
@@ -48,8 +50,8 @@ class SelfEnsemble(nn.Module):
         network: a 2D network, ``(B, C, H, W)`` in, ``(B, C', H, W)`` out (square inputs are not
             required: transposed passes see ``(W, H)`` images, which a fully convolutional network
             accepts when both sides meet its size rule).
-        mirrorings: how many mirrorings to average, one of :data:`MIRRORINGS` (8: all; 1: the plain
-            network).
+        mirrorings: how many mirrorings to average, one of :data:`usdespeckle.options.PASSES` (8:
+            all; 1: the plain network).
 
     Raises:
         ValueError: ``mirrorings`` is not 1, 2, 4 or 8.
@@ -57,15 +59,14 @@ class SelfEnsemble(nn.Module):
 
     def __init__(self, network: nn.Module, mirrorings: int = 8) -> None:
         super().__init__()
-        if mirrorings not in MIRRORINGS:
+        if mirrorings not in PASSES:
             raise ValueError(
                 f"mirrorings must be 1 (the plain network), 2 (+ left-right), 4 (+ up-down) or 8 "
                 f"(+ transposed), got {mirrorings!r}"
             )
         self.network = network
-        flips = [[0], [-1], [-2], [-2, -1]]  # [0] marks "no flip" (TorchScript needs typed lists)
-        every = [(transpose, dims) for transpose in (False, True) for dims in flips]
-        self.mirrorings = every[:mirrorings]  # TorchScript infers list[tuple[bool, list[int]]]
+        # TorchScript needs typed, non-empty lists: [0] marks "no flip" (list[tuple[bool, list[int]]])
+        self.mirrorings = [(transpose, list(flips) or [0]) for transpose, flips in MIRRORINGS[:mirrorings]]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Run the network on ``x`` (B, C, H, W); in eval mode average over the mirrorings."""

@@ -122,6 +122,9 @@ class Pix2PixUNetGenerator(nn.Module):
     reference ``unet_256`` (54,413,955 parameters); 1 -> 1 channels has 54,407,809.
 
     The input is scaled from [0, 1] to [-1, 1] inside, the output goes through tanh and back to [0, 1].
+    The network is one pass; the test-time self-ensemble over mirrorings of the input is a wrapper
+    around it (:class:`usdespeckle.ensemble.SelfEnsemble`), as MONAI keeps test-time augmentation
+    apart from networks.
 
     Args:
         spatial_dims: number of spatial dimensions (2 for images; 3 works but is not used).
@@ -131,17 +134,11 @@ class Pix2PixUNetGenerator(nn.Module):
         ngf: channels of the first level (64 in pix2pix).
         norm: normalisation, "BATCH" (pix2pix default) or "INSTANCE", or a MONAI (name, args) tuple.
         dropout: dropout probability in the deep middle levels (0.5 in pix2pix; 0 disables it).
-        test_time_flips: in eval mode, average the output over this many mirrorings of the input,
-            each undone on its output (self-ensemble): 1 (off, the plain network), 2 (+ left-right),
-            4 (+ up-down and both), 8 (the same four of the transposed image; 2 spatial dims only).
-            Training mode always runs one pass. It adds no parameters, so the same weights load at
-            any setting; it costs that many passes.
         upsample: "deconv" (pix2pix's transposed convolutions) or "resize" (upsampling then
             convolution, free of checkerboard artefacts), see :class:`UNetSkipBlock`.
 
     Raises:
-        ValueError: num_downs < 2, ngf < 1, dropout outside [0, 1) or test_time_flips not 1, 2, 4
-            or 8 (8 with 2 spatial dims only).
+        ValueError: num_downs < 2, ngf < 1 or dropout outside [0, 1).
     """
 
     def __init__(
@@ -153,7 +150,6 @@ class Pix2PixUNetGenerator(nn.Module):
         ngf: int = 64,
         norm: str | tuple = Norm.BATCH,
         dropout: float = 0.5,
-        test_time_flips: int = 1,
         upsample: str = "deconv",
     ) -> None:
         super().__init__()
@@ -163,19 +159,6 @@ class Pix2PixUNetGenerator(nn.Module):
             raise ValueError(f"ngf must be a positive number of channels (got {ngf}); pix2pix uses 64.")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1) (got {dropout}); pix2pix uses 0.5.")
-        if test_time_flips not in (1, 2, 4, 8) or (test_time_flips == 8 and spatial_dims != 2):
-            raise ValueError(
-                f"test_time_flips must be 1 (off), 2 (left-right), 4 (left-right and up-down) or, for 2D "
-                f"images, 8 (also transposed) (got {test_time_flips} for {spatial_dims} spatial dims)."
-            )
-        # The mirrorings as (transpose the last two axes?, axes to flip): identity, left-right,
-        # up-down, both, then the same on the transposed image (the 8 symmetries of a square).
-        # MONAI's TestTimeAugmentation draws random transforms to estimate uncertainty; this fixed,
-        # exactly invertible average is image restoration's "self-ensemble" (Lim et al., EDSR, 2017),
-        # a few lines written here.
-        flips = [[0], [-1], [-2], [-2, -1]]  # [0] marks "no flip" (TorchScript needs typed lists)
-        mirrorings = [(transpose, dims) for transpose in (False, True) for dims in flips]
-        self.mirrorings = mirrorings[:test_time_flips]  # TorchScript infers list[tuple[bool, list[int]]]
         self.spatial_dims = spatial_dims
         self.num_downs = num_downs
         self.divisor = 2**num_downs
@@ -210,7 +193,7 @@ class Pix2PixUNetGenerator(nn.Module):
         self.apply(normal_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Translate a batch of images (in eval mode, averaged over ``test_time_flips`` mirrorings).
+        """Translate a batch of images.
 
         Args:
             x: (B, C_in, H, W) float tensor in [0, 1]; H and W multiples of ``2**num_downs``.
@@ -228,19 +211,6 @@ class Pix2PixUNetGenerator(nn.Module):
                     f"input spatial size {list(spatial)} must be multiples of 2**num_downs = {self.divisor}; "
                     "pad the image (e.g. monai.transforms.DivisiblePad, mode='reflect') and crop the output."
                 )
-        if self.training or len(self.mirrorings) == 1:
-            return self._translate(x)
-        total = self._translate(x)  # the first mirroring is the identity
-        for transpose, dims in self.mirrorings[1:]:
-            y = x.transpose(-2, -1) if transpose else x
-            y = y if dims[0] == 0 else torch.flip(y, dims)
-            y = self._translate(y)
-            y = y if dims[0] == 0 else torch.flip(y, dims)
-            total = total + (y.transpose(-2, -1) if transpose else y)
-        return total / float(len(self.mirrorings))
-
-    def _translate(self, x: torch.Tensor) -> torch.Tensor:
-        """One pass of the U-Net: [0, 1] in, [0, 1] out."""
         return (self.model(x * 2.0 - 1.0) + 1.0) * 0.5
 
 

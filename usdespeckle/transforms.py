@@ -1,7 +1,7 @@
 """Invertible MONAI dict transforms that give the bundle's inference exactly the library's mapping.
 
 ``usdespeckle.inference.despeckle_array`` maps a volume's intensities to [0, 1] with a robust range
-(:func:`usdespeckle.inference.robust_range`: 0.5 and 99.5 percentiles, clipped), pads each slice by
+(:func:`usdespeckle.slicewise.robust_range`: 0.5 and 99.5 percentiles, clipped), pads each slice by
 numpy's reflection to a multiple of the network's divisor, and maps the output back to the input's
 units. The bundle's ``inference.json`` does the same with these two transforms and MONAI's ``Invertd``
 (which crops and maps back in one step), so both doors give the same output.
@@ -24,7 +24,8 @@ from monai.data import MetaTensor
 from monai.transforms import InvertibleTransform, MapTransform
 from monai.utils import convert_to_dst_type, convert_to_numpy, ensure_tuple_rep
 
-from usdespeckle.inference import MIN_SLICE_SIZE, PERCENTILES, robust_range
+from usdespeckle.options import PERCENTILES
+from usdespeckle.slicewise import MIN_SLICE_SIZE, robust_range
 
 __all__ = ["DivisibleReflectPadd", "RobustScaleIntensityd"]
 
@@ -32,7 +33,7 @@ __all__ = ["DivisibleReflectPadd", "RobustScaleIntensityd"]
 class RobustScaleIntensityd(MapTransform, InvertibleTransform):
     """Map intensities to [0, 1] by the library's robust range; the inverse maps back.
 
-    The range is :func:`usdespeckle.inference.robust_range` of the whole image (all channels):
+    The range is :func:`usdespeckle.slicewise.robust_range` of the whole image (all channels):
     the ``percentiles`` (0.5, 99.5 by default), or min..max where those coincide; volumes over a
     million values are sampled with the library's stride, in SimpleITK's voxel order. Values outside
     it are clipped. The inverse (``Invertd`` on the prediction) applies ``y * (high - low) + low``.
@@ -88,7 +89,7 @@ class RobustScaleIntensityd(MapTransform, InvertibleTransform):
 class DivisibleReflectPadd(MapTransform, InvertibleTransform):
     """Pad spatial sizes to multiples of ``k`` by numpy's reflection, symmetrically; the inverse crops.
 
-    The split is the library's (:func:`usdespeckle.inference.pad_to_multiple`): ``pad // 2`` before,
+    The split is the library's (:func:`usdespeckle.slicewise.pad_to_multiple`): ``pad // 2`` before,
     the rest after. numpy's ``reflect`` repeats the reflection for pads wider than the image, so any
     slice of at least ``MIN_SLICE_SIZE`` (8) pixels a side works. The image's affine is left as it is:
     the prediction is cropped back by the inverse before it is saved.

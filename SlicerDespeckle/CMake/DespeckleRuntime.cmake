@@ -23,6 +23,8 @@ set(DESPECKLE_RUNTIME_LIBRARY_FILES
   usdespeckle/commands/__init__.py
   usdespeckle/commands/run.py
   usdespeckle/inference.py
+  usdespeckle/denoiser.py
+  usdespeckle/slicewise.py
   usdespeckle/io.py
   usdespeckle/io_checks.py
   usdespeckle/atomic.py
