@@ -173,6 +173,39 @@ def _respond(result: dict[str, Any], output: str | None) -> Response:
     return Response(content=body, media_type=encoder.content_type)
 
 
+def _check_request(
+    request: Request, model: str, tasks: dict, output: str | None, session_id: str, max_upload_bytes: int
+) -> None:
+    """Refuse, before reading the body, a request the endpoint cannot serve (HTTP 404, 400 or 413)."""
+    if model not in tasks:
+        raise HTTPException(
+            status_code=404,
+            detail=f"no model {model[:100]!r} on this server; it has {', '.join(sorted(tasks))}",
+        )
+    if output is not None and output not in OUTPUTS:
+        raise HTTPException(status_code=400, detail=f"output must be one of {', '.join(OUTPUTS)}")
+    if session_id:
+        raise HTTPException(status_code=400, detail="sessions are not supported; upload the image as 'file'")
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > max_upload_bytes + _CHUNK:
+        raise HTTPException(
+            status_code=413, detail=f"upload larger than the server's limit of {max_upload_bytes:,} bytes"
+        )
+
+
+def _stored_image(instance, image: str) -> str:
+    """The file of the datastore image ``image`` (an id, never a path); HTTP 400/404 otherwise."""
+    if not image:
+        raise HTTPException(
+            status_code=400,
+            detail="no image: upload a file as 'file' or give ?image=<id of a stored image>",
+        )
+    path = instance.datastore().get_image_uri(image) if "/" not in image and "\\" not in image else ""
+    if not path or not os.path.isfile(path):
+        raise not_found(image)
+    return path
+
+
 def make_endpoint(max_upload_bytes: int):
     """The ``POST /infer/{model}`` handler; uploads over ``max_upload_bytes`` get HTTP 413."""
     from monailabel.config import settings
@@ -190,23 +223,9 @@ def make_endpoint(max_upload_bytes: int):
         user: User = authorised,
     ) -> Response:
         instance = app_instance()
-        tasks = instance.info().get("models", {})
-        if model not in tasks:
-            raise HTTPException(
-                status_code=404,
-                detail=f"no model {model[:100]!r} on this server; it has {', '.join(sorted(tasks))}",
-            )
-        if output is not None and output not in OUTPUTS:
-            raise HTTPException(status_code=400, detail=f"output must be one of {', '.join(OUTPUTS)}")
-        if session_id:
-            raise HTTPException(
-                status_code=400, detail="sessions are not supported; upload the image as 'file'"
-            )
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_upload_bytes + _CHUNK:
-            raise HTTPException(
-                status_code=413, detail=f"upload larger than the server's limit of {max_upload_bytes:,} bytes"
-            )
+        _check_request(
+            request, model, instance.info().get("models", {}), output, session_id, max_upload_bytes
+        )
         upload_path: str | None = None
         form = None
         try:
@@ -228,19 +247,8 @@ def make_endpoint(max_upload_bytes: int):
             if upload is not None:
                 upload_path = await _save_upload(upload, max_upload_bytes)
                 path = upload_path
-            elif image:
-                path = (
-                    instance.datastore().get_image_uri(image)
-                    if "/" not in image and "\\" not in image
-                    else ""
-                )
-                if not path or not os.path.isfile(path):
-                    raise not_found(image)
             else:
-                raise HTTPException(
-                    status_code=400,
-                    detail="no image: upload a file as 'file' or give ?image=<id of a stored image>",
-                )
+                path = _stored_image(instance, image)
             task_request = {**instance.info().get("config", {}).get("infer", {}), **params}
             task_request.update(model=model, image=path)
             logger.info("infer %s on %s with %s", model, "an upload" if upload_path else image, params)
