@@ -76,12 +76,12 @@ def synthetic_sets(data: Path) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]
     rng = np.random.default_rng(0)
 
     def labels(datalist: str, key: str = "label") -> list[np.ndarray]:
-        items = json.loads((data / datalist).read_text())["validation"]
+        items = json.loads((data / datalist).read_text(encoding="utf-8"))["validation"]
         step = max(1, len(items) // IMAGES_PER_SET)
         return [_grey(data / item[key]) for item in items[::step][:IMAGES_PER_SET]]
 
     sets: dict[str, list] = {}
-    pairs = json.loads((data / "datalist_mri_pairs.json").read_text())["validation"]
+    pairs = json.loads((data / "datalist_mri_pairs.json").read_text(encoding="utf-8"))["validation"]
     step = max(1, len(pairs) // IMAGES_PER_SET)
     sets["mri_sim"] = [
         (_grey(data / p["image"]), _grey(data / p["label"])) for p in pairs[::step][:IMAGES_PER_SET]
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("runs", nargs="+", help="RUN_DIR=NAME")
     args = ap.parse_args(argv)
     overrides = json.loads(args.overrides)
-    real = json.loads((args.data / "datalist_real_bmode.json").read_text())["validation"]
+    real = json.loads((args.data / "datalist_real_bmode.json").read_text(encoding="utf-8"))["validation"]
     sets = synthetic_sets(args.data)
     rows = {}
     shown = [real[0], real[len(real) // 2], real[-1]]
@@ -164,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         f"| {name} | " + " | ".join(f"{v:.3f}" for v in row.values()) + " |" for name, row in rows.items()
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    (args.out.with_suffix(".json")).write_text(json.dumps(rows, indent=1) + "\n")
+    args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (args.out.with_suffix(".json")).write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
     return 0
 
 

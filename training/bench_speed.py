@@ -44,7 +44,7 @@ from usdespeckle.inference import despeckle_array, load_denoiser  # noqa: E402
 from usdespeckle.options import CLASSICAL_METHODS  # noqa: E402
 
 # the bundle's generator, as train.json builds it (used when the shipped weights cannot be loaded)
-_TRAIN = json.loads((REPO / "monai_bundle" / "configs" / "train.json").read_text())
+_TRAIN = json.loads((REPO / "monai_bundle" / "configs" / "train.json").read_text(encoding="utf-8"))
 NGF, NUM_DOWNS, NORM = _TRAIN["ngf"], _TRAIN["num_downs"], _TRAIN["norm"]
 EXPORT_MIRRORINGS = int(_TRAIN.get("export_mirrorings", 1))  # mirrorings averaged by the exported model
 
@@ -110,7 +110,7 @@ def export_random_bundle(root: Path) -> Path:
         "network_data_format": {"inputs": {"image": {"spatial_shape": [f"{divisor}*n", f"{divisor}*n"]}}},
         "weights_sha256": {f: hashlib.sha256((root / f).read_bytes()).hexdigest() for f in files},
     }
-    (root / "configs" / "metadata.json").write_text(json.dumps(metadata))
+    (root / "configs" / "metadata.json").write_text(json.dumps(metadata), encoding="utf-8")
     return root
 
 
@@ -254,7 +254,7 @@ def main() -> int:
             f"{(m['peak'] - m['base']) * mib:.0f} | {m['traced'] * mib:.0f} | {m['seconds']:.1f} |"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
+    args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

@@ -55,9 +55,9 @@ def sync_network_definition(bundle_root: Path) -> list[str]:
         ValueError: train.json's network_def refers to a key that train.json does not define.
     """
     configs = bundle_root / "configs"
-    train = json.loads((configs / "train.json").read_text())
+    train = json.loads((configs / "train.json").read_text(encoding="utf-8"))
     inference_path = configs / "inference.json"
-    inference = json.loads(inference_path.read_text())
+    inference = json.loads(inference_path.read_text(encoding="utf-8"))
     generator = {k: v for k, v in train["network_def"].items() if k not in TRAINING_ONLY_ARGUMENTS}
     changes: list[str] = []
     current = inference["network_def"]["network"]
@@ -78,14 +78,14 @@ def sync_network_definition(bundle_root: Path) -> list[str]:
             changes.append(f"{key}: {json.dumps(inference.get(key))} -> {json.dumps(value)}")
             inference[key] = value
     if changes:
-        inference_path.write_text(json.dumps(inference, indent=4) + "\n")
+        inference_path.write_text(json.dumps(inference, indent=4) + "\n", encoding="utf-8")
     changes += _sync_spatial_shape(configs / "metadata.json", 2 ** int(inference["num_downs"]))
     return changes
 
 
 def _sync_spatial_shape(meta_path: Path, divisor: int) -> list[str]:
     """Set metadata.json's input and output ``spatial_shape`` to ``["<divisor>*n", "<divisor>*n"]``."""
-    meta = json.loads(meta_path.read_text())
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
     changes: list[str] = []
     formats = meta["network_data_format"]
     for group, key in (("inputs", "image"), ("outputs", "pred")):
@@ -96,7 +96,7 @@ def _sync_spatial_shape(meta_path: Path, divisor: int) -> list[str]:
             )
             formats[group][key]["spatial_shape"] = wanted
     if changes:
-        meta_path.write_text(json.dumps(meta, indent=4) + "\n")
+        meta_path.write_text(json.dumps(meta, indent=4) + "\n", encoding="utf-8")
     return changes
 
 

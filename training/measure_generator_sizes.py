@@ -121,7 +121,7 @@ def main() -> None:
             lines.append(f"| {ngf} | {num_downs} | {crop} | {s_per_iteration(ngf, num_downs, crop):.2f} |")
             print(lines[-1], flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
+    args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")
 
 

@@ -43,9 +43,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     simulator = load_simulator(args.bundle_root)
-    real = json.loads((args.data / "datalist_real_bmode.json").read_text())
+    real = json.loads((args.data / "datalist_real_bmode.json").read_text(encoding="utf-8"))
     picks = [real["test"][0], real["test"][-1], real["validation"][-1]]
-    mri = json.loads((args.data / "datalist_mri.json").read_text())["test"]
+    mri = json.loads((args.data / "datalist_mri.json").read_text(encoding="utf-8"))["test"]
     images = [_tile(_grey(args.data / item["image"])) for item in picks]
     images.append(_tile(_grey(args.data / mri[len(mri) // 2]["label"])))
     rows = []

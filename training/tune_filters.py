@@ -105,7 +105,7 @@ def load_clean(data_dir: Path | None, n_images: int, size: int) -> tuple[list[np
         datalist = data_dir / "datalist_natural.json"
         if not datalist.is_file():
             raise FileNotFoundError(f"{datalist} not found; run `usdespeckle prepare-data {data_dir}` first")
-        items = json.loads(datalist.read_text())["validation"]
+        items = json.loads(datalist.read_text(encoding="utf-8"))["validation"]
         if not items:
             raise ValueError(f"{datalist} has an empty validation split")
         by_source: dict[str, list[dict]] = {}
@@ -234,60 +234,15 @@ def tune_method(
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=None, help="prepared dataset folder (optional)")
-    parser.add_argument("--images", type=int, default=3, help="validation images per set")
-    parser.add_argument("--size", type=int, default=128, help="image side for tuning, pixels")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--methods", nargs="+", default=list(GRIDS), choices=list(GRIDS))
-    parser.add_argument("--out", type=Path, default=Path("reports/filter_tuning.md"))
-    parser.add_argument("--checkpoint", type=Path, default=None, help="JSON of finished methods (resume)")
-    args = parser.parse_args(argv)
-
-    t_start = time.perf_counter()
-    rng = np.random.default_rng(args.seed)
-    cleans, source = load_clean(args.data, args.images, args.size)
-    sets = make_sets(cleans, rng)
-    timing_image = speckle.rayleigh_speckle(_square(data.camera(), 256), np.random.default_rng(args.seed))
-    baseline = {name: score(noisy, refs) for name, (noisy, refs) in sets.items()}
-
-    done: dict[str, dict] = {}
-    if args.checkpoint is not None and args.checkpoint.is_file():
-        done = json.loads(args.checkpoint.read_text())
-
-    def save_checkpoint() -> None:
-        if args.checkpoint is not None:
-            args.checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            args.checkpoint.write_text(json.dumps(done, indent=1))
-
-    for method in args.methods:
-        entry = done.get(method, {})
-        if "best" in entry and [r["params"] for r in entry["rows"]] == grid_settings(method):
-            print(f"{method}: from checkpoint", flush=True)
-        else:
-            method_start = time.perf_counter()
-
-            def save_partial(rows: list[dict], method: str = method) -> None:
-                done[method] = {"rows": rows}
-                save_checkpoint()
-
-            rows = tune_method(
-                method, sets, lambda line: print(line, flush=True), entry.get("rows"), save_partial
-            )
-            best = max(rows, key=lambda r: _overall(r["sets"], "psnr_affine"))
-            done[method] = {"rows": rows, "best": best, "seconds": time.perf_counter() - method_start}
-        if "cpu_ms" not in done[method]:
-            repeats = 1 if method in ("bm3d", "mulog") else 3
-            done[method]["cpu_ms"] = time_ms(method, done[method]["best"]["params"], timing_image, repeats)
-        print(
-            f"{method:7s} {_fmt(done[method]['best']['params']):50s} {done[method]['cpu_ms']:.0f} CPU ms",
-            flush=True,
-        )
-        save_checkpoint()
-    done = {m: e for m, e in done.items() if "best" in e}
-    elapsed = time.perf_counter() - t_start
-
+def _report(
+    args: argparse.Namespace,
+    argv: list[str] | None,
+    source: str,
+    sets: dict,
+    baseline: dict,
+    done: dict[str, dict],
+) -> list[str]:
+    """The lines of reports/filter_tuning.md: the setup, the best settings, each set, every setting tried."""
     command = " ".join(argv if argv is not None else sys.argv[1:])
     lines = [
         "# Classical despeckler tuning",
@@ -368,8 +323,66 @@ def main(argv: list[str] | None = None) -> int:
                 + " |"
             )
         lines.append("")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=None, help="prepared dataset folder (optional)")
+    parser.add_argument("--images", type=int, default=3, help="validation images per set")
+    parser.add_argument("--size", type=int, default=128, help="image side for tuning, pixels")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--methods", nargs="+", default=list(GRIDS), choices=list(GRIDS))
+    parser.add_argument("--out", type=Path, default=Path("reports/filter_tuning.md"))
+    parser.add_argument("--checkpoint", type=Path, default=None, help="JSON of finished methods (resume)")
+    args = parser.parse_args(argv)
+
+    t_start = time.perf_counter()
+    rng = np.random.default_rng(args.seed)
+    cleans, source = load_clean(args.data, args.images, args.size)
+    sets = make_sets(cleans, rng)
+    timing_image = speckle.rayleigh_speckle(_square(data.camera(), 256), np.random.default_rng(args.seed))
+    baseline = {name: score(noisy, refs) for name, (noisy, refs) in sets.items()}
+
+    done: dict[str, dict] = {}
+    if args.checkpoint is not None and args.checkpoint.is_file():
+        done = json.loads(args.checkpoint.read_text(encoding="utf-8"))
+
+    def save_checkpoint() -> None:
+        if args.checkpoint is not None:
+            args.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            args.checkpoint.write_text(json.dumps(done, indent=1), encoding="utf-8")
+
+    for method in args.methods:
+        entry = done.get(method, {})
+        if "best" in entry and [r["params"] for r in entry["rows"]] == grid_settings(method):
+            print(f"{method}: from checkpoint", flush=True)
+        else:
+            method_start = time.perf_counter()
+
+            def save_partial(rows: list[dict], method: str = method) -> None:
+                done[method] = {"rows": rows}
+                save_checkpoint()
+
+            rows = tune_method(
+                method, sets, lambda line: print(line, flush=True), entry.get("rows"), save_partial
+            )
+            best = max(rows, key=lambda r: _overall(r["sets"], "psnr_affine"))
+            done[method] = {"rows": rows, "best": best, "seconds": time.perf_counter() - method_start}
+        if "cpu_ms" not in done[method]:
+            repeats = 1 if method in ("bm3d", "mulog") else 3
+            done[method]["cpu_ms"] = time_ms(method, done[method]["best"]["params"], timing_image, repeats)
+        print(
+            f"{method:7s} {_fmt(done[method]['best']['params']):50s} {done[method]['cpu_ms']:.0f} CPU ms",
+            flush=True,
+        )
+        save_checkpoint()
+    done = {m: e for m, e in done.items() if "best" in e}
+    elapsed = time.perf_counter() - t_start
+
+    lines = _report(args, argv, source, sets, baseline, done)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines))
+    args.out.write_text("\n".join(lines), encoding="utf-8")
     print(f"wrote {args.out} ({elapsed:.0f} s)")
     return 0
 

@@ -20,7 +20,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True, help="folder made by usdespeckle prepare-data")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    test = json.loads((args.data / "datalist_real_bmode.json").read_text())["test"]
+    test = json.loads((args.data / "datalist_real_bmode.json").read_text(encoding="utf-8"))["test"]
     picks = [test[0], test[len(test) // 2], test[-1]]
     rows = []
     for item in picks:

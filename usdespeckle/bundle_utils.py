@@ -134,13 +134,13 @@ def update_checksums(bundle_root: str | Path) -> dict[str, str | None]:
         FileNotFoundError: no ``configs/metadata.json`` under bundle_root.
     """
     meta_path = _metadata_path(bundle_root)
-    meta = json.loads(meta_path.read_text())
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
     sums: dict[str, str | None] = {}
     for rel in WEIGHT_FILES:
         path = Path(bundle_root) / rel
         sums[rel] = sha256_file(path) if path.is_file() else None
     meta[_CHECKSUM_KEY] = sums
-    meta_path.write_text(json.dumps(meta, indent=4) + "\n")
+    meta_path.write_text(json.dumps(meta, indent=4) + "\n", encoding="utf-8")
     return sums
 
 
@@ -164,7 +164,7 @@ def verify_checksums(
     """
     meta_path = _metadata_path(bundle_root)
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{meta_path} is not valid JSON: {err}; restore the bundle's metadata") from None
     if not isinstance(meta, dict):
@@ -249,7 +249,7 @@ def key_items(
 
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1; got {repeats}.")
-    entries = json.loads((Path(dataset_dir) / datalist).read_text()).get(split, [])
+    entries = json.loads((Path(dataset_dir) / datalist).read_text(encoding="utf-8")).get(split, [])
     missing = [e for e in entries if source_key not in e]
     if missing:
         raise ValueError(f"{datalist} {split}: {len(missing)} entries have no {source_key!r} key.")

@@ -202,6 +202,33 @@ def _prox_fisher_tippett(
     return x
 
 
+def _mulog_parameters(
+    looks: float | None,
+    n_iter: int,
+    strength: float,
+    dynamic_range_db: float,
+    domain: str,
+    noise: str,
+    profile: str,
+) -> tuple[float | None, float, float]:
+    """Check :func:`despeckle_mulog`'s settings; returns ``(looks, strength, dynamic_range_db)`` as floats."""
+    if looks is not None:
+        looks = _positive(looks, "looks", "mulog")
+    if int(n_iter) != n_iter or n_iter < 1:
+        raise ValueError(f"despeckle_mulog: n_iter must be an integer >= 1, got {n_iter}")
+    strength = _positive(strength, "strength", "mulog")
+    dynamic_range_db = _positive(dynamic_range_db, "dynamic_range_db", "mulog")
+    if domain not in ("auto", "amplitude", "log"):
+        raise ValueError(f"despeckle_mulog: domain must be 'auto', 'amplitude' or 'log', got {domain!r}")
+    if noise not in ("white", "psd"):
+        raise ValueError(f"despeckle_mulog: noise must be 'white' or 'psd', got {noise!r}")
+    if profile not in _PROFILES:
+        raise ValueError(
+            f"despeckle_mulog: profile must be 'np', 'refilter', 'vn', 'high' or 'lc', got {profile!r}"
+        )
+    return looks, strength, dynamic_range_db
+
+
 def despeckle_mulog(
     image: np.ndarray,
     looks: float | None = None,
@@ -277,20 +304,9 @@ def despeckle_mulog(
         DOI:10.1109/TIP.2017.2713946. Chan, S. H., Wang, X., Elgendy, O. A. (2017). Plug-and-play
         ADMM for image restoration. IEEE TCI 3(1):84-98. DOI:10.1109/TCI.2016.2629286
     """
-    if looks is not None:
-        looks = _positive(looks, "looks", "mulog")
-    if int(n_iter) != n_iter or n_iter < 1:
-        raise ValueError(f"despeckle_mulog: n_iter must be an integer >= 1, got {n_iter}")
-    strength = _positive(strength, "strength", "mulog")
-    dynamic_range_db = _positive(dynamic_range_db, "dynamic_range_db", "mulog")
-    if domain not in ("auto", "amplitude", "log"):
-        raise ValueError(f"despeckle_mulog: domain must be 'auto', 'amplitude' or 'log', got {domain!r}")
-    if noise not in ("white", "psd"):
-        raise ValueError(f"despeckle_mulog: noise must be 'white' or 'psd', got {noise!r}")
-    if profile not in _PROFILES:
-        raise ValueError(
-            f"despeckle_mulog: profile must be 'np', 'refilter', 'vn', 'high' or 'lc', got {profile!r}"
-        )
+    looks, strength, dynamic_range_db = _mulog_parameters(
+        looks, n_iter, strength, dynamic_range_db, domain, noise, profile
+    )
     _import_bm3d()
     db_to_nepers = dynamic_range_db * np.log(10.0) / 10.0  # log I per unit of the [0, 1] display
 

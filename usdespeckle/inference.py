@@ -139,6 +139,52 @@ def resolve_backend(requested: str, bundle_root: str | os.PathLike | None = None
     return "torch"
 
 
+def _open_onnx(path: Path, device: str) -> Any:
+    """An ONNX Runtime session of ``path`` on ``device``; one-line errors for a missing runtime or GPU."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ValueError(
+            "backend 'onnx' needs the onnxruntime package: pip install onnxruntime "
+            "(or choose backend 'torch')"
+        ) from None
+
+    providers = ["CPUExecutionProvider"]
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise ValueError(
+                "device 'cuda' asked for but ONNX Runtime has no CUDA provider; use --device cpu"
+            )
+        providers.insert(0, "CUDAExecutionProvider")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = onnx_threads()
+    return ort.InferenceSession(str(path), options, providers=providers)
+
+
+def _open_torchscript(path: Path, device: str) -> Any:
+    """The TorchScript module ``path`` on ``device`` in eval mode; refuses an export that mirrors itself."""
+    try:
+        import torch
+    except ImportError:
+        raise ValueError(
+            "backend 'torch' needs PyTorch (in 3D Slicer: the PyTorch extension); "
+            "or choose backend 'onnx', which needs only onnxruntime"
+        ) from None
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for but torch sees no CUDA GPU; use --device cpu")
+    with warnings.catch_warnings():  # TorchScript is what MONAI's ckpt_export writes
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model = torch.jit.load(str(path), map_location=device).eval()
+    built_in = len(getattr(model, "mirrorings", ()))
+    if built_in > 1:  # an export before 1.0.0 (a SelfEnsemble of more than one pass)
+        raise ValueError(
+            f"{path} averages {built_in} mirrorings itself; re-export it as one pass with "
+            "training/export_bundle.py (train.json export_mirrorings 1): passes= mirrors it here"
+        )
+    return model
+
+
 def load_denoiser(
     bundle_root: str | os.PathLike | None = None,
     backend: str = "torch",
@@ -191,7 +237,7 @@ def load_denoiser(
         if key in _CACHE:
             return _CACHE[key]
         try:
-            metadata = json.loads(meta_path.read_text())
+            metadata = json.loads(meta_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
             raise ValueError(f"{meta_path} is not valid JSON: {err}") from None
         if verify_checksums(root, files=(rel,))[rel] != "ok":  # ValueError on a mismatch
@@ -200,45 +246,7 @@ def load_denoiser(
                 "weights can be checked"
             )
         divisor = _divisor(metadata, meta_path)
-        if backend == "onnx":
-            try:
-                import onnxruntime as ort
-            except ImportError:
-                raise ValueError(
-                    "backend 'onnx' needs the onnxruntime package: pip install onnxruntime "
-                    "(or choose backend 'torch')"
-                ) from None
-
-            providers = ["CPUExecutionProvider"]
-            if device == "cuda":
-                if "CUDAExecutionProvider" not in ort.get_available_providers():
-                    raise ValueError(
-                        "device 'cuda' asked for but ONNX Runtime has no CUDA provider; use --device cpu"
-                    )
-                providers.insert(0, "CUDAExecutionProvider")
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = onnx_threads()
-            model: Any = ort.InferenceSession(str(path), options, providers=providers)
-        else:
-            try:
-                import torch
-            except ImportError:
-                raise ValueError(
-                    "backend 'torch' needs PyTorch (in 3D Slicer: the PyTorch extension); "
-                    "or choose backend 'onnx', which needs only onnxruntime"
-                ) from None
-
-            if device == "cuda" and not torch.cuda.is_available():
-                raise ValueError("device 'cuda' asked for but torch sees no CUDA GPU; use --device cpu")
-            with warnings.catch_warnings():  # TorchScript is what MONAI's ckpt_export writes
-                warnings.simplefilter("ignore", DeprecationWarning)
-                model = torch.jit.load(str(path), map_location=device).eval()
-            built_in = len(getattr(model, "mirrorings", ()))
-            if built_in > 1:  # an export before 1.0.0 (a SelfEnsemble of more than one pass)
-                raise ValueError(
-                    f"{path} averages {built_in} mirrorings itself; re-export it as one pass with "
-                    "training/export_bundle.py (train.json export_mirrorings 1): passes= mirrors it here"
-                )
+        model = _open_onnx(path, device) if backend == "onnx" else _open_torchscript(path, device)
         denoiser = Denoiser(
             path=path, backend=backend, device=device, divisor=divisor, model=model, passes=passes
         )

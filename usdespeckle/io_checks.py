@@ -212,6 +212,18 @@ def _existing(path: Path) -> Path | None:
     return None
 
 
+def _refuse_overwriting_the_input(path: Path, outputs: list[Path], source: str | os.PathLike) -> None:
+    """Raise ValueError when one of the files ``outputs`` (written for ``path``) is a file of ``source``."""
+    inputs = image_files(source)
+    for out in outputs:
+        for inp in inputs:
+            if _same_file(out, inp):
+                what = "is the input file" if out == path and inp == inputs[0] else f"would overwrite {inp}"
+                raise ValueError(
+                    f"output {path} {what}, part of the input {source}; choose another output path"
+                )
+
+
 def check_output_path(
     path: str | os.PathLike,
     *,
@@ -252,16 +264,7 @@ def check_output_path(
         )
     outputs = image_files(path)
     if source is not None:
-        inputs = image_files(source)
-        for out in outputs:
-            for inp in inputs:
-                if _same_file(out, inp):
-                    what = (
-                        "is the input file" if out == path and inp == inputs[0] else f"would overwrite {inp}"
-                    )
-                    raise ValueError(
-                        f"output {path} {what}, part of the input {source}; choose another output path"
-                    )
+        _refuse_overwriting_the_input(path, outputs, source)
     if suffix in _LOWER_CASE_ONLY and not path.name.endswith(suffix):
         raise ValueError(
             f"output {path}: write the extension in lower case ({suffix}); ITK's MetaImage and NIfTI "

@@ -77,7 +77,7 @@ def make_mri_pairs(
     for source_name, pair_name in PAIR_LISTS.items():
         path = data_dir / source_name
         if path.is_file():
-            datalist = json.loads(path.read_text())
+            datalist = json.loads(path.read_text(encoding="utf-8"))
             for split, items in datalist.items():
                 if isinstance(items, list):
                     jobs.append((pair_name, split, items))
@@ -99,6 +99,6 @@ def make_mri_pairs(
                 progress(done, total)
     for pair_name, datalist in pairs.items():
         path = data_dir / pair_name
-        path.write_text(json.dumps(datalist, indent=1))
+        path.write_text(json.dumps(datalist, indent=1), encoding="utf-8")
         written.append(path)
     return written

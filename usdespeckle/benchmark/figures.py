@@ -12,6 +12,27 @@ from usdespeckle.atomic import atomic_write
 __all__ = ["compose_grid", "compose_panels", "display", "save_png"]
 
 
+def _grid_shape(
+    rows: Sequence[Sequence[np.ndarray]], column_labels: Sequence[str], row_labels: Sequence[str] | None
+) -> tuple[int, ...]:
+    """The one tile shape of :func:`compose_grid`'s rows; ValueError for an empty or ragged grid."""
+    if not rows or not rows[0]:
+        raise ValueError("compose_grid needs at least one row with one image.")
+    ncols = len(rows[0])
+    if any(len(r) != ncols for r in rows):
+        raise ValueError(f"every row needs {ncols} images; got row lengths {[len(r) for r in rows]}.")
+    if len(column_labels) != ncols:
+        raise ValueError(f"{ncols} columns but {len(column_labels)} column labels: {list(column_labels)}.")
+    if row_labels is not None and len(row_labels) != len(rows):
+        raise ValueError(f"{len(rows)} rows but {len(row_labels)} row labels.")
+    shape = np.asarray(rows[0][0]).shape
+    for r in rows:
+        for img in r:
+            if np.asarray(img).shape != shape:
+                raise ValueError(f"all tiles must share one shape; got {np.asarray(img).shape} and {shape}.")
+    return shape
+
+
 def compose_grid(
     rows: Sequence[Sequence[np.ndarray]],
     column_labels: Sequence[str],
@@ -40,20 +61,8 @@ def compose_grid(
     """
     from PIL import Image, ImageDraw
 
-    if not rows or not rows[0]:
-        raise ValueError("compose_grid needs at least one row with one image.")
+    shape = _grid_shape(rows, column_labels, row_labels)
     ncols = len(rows[0])
-    if any(len(r) != ncols for r in rows):
-        raise ValueError(f"every row needs {ncols} images; got row lengths {[len(r) for r in rows]}.")
-    if len(column_labels) != ncols:
-        raise ValueError(f"{ncols} columns but {len(column_labels)} column labels: {list(column_labels)}.")
-    if row_labels is not None and len(row_labels) != len(rows):
-        raise ValueError(f"{len(rows)} rows but {len(row_labels)} row labels.")
-    shape = np.asarray(rows[0][0]).shape
-    for r in rows:
-        for img in r:
-            if np.asarray(img).shape != shape:
-                raise ValueError(f"all tiles must share one shape; got {np.asarray(img).shape} and {shape}.")
     h, w = shape
     font = _font(max(6, label_height - 8))
     if row_labels is not None and row_label_width == 0:  # as wide as the longest row label

@@ -184,6 +184,50 @@ def _missing_package(method: str, err: ImportError) -> str:
     return f"--method {method} needs the Python package {pip}, which is not installed: pip install {pip}"
 
 
+def _checked_input(args: argparse.Namespace):
+    """Read INPUT and check, before any computation, everything about the run that can be checked.
+
+    That is: the output's format, folder and collisions (with the input and existing files), the
+    format against the image's dimension, the uncertainty output, the axis, and the denoiser's
+    weights (missing, bad checksum, or a file its runtime cannot load).
+
+    Returns:
+        The input as a SimpleITK image.
+
+    Raises:
+        ValueError, OSError: as the library's checks; a RuntimeError of the runtime becomes a
+            ValueError saying the model file is corrupt.
+    """
+    from usdespeckle.inference import load_denoiser
+    from usdespeckle.io import check_output_path, read_image
+
+    check_output_path(args.output, force=args.force, source=args.input)
+    image = read_image(args.input, max_voxels=_max_voxels(args))
+    check_output_path(args.output, force=args.force, source=args.input, dimension=image.GetDimension())
+    if args.uncertainty:
+        if args.method != "denoiser":
+            raise ValueError(
+                f"--uncertainty needs the denoiser; --method {args.method} has no mirrored passes"
+            )
+        check_output_path(
+            args.uncertainty, force=args.force, source=args.input, dimension=image.GetDimension()
+        )
+        if os.path.abspath(args.uncertainty) == os.path.abspath(args.output):
+            raise ValueError("--uncertainty must name another file than OUTPUT")
+    if image.GetDimension() == 2 and args.axis != 0:
+        raise ValueError(f"--axis {args.axis} needs a volume; {args.input} is a 2D image")
+    if args.method == "denoiser":  # fail on missing or bad weights before any work
+        try:
+            load_denoiser(backend=args.backend, device=args.device, passes=args.passes)
+        except RuntimeError as err:  # TorchScript or ONNX Runtime cannot load the file
+            detail = (str(err).strip().splitlines() or [""])[0][:200]
+            raise ValueError(
+                f"the denoiser model file cannot be loaded ({detail}); it is corrupt: restore the "
+                "bundle's models/ folder"
+            ) from None
+    return image
+
+
 def main(args: argparse.Namespace) -> int:
     """Read INPUT, despeckle it, write OUTPUT atomically; returns 0 on success.
 
@@ -192,35 +236,12 @@ def main(args: argparse.Namespace) -> int:
     """
     if args.server:
         return _main_via_server(args)
-    from usdespeckle.inference import despeckle_image, load_denoiser, resolve_backend
-    from usdespeckle.io import check_output_path, read_image, write_image
+    from usdespeckle.inference import despeckle_image, resolve_backend
+    from usdespeckle.io import write_image
 
     try:
         args.backend = resolve_backend(args.backend)
-        check_output_path(args.output, force=args.force, source=args.input)
-        image = read_image(args.input, max_voxels=_max_voxels(args))
-        check_output_path(args.output, force=args.force, source=args.input, dimension=image.GetDimension())
-        if args.uncertainty:
-            if args.method != "denoiser":
-                raise ValueError(
-                    f"--uncertainty needs the denoiser; --method {args.method} has no mirrored passes"
-                )
-            check_output_path(
-                args.uncertainty, force=args.force, source=args.input, dimension=image.GetDimension()
-            )
-            if os.path.abspath(args.uncertainty) == os.path.abspath(args.output):
-                raise ValueError("--uncertainty must name another file than OUTPUT")
-        if image.GetDimension() == 2 and args.axis != 0:
-            raise ValueError(f"--axis {args.axis} needs a volume; {args.input} is a 2D image")
-        if args.method == "denoiser":  # fail on missing or bad weights before any work
-            try:
-                load_denoiser(backend=args.backend, device=args.device, passes=args.passes)
-            except RuntimeError as err:  # TorchScript or ONNX Runtime cannot load the file
-                detail = (str(err).strip().splitlines() or [""])[0][:200]
-                raise ValueError(
-                    f"the denoiser model file cannot be loaded ({detail}); it is corrupt: restore the "
-                    "bundle's models/ folder"
-                ) from None
+        image = _checked_input(args)
         slices = 1 if image.GetDimension() == 2 else image.GetSize()[::-1][args.axis]
         callback, close = _progress_callback(args.progress, slices)
         try:
