@@ -18,7 +18,8 @@
 # (a stamp file holds their hash) or it is missing. The first build downloads about 1.5 GB and
 # takes a few minutes (the MONAI Label environment 3-4 more); later calls take seconds.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+SCRIPT="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
+cd "$(dirname "$SCRIPT")/.."
 ROOT="$(pwd)"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"  # the project's interpreter: the tests' Python version
 export PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -28,7 +29,7 @@ SLICER_VENV="$ROOT/.venv-slicer"
 RUNTIME_VENV="$SLICER_VENV/runtime-venv"
 WHEELHOUSE="$ROOT/.wheelhouse"
 SLICER_510_NUMPY="2.0.2"  # what Slicer 5.10 ships with its Python 3.12.10
-STAMP_TEXT="$(cat "$0" constraints.txt | sha256sum | cut -c1-16)"
+STAMP_TEXT="$(cat "$SCRIPT" constraints.txt | sha256sum | cut -c1-16)"
 
 up_to_date() {  # up_to_date DIR: built from this script and constraints.txt as they are now
     [[ "$FORCE" != "--force" && -f "$1/.usdespeckle-stamp" && "$(cat "$1/.usdespeckle-stamp")" == "$STAMP_TEXT" ]]
@@ -96,7 +97,7 @@ else
     rm -rf "$WHEELHOUSE"
     # the project's core dependencies and its torch extra, resolved as `pip install usdespeckle[torch]`
     # would; the project's own wheel is what the test builds
-    "$PYTHON" -m pip download -q --no-build-isolation -c constraints.txt -d "$WHEELHOUSE" "$ROOT[torch]"
+    "$PYTHON" -m pip download -q -c constraints.txt -d "$WHEELHOUSE" "$ROOT[torch]"
     rm -f "$WHEELHOUSE"/usdespeckle-*
     stamp "$WHEELHOUSE"
     echo "make_environments: filled $WHEELHOUSE in $(($(date +%s) - start)) s ($(du -sh "$WHEELHOUSE" | cut -f1))"
