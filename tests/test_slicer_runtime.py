@@ -113,7 +113,7 @@ def test_runtime_lists_every_library_module_it_imports(runtime):
     )
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # a few seconds, but in the runtime venv: `-m "not slow"` runs without it
 def test_installed_copy_despeckles_without_torch(runtime, runtime_python, tmp_path):
     installed = subprocess.run(
         [str(runtime_python), "-m", "pip", "list", "--format=freeze"],
@@ -178,7 +178,7 @@ def test_installed_copy_despeckles_without_torch(runtime, runtime_python, tmp_pa
     assert np.abs(despeckled - original).mean() > 0.01 * float(np.ptp(original))
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # a few seconds, but in the runtime venv: `-m "not slow"` runs without it
 def test_installed_copy_refuses_changed_weights(runtime_python, tmp_path):
     copy = _build_runtime(tmp_path / "module" / RUNTIME_SUBDIR)
     model = copy / "monai_bundle" / "models" / "model.onnx"
