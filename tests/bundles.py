@@ -137,11 +137,11 @@ def make_bundle(
         for rel, module in files.items():
             torch.jit.script(module.eval()).save(str(root / rel))
     if onnx:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 model,
-                (torch.rand(2, 1, divisor, divisor),),
+                (torch.rand(1, 1, 2 * divisor, 2 * divisor),),
                 str(root / "models" / "model.onnx"),
                 input_names=["image"],
                 output_names=["pred"],
