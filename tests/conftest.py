@@ -12,9 +12,9 @@ import torch  # noqa: E402
 
 torch.set_num_threads(2)
 
-# These folders run in their own environments (slicer-core; the MONAI Label server), started by
-# tests/test_slicer_module.py and tests/test_monailabel.py; the main interpreter does not collect them.
-collect_ignore = ["slicer", "monailabel"]
+# tests/slicer runs in its own environment (slicer-core), started by tests/test_slicer_module.py;
+# the main interpreter does not collect it.
+collect_ignore = ["slicer"]
 
 
 @pytest.fixture

@@ -364,7 +364,6 @@ def test_demo_real_writes_input_classical_and_method(real_data, tmp_path, capsys
 
 @pytest.mark.slow
 def test_demo_real_reads_the_held_out_cine_from_pydicom_data():
-    pytest.importorskip("data_store")
     from usdespeckle.commands.demo import held_out_cine_frames
     from usdespeckle.real_bmode import CINE_BLOCKS
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from usdespeckle import __version__
 from usdespeckle.cli import build_parser, main
 from usdespeckle.commands import COMMANDS
 
@@ -19,7 +20,7 @@ def test_no_command_prints_help_and_fails(capsys):
 def test_version_runs_as_module():
     out = subprocess.run([sys.executable, "-m", "usdespeckle", "--version"], capture_output=True, text=True)
     assert out.returncode == 0
-    assert out.stdout.startswith("usdespeckle ")
+    assert out.stdout.split() == ["usdespeckle", __version__]
 
 
 def test_run_as_the_cli_module_prints_an_error_as_one_line(tmp_path):

@@ -218,7 +218,6 @@ def test_random_shapes_map_range_and_determinism():
 
 
 def test_cli_with_the_physics_simulator(tmp_path, capsys):
-    pytest.importorskip("usdespeckle.simulate", reason="the simulate module is not merged yet")
     out = tmp_path / "cli"
     argv = ["prepare-data", str(out), "--size", "64", "--seed", "1", "--mri-step", "30", "--mri-views", "1"]
     argv += ["--no-real-bmode"]

@@ -2,70 +2,22 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from bundles import DIVISOR, make_bundle
 
 from usdespeckle import inference
 from usdespeckle.denoiser import mirror, unmirror
 from usdespeckle.inference import DespeckleCancelled, despeckle_array, despeckle_image, load_denoiser
 from usdespeckle.options import MIRRORINGS
 
-DIVISOR = 16
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
-
-
-class SquareDenoiser(torch.nn.Module):
-    """A stand-in denoiser with a known answer (x**2) that insists on the bundle's divisor."""
-
-    def __init__(self, divisor: int = DIVISOR) -> None:
-        super().__init__()
-        self.divisor = divisor
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[2] % self.divisor != 0 or x.shape[3] % self.divisor != 0:
-            raise RuntimeError("input size is not a multiple of the divisor")
-        return torch.clamp(x * x, 0.0, 1.0)
-
-
-def make_bundle(root: Path, *, onnx: bool = False, divisor: int = DIVISOR) -> Path:
-    """Write a tiny bundle (TorchScript, optionally ONNX, and metadata.json with sha256) in ``root``."""
-    (root / "models").mkdir(parents=True, exist_ok=True)
-    (root / "configs").mkdir(exist_ok=True)
-    module = SquareDenoiser(divisor)
-    torch.jit.script(module).save(str(root / "models" / "model.ts"))
-    files = ["models/model.ts"]
-    if onnx:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                module,
-                (torch.rand(2, 1, divisor, divisor),),
-                str(root / "models" / "model.onnx"),
-                input_names=["image"],
-                output_names=["pred"],
-                dynamic_axes={"image": {0: "batch", 2: "h", 3: "w"}, "pred": {0: "batch", 2: "h", 3: "w"}},
-                dynamo=False,
-            )
-        files.append("models/model.onnx")
-    write_metadata(root, files, divisor)
-    return root
-
-
-def write_metadata(root: Path, files: list[str], divisor: int = DIVISOR) -> None:
-    """``configs/metadata.json`` with the divisor and the sha256 of ``files`` (relative to root)."""
-    metadata = {
-        "network_data_format": {"inputs": {"image": {"spatial_shape": [f"{divisor}*n", f"{divisor}*n"]}}},
-        "weights_sha256": {f: hashlib.sha256((root / f).read_bytes()).hexdigest() for f in files},
-    }
-    (root / "configs" / "metadata.json").write_text(json.dumps(metadata))
 
 
 def expected_square(array: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -114,14 +66,7 @@ def test_axis_matters_for_a_spatial_filter(tmp_path, rng):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
 
-    root = tmp_path / "smooth"
-    make_bundle(root)
-    torch.jit.script(Smooth()).save(str(root / "models" / "model.ts"))
-    meta = json.loads((root / "configs" / "metadata.json").read_text())
-    meta["weights_sha256"]["models/model.ts"] = hashlib.sha256(
-        (root / "models/model.ts").read_bytes()
-    ).hexdigest()
-    (root / "configs" / "metadata.json").write_text(json.dumps(meta))
+    root = make_bundle(tmp_path / "smooth", model=Smooth())
     volume = rng.uniform(0, 1, size=(10, 12, 14)).astype(np.float32)
     a0 = despeckle_array(volume, bundle_root=root, axis=0)
     a2 = despeckle_array(volume, bundle_root=root, axis=2)
@@ -246,27 +191,7 @@ def make_generator_bundle(
 
     torch.manual_seed(0)
     generator = Pix2PixUNetGenerator(ngf=4, num_downs=4, norm="INSTANCE").eval()
-    exported = SelfEnsemble(generator, mirrorings).eval()
-    (root / "models").mkdir(parents=True)
-    (root / "configs").mkdir()
-    torch.jit.script(exported).save(str(root / "models" / "model.ts"))
-    files = ["models/model.ts"]
-    if onnx:
-        axes = {0: "batch", 2: "h", 3: "w"}
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                exported,
-                (torch.rand(1, 1, 32, 32),),
-                str(root / "models" / "model.onnx"),
-                input_names=["image"],
-                output_names=["pred"],
-                dynamic_axes={"image": axes, "pred": axes},
-                dynamo=False,
-            )
-        files.append("models/model.onnx")
-    write_metadata(root, files)
-    return root, generator
+    return make_bundle(root, model=SelfEnsemble(generator, mirrorings), onnx=onnx), generator
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
@@ -333,11 +258,7 @@ def test_uncertainty_is_zero_for_a_mirror_symmetric_model(bundle, rng, backend):
 
 
 def test_uncertainty_shows_where_mirrored_passes_disagree(tmp_path, rng):
-    root = tmp_path / "shift"
-    (root / "models").mkdir(parents=True)
-    (root / "configs").mkdir()
-    torch.jit.script(ShiftDenoiser()).save(str(root / "models" / "model.ts"))
-    write_metadata(root, ["models/model.ts"])
+    root = make_bundle(tmp_path / "shift", model=ShiftDenoiser())
     image = np.zeros((32, 32))
     image[:, 16:] = 100.0  # an edge along the rows: the shift moves it only in transposed passes
     image[10:20, :] = 50.0

@@ -1,21 +1,20 @@
 """The MONAI Label app, end to end: a real server on 127.0.0.1 in its own environment.
 
-The server runs from ``.venv-monailabel`` (built by ``training/setup_monailabel_env.sh``), with a
-tiny TorchScript denoiser and simulator built in a temporary folder (``tests/monailabel``). Results
-are compared with local inference in this interpreter on the same models. Only loopback traffic;
-every request loop is bounded; the server's process group is killed at the end.
+The server runs from ``.venv-monailabel`` (built by ``training/setup_monailabel_env.sh``, which
+``tests/make_environments.sh`` runs before the tests), with a tiny TorchScript denoiser and
+simulator built in a temporary folder (``tests/bundles.py``). Results are compared with local
+inference in this interpreter on the same models. Only loopback traffic; every request loop is
+bounded; the server's process group is killed at the end.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import importlib.util
 import json
 import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -25,34 +24,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from bundles import make_server_bundle
+
+from usdespeckle import client  # the same client the CLI and Slicer use
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(os.environ.get("MONAILABEL_VENV", ROOT / ".venv-monailabel"))
-SETUP = ROOT / "training" / "setup_monailabel_env.sh"
 START_TIMEOUT_S = int(os.environ.get("MONAILABEL_START_TIMEOUT_S", "180"))  # a loaded machine needs more
 REQUEST_TIMEOUT_S = 120
 MAX_UPLOAD_MB = 1  # the test server's limits (--conf max_upload_mb, max_voxels)
 MAX_VOXELS = 1_000_000
-# pip's words when a registry cannot be reached (the only reason to skip rather than fail)
-_OFFLINE = (
-    "NewConnectionError",
-    "Temporary failure in name resolution",
-    "Network is unreachable",
-    "Max retries",
-)
-
-
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-from usdespeckle import client  # noqa: E402  (the same client the CLI and Slicer use)
-
-tiny_bundle = _load("usdespeckle_tiny_bundle", ROOT / "tests" / "monailabel" / "tiny_bundle.py")
 
 
 def _free_port() -> int:
@@ -90,16 +71,12 @@ def _assert_same_geometry(a: sitk.Image, b: sitk.Image) -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """Build the environment if needed, start the server, yield its URL and folders, kill it."""
-    setup = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=45 * 60)
-    if setup.returncode != 0:
-        output = setup.stdout + setup.stderr
-        if any(word in output for word in _OFFLINE):
-            pytest.skip(f"package registry unreachable, cannot build {VENV}: {output.strip()[-300:]}")
-        pytest.fail(f"setup_monailabel_env.sh failed ({setup.returncode}):\n{output[-3000:]}")
+    """Start the server in its environment, yield its URL and folders, kill it."""
+    if not (VENV / "bin" / "python").exists():
+        pytest.fail(f"{VENV} is missing: build it with `bash tests/make_environments.sh`")
 
     work = tmp_path_factory.mktemp("monailabel")
-    bundle = tiny_bundle.make_tiny_bundle(work / "bundle")
+    bundle = make_server_bundle(work / "bundle")
     studies = work / "studies"
     studies.mkdir()
     stored = _volume(np.random.default_rng(7))
@@ -518,8 +495,6 @@ def test_simulate_loads_the_shipped_simulator_through_the_library_with_its_check
     import shutil
 
     shipped = ROOT / "monai_bundle"
-    if not (shipped / "models" / "simulator.pt").is_file():
-        pytest.skip("no shipped simulator.pt in monai_bundle/models")
     copy = tmp_path / "bundle"
     shutil.copytree(shipped / "configs", copy / "configs")
     (copy / "models").mkdir()

@@ -17,7 +17,6 @@ from usdespeckle.real_bmode import (
     frame_split,
 )
 
-pytest.importorskip("data_store", reason="the real scans come from the pydicom-data package")
 pytestmark = pytest.mark.slow  # decoding the 120-frame cine takes 10-30 s
 
 # Pixel-by-pixel correlation above which two frames count as near-duplicates: neighbouring cine

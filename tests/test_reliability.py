@@ -23,9 +23,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
+from bundles import make_broken_bundle, make_bundle
 from PIL import Image
-from test_inference import make_bundle, write_metadata
 
 from usdespeckle import inference
 from usdespeckle.cli import main
@@ -237,53 +236,6 @@ def test_output_into_the_input_data_file_name_is_refused(tmp_path, bundle, capsy
     assert _snapshot(tmp_path) == before
 
 
-def _model_bundle(root: Path, module: torch.nn.Module) -> Path:
-    (root / "models").mkdir(parents=True)
-    (root / "configs").mkdir()
-    torch.jit.script(module).save(str(root / "models" / "model.ts"))
-    write_metadata(root, ["models/model.ts"])
-    return root
-
-
-class NaNModel(torch.nn.Module):
-    """A denoiser with NaN weights: every output is NaN."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.tensor(float("nan")))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.weight
-
-
-def _bundle_case(tmp_path: Path, kind: str) -> Path:
-    root = tmp_path / f"bundle_{kind}"
-    if kind == "nan_weights":
-        return _model_bundle(root, NaNModel())
-    root = make_bundle(root)
-    meta_path = root / "configs" / "metadata.json"
-    meta = json.loads(meta_path.read_text())
-    if kind == "corrupt_model_checksum_updated":
-        (root / "models" / "model.ts").write_bytes(b"PK\x03\x04 not a TorchScript archive" * 20)
-        write_metadata(root, ["models/model.ts"])
-        return root
-    if kind == "weights_sha256_list":
-        meta["weights_sha256"] = ["models/model.ts"]
-    elif kind == "weights_sha256_string":
-        meta["weights_sha256"] = "abc"
-    elif kind == "spatial_shape_number":
-        meta["network_data_format"]["inputs"]["image"]["spatial_shape"] = 16
-    elif kind == "spatial_shape_zero":
-        meta["network_data_format"]["inputs"]["image"]["spatial_shape"] = ["0*n", "0*n"]
-    elif kind == "metadata_list":
-        meta = [meta]
-    elif kind == "metadata_not_json":
-        meta_path.write_text("{not json")
-        return root
-    meta_path.write_text(json.dumps(meta))
-    return root
-
-
 BAD_BUNDLES = [
     ("nan_weights", "NaN"),
     ("corrupt_model_checksum_updated", "model"),
@@ -298,7 +250,7 @@ BAD_BUNDLES = [
 
 @pytest.mark.parametrize(("kind", "words"), BAD_BUNDLES, ids=[case[0] for case in BAD_BUNDLES])
 def test_bad_bundle_is_a_one_line_error_and_writes_nothing(tmp_path, capsys, monkeypatch, kind, words):
-    monkeypatch.setenv("USDESPECKLE_BUNDLE", str(_bundle_case(tmp_path, kind)))
+    monkeypatch.setenv("USDESPECKLE_BUNDLE", str(make_broken_bundle(tmp_path / f"bundle_{kind}", kind)))
     data = tmp_path / "data"
     data.mkdir()
     _nifti(data / "in.nii.gz", _speckle((3, 32, 32)))

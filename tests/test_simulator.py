@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from bundles import DIVISOR, make_server_bundle
 
 from usdespeckle.errors import DespeckleCancelled
 from usdespeckle.lowlevel import low_level_map
@@ -19,22 +18,10 @@ from usdespeckle.simulator import load_simulator, simulate_array, simulate_bmode
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
-def _tiny_bundle_module():
-    path = Path(__file__).resolve().parent / "monailabel" / "tiny_bundle.py"
-    spec = importlib.util.spec_from_file_location("usdespeckle_tiny_bundle", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-tiny_bundle = _tiny_bundle_module()
-
-
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
     """A bundle with a TorchScript simulator (divisor 16) and its sha256 in metadata.json."""
-    return tiny_bundle.make_tiny_bundle(tmp_path_factory.mktemp("bundle"))
+    return make_server_bundle(tmp_path_factory.mktemp("bundle"))
 
 
 def _mri(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -83,7 +70,7 @@ def test_progress_and_cancel(bundle, rng):
 def test_a_loaded_simulator_is_cached_and_can_be_passed_in(bundle, rng):
     simulator = load_simulator(bundle)
     assert load_simulator(bundle) is simulator and not simulator.training
-    assert simulator_divisor(simulator) == tiny_bundle.DIVISOR
+    assert simulator_divisor(simulator) == DIVISOR
     mri = _mri(rng, (2, 16, 32))
     np.testing.assert_array_equal(
         simulate_array(mri, simulator=simulator), simulate_array(mri, bundle_root=bundle)
@@ -97,7 +84,7 @@ def test_bad_input_and_bad_bundles_are_clear_errors(bundle, tmp_path, rng):
         simulate_array(_mri(rng, (3, 32, 32)), axis=1, bundle_root=bundle)
     with pytest.raises(FileNotFoundError, match="no simulator weights"):
         simulate_array(_mri(rng, (16, 16)), bundle_root=tmp_path / "empty")
-    changed = tiny_bundle.make_tiny_bundle(tmp_path / "changed")
+    changed = make_server_bundle(tmp_path / "changed")
     meta_path = changed / "configs" / "metadata.json"
     meta = json.loads(meta_path.read_text())
     meta["weights_sha256"]["models/simulator.ts"] = "0" * 64

@@ -3,16 +3,16 @@
 ``SlicerDespeckle/CMake/DespeckleRuntime.cmake`` lists what the module carries (the ``usdespeckle``
 code that ``usdespeckle run`` imports, and the denoiser's ONNX and TorchScript exports with the
 bundle metadata); the extension's CMakeLists.txt copies exactly those lists. Here the same script
-copies them (``cmake -P``) into a module-like folder, and a fresh virtual environment holding only
+copies them (``cmake -P``) into a module-like folder, and a virtual environment holding only
 numpy, SimpleITK and onnxruntime (Python 3.12 and numpy 2.0.2, as Slicer 5.10, when a Python 3.12
-is found) despeckles a volume from another working directory with the shipped denoiser: the weights
-are found beside the code and their sha256 is checked against the bundle metadata.
+is found; built by ``tests/make_environments.sh``) despeckles a volume from another working
+directory with the shipped denoiser: the weights are found beside the code and their sha256 is
+checked against the bundle metadata.
 """
 
 from __future__ import annotations
 
 import ast
-import glob
 import os
 import shutil
 import subprocess
@@ -26,29 +26,9 @@ import SimpleITK as sitk
 REPO = Path(__file__).resolve().parents[1]
 RUNTIME_SCRIPT = REPO / "SlicerDespeckle" / "CMake" / "DespeckleRuntime.cmake"
 RUNTIME_SUBDIR = Path("SlicerDespeckleLib") / "runtime"
-# inside .venv-slicer (ignored by git, rebuilt by tests/test_slicer_module.py when needed)
+# inside .venv-slicer (ignored by git), built by tests/make_environments.sh
 RUNTIME_VENV = REPO / ".venv-slicer" / "runtime-venv"
-SLICER_510_NUMPY = "2.0.2"  # what Slicer 5.10 ships with its Python 3.12.10
 FORBIDDEN = ("torch", "monai", "itk", "scipy", "skimage", "nilearn", "dipy", "pymust", "onnx", "tqdm")
-
-
-def _python_like_slicer() -> tuple[str, bool]:
-    """An interpreter for the fresh environment: ``$SLICERDESPECKLE_RUNTIME_PYTHON``, else a Python
-    3.12 (on PATH or pyenv's), else this one. Returns (path, is 3.12)."""
-    named = os.environ.get("SLICERDESPECKLE_RUNTIME_PYTHON")
-    candidates = [named] if named else []
-    candidates += [shutil.which("python3.12") or ""]
-    candidates += sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.12*/bin/python3.12")))
-    for candidate in candidates:
-        if candidate and Path(candidate).exists():
-            probe = subprocess.run(  # a pyenv shim exists but may refuse to run
-                [candidate, "-c", "import sys, venv; print(sys.version_info[:2] == (3, 12))"],
-                capture_output=True,
-                text=True,
-            )
-            if probe.returncode == 0:
-                return candidate, probe.stdout.strip() == "True"
-    return sys.executable, sys.version_info[:2] == (3, 12)
 
 
 def _venv_python(folder: Path) -> Path:
@@ -77,27 +57,10 @@ def runtime(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def runtime_python() -> Path:
-    """A virtual environment with only numpy, SimpleITK and onnxruntime (and their own dependencies)."""
+    """The environment with only numpy, SimpleITK and onnxruntime (and their own dependencies)."""
     python = _venv_python(RUNTIME_VENV)
-    check = "import numpy, SimpleITK, onnxruntime"
-    if not (
-        python.exists() and subprocess.run([str(python), "-c", check], capture_output=True).returncode == 0
-    ):
-        base, like_slicer = _python_like_slicer()
-        shutil.rmtree(RUNTIME_VENV, ignore_errors=True)
-        subprocess.run([base, "-m", "venv", str(RUNTIME_VENV)], check=True, timeout=300)
-        numpy = f"numpy=={SLICER_510_NUMPY}" if like_slicer else "numpy"
-        result = subprocess.run(
-            [str(python), "-m", "pip", "install", "-q", numpy, "SimpleITK", "onnxruntime"],
-            capture_output=True,
-            text=True,
-            timeout=1200,
-            env=dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1"),
-        )
-        if result.returncode != 0:
-            pytest.skip(
-                f"cannot install numpy, SimpleITK, onnxruntime into {RUNTIME_VENV}: {result.stderr[-500:]}"
-            )
+    if not python.exists():
+        pytest.fail(f"{RUNTIME_VENV} is missing: build it with `bash tests/make_environments.sh`")
     return python
 
 
@@ -184,7 +147,7 @@ def test_installed_copy_offers_run_alone_and_its_options_to_the_panel(runtime, t
     assert loaded[1] == str(options.METHODS)
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # a few seconds, but in the runtime venv: `-m "not slow"` runs without it
 def test_installed_copy_despeckles_without_torch(runtime, runtime_python, tmp_path):
     installed = subprocess.run(
         [str(runtime_python), "-m", "pip", "list", "--format=freeze"],
@@ -249,7 +212,7 @@ def test_installed_copy_despeckles_without_torch(runtime, runtime_python, tmp_pa
     assert np.abs(despeckled - original).mean() > 0.01 * float(np.ptp(original))
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # a few seconds, but in the runtime venv: `-m "not slow"` runs without it
 def test_installed_copy_refuses_changed_weights(runtime_python, tmp_path):
     copy = _build_runtime(tmp_path / "module" / RUNTIME_SUBDIR)
     model = copy / "monai_bundle" / "models" / "model.onnx"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -142,8 +143,9 @@ def test_declined_install_and_cancel_leave_the_panel_idle(ui, scene, volume, pro
     logic = DespeckleLogic(project_python)
     assert panel.begin(lambda: logic.start(volume, method="bm3d"), "Despeckling 'phantom' with bm3d")
     job = panel.job
-    began = time.monotonic()
     panel.cancel()
-    assert time.monotonic() - began < 1.0
     _assert_idle(ui)
+    assert job.done < job.total  # stopped before its last slice
+    if os.name != "nt":
+        assert job.process.wait(timeout=30) == -signal.SIGKILL  # killed, not left to finish
     assert job.cancelled and ui.statusLabel.text() == "Cancelled; the scene was not changed."

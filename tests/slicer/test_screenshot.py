@@ -97,8 +97,6 @@ def test_screenshot_of_the_panel_after_despeckling_a_cine(
 ):
     from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
-    if not (REPO / "monai_bundle" / "models" / "model.onnx").is_file():
-        pytest.skip("no shipped denoiser (ONNX export)")
     # the cine as Slicer loads it: a sequence of colour frames played by a browser
     sequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "cardiac cine")
     sequence.SetIndexName("time")
