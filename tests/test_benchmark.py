@@ -38,7 +38,9 @@ def test_report_has_every_method_and_set(small_run):
         assert sum(line.startswith(f"| {method} | ") for line in rows) == len(SETS) + 1
     assert sum(line.startswith(f"| {INPUT} | ") for line in rows) == len(SETS)
     assert "FALLBACK" in report  # no --data: scikit-image photographs, and the report says so
-    assert "seed: 7" in report and "numpy" in report and result["meta"]["command"] in report
+    assert "seed: 7" in report
+    assert "numpy" in report
+    assert result["meta"]["command"] in report
     assert set(result["timing_ms"]) == set(METHODS)
     assert all(t["median_ms"] > 0 for t in result["timing_ms"].values())
     saved = json.loads((out / "benchmark.json").read_text())
@@ -53,9 +55,11 @@ def test_figures_are_grids_of_input_methods_reference(small_run):
         path = out / result["sets"][set_name]["figure"]
         with Image.open(path) as img:
             grid = np.asarray(img)
-        assert grid.dtype == np.uint8 and grid.ndim == 2
+        assert grid.dtype == np.uint8
+        assert grid.ndim == 2
         columns = 1 + len(METHODS) + 1  # input, each method, reference
-        assert grid.shape[1] > columns * 64 and grid.shape[0] > 2 * 64
+        assert grid.shape[1] > columns * 64
+        assert grid.shape[0] > 2 * 64
         assert grid.std() > 10  # images, not a blank canvas
 
 
@@ -126,9 +130,9 @@ def test_prepared_data_is_used(tmp_path, rng):
 
 
 def test_unknown_names_and_bad_settings_are_clear_errors(tmp_path):
-    with pytest.raises(ValueError, match="unknown method 'nope'.*median"):
+    with pytest.raises(ValueError, match=r"unknown method 'nope'.*median"):
         run_benchmark(["nope"], ["phantom"], data_dir=None, out_dir=tmp_path, limit=1, seed=0)
-    with pytest.raises(ValueError, match="unknown test set 'nope'.*phantom"):
+    with pytest.raises(ValueError, match=r"unknown test set 'nope'.*phantom"):
         run_benchmark(["median"], ["nope"], data_dir=None, out_dir=tmp_path, limit=1, seed=0)
     with pytest.raises(ValueError, match="limit must be a positive"):
         run_benchmark(["median"], ["phantom"], data_dir=None, out_dir=tmp_path, limit=0, seed=0)
@@ -144,7 +148,8 @@ def test_cli_reports_errors_and_writes_report(tmp_path, capsys):
     args = ["benchmark", "--methods", "median", "--sets", "rayleigh_strong", "--limit", "1", "--size", "64"]
     assert main([*args, "--repeats", "1", "--no-progress", "--out", str(tmp_path)]) == 0
     assert "wrote" in capsys.readouterr().out
-    assert (tmp_path / "benchmark.md").is_file() and (tmp_path / "figures" / "rayleigh_strong.png").is_file()
+    assert (tmp_path / "benchmark.md").is_file()
+    assert (tmp_path / "figures" / "rayleigh_strong.png").is_file()
 
 
 def test_denoiser_without_weights_is_skipped_with_reason(monkeypatch):
@@ -172,8 +177,10 @@ def test_compose_grid_places_tiles_and_checks_shapes():
     black, white = np.zeros((8, 10)), np.ones((8, 10))
     grid = compose_grid([[black, white], [white, black]], ["a", "b"], gap=2, label_height=12)
     assert grid.shape == (12 + 2 * (8 + 2), 2 * (10 + 2))
-    assert (grid[12:20, 0:10] == 0).all() and (grid[12:20, 12:22] == 255).all()
-    assert (grid[22:30, 0:10] == 255).all() and (grid[22:30, 12:22] == 0).all()
+    assert (grid[12:20, 0:10] == 0).all()
+    assert (grid[12:20, 12:22] == 255).all()
+    assert (grid[22:30, 0:10] == 255).all()
+    assert (grid[22:30, 12:22] == 0).all()
     with pytest.raises(ValueError, match="column labels"):
         compose_grid([[black, white]], ["a"])
     with pytest.raises(ValueError, match="one shape"):
@@ -200,7 +207,8 @@ def test_shipped_denoiser_runs_as_a_method(monkeypatch, tmp_path):
     monkeypatch.setenv("USDESPECKLE_BUNDLE", str(bundle))
 
     chosen, skipped = resolve_methods(None)
-    assert "denoiser" in chosen and "denoiser" not in skipped
+    assert "denoiser" in chosen
+    assert "denoiser" not in skipped
     result = run_benchmark(
         ["denoiser"], ["rayleigh_mild"], data_dir=None, out_dir=tmp_path / "out", seed=0, **SMALL
     )
@@ -274,7 +282,8 @@ def test_real_sets_score_inside_the_field_against_the_input(real_run):
     result, out = real_run
     real = result["sets"]["real_bmode"]
     # limit 3 taken in turn from each scan: both scans appear
-    assert real["n"] == 3 and {c.split("_")[0] for c in real["cases"]} == {"cine", "other"}
+    assert real["n"] == 3
+    assert {c.split("_")[0] for c in real["cases"]} == {"cine", "other"}
     table = real["metrics"]
     assert table[INPUT]["fidelity_corr"]["mean"] == pytest.approx(1.0)
     assert table[INPUT]["ratio_m"]["mean"] == np.inf  # the identity leaves no speckle in the residual
@@ -284,11 +293,14 @@ def test_real_sets_score_inside_the_field_against_the_input(real_run):
         assert np.isfinite(table[method]["ratio_m"]["mean"])
         assert 0.0 <= table[method]["gcnr"]["mean"] <= 1.0
     cine = result["sets"]["cine"]
-    assert cine["n"] == 3 and cine["cases"] == ["frames_021-023"]  # a centred run of 3 consecutive frames
+    assert cine["n"] == 3
+    assert cine["cases"] == ["frames_021-023"]
     assert cine["metrics"][INPUT]["flicker"]["mean"] == pytest.approx(1.0)
     assert cine["metrics"]["median"]["flicker"]["mean"] < 1.0  # smoothing calms the frame-to-frame speckle
     report = (out / "benchmark.md").read_text()
-    assert "## real_bmode:" in report and "## cine:" in report and "fidelity corr." in report
+    assert "## real_bmode:" in report
+    assert "## cine:" in report
+    assert "fidelity corr." in report
     for figure in real["figures"] + cine["figures"]:
         with Image.open(out / figure) as img:
             assert np.asarray(img).std() > 10
@@ -301,7 +313,8 @@ def test_summary_names_the_strongest_classical_method(real_run):
     table = result["sets"]["real_bmode"]["metrics"]
     row = rows[("real_bmode", "ratio_m")]  # lower is better
     best = min(("median", "tv"), key=lambda m: table[m]["ratio_m"]["mean"])
-    assert row["classical"] == best and row["classical_value"] == table[best]["ratio_m"]["mean"]
+    assert row["classical"] == best
+    assert row["classical_value"] == table[best]["ratio_m"]["mean"]
     row = rows[("real_bmode", "fidelity_corr")]  # higher is better
     assert row["classical"] == max(("median", "tv"), key=lambda m: table[m]["fidelity_corr"]["mean"])
     assert np.isnan(row["denoiser"])  # not run here
@@ -356,7 +369,8 @@ def test_demo_real_writes_input_classical_and_method(real_data, tmp_path, capsys
     assert (out / "classical.nii.gz").is_file()
     with Image.open(out / "side_by_side.png") as img:
         png = np.asarray(img)
-    assert png.shape[1] > 3 * 80 and png.std() > 10
+    assert png.shape[1] > 3 * 80
+    assert png.std() > 10
     assert "held-out real frames" in capsys.readouterr().out
     assert main(["demo", "--real", "--data", str(tmp_path), "--out", str(out)]) == 1
     assert "prepare-data" in capsys.readouterr().err
@@ -368,8 +382,11 @@ def test_demo_real_reads_the_held_out_cine_from_pydicom_data():
     from usdespeckle.real_bmode import CINE_BLOCKS
 
     frames, field, origin = held_out_cine_frames(None, 2)
-    assert frames.shape[0] == 2 and frames.shape[1:] == field.shape and field.mean() > 0.3
+    assert frames.shape[0] == 2
+    assert frames.shape[1:] == field.shape
+    assert field.mean() > 0.3
     first, stop = CINE_BLOCKS["test"]
     held_out = [int(n) for n in origin.rsplit(" ", 1)[-1].split("-")]
     assert first <= held_out[0] < held_out[1] < stop  # test frames only
-    assert (frames[:, ~field] == 0).all() and frames[:, field].std() > 0.05
+    assert (frames[:, ~field] == 0).all()
+    assert frames[:, field].std() > 0.05

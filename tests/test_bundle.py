@@ -119,7 +119,8 @@ def test_denoiser_training_checkpoints_and_resumes(tmp_path: Path, dataset_dir: 
     assert first == list(range(1, 11))
     models = tmp_path / "models"
     ckpt = bundle_utils.latest_checkpoint(models, "denoiser")
-    assert ckpt is not None and ckpt.endswith("denoiser_checkpoint_epoch=1.pt")
+    assert ckpt is not None
+    assert ckpt.endswith("denoiser_checkpoint_epoch=1.pt")
     weights = torch.load(models / "model.pt", weights_only=True)
     Pix2PixUNetGenerator(ngf=8, num_downs=4, norm=DENOISER_NORM, upsample=DENOISER_UPSAMPLE).load_state_dict(
         weights
@@ -131,7 +132,8 @@ def test_denoiser_training_checkpoints_and_resumes(tmp_path: Path, dataset_dir: 
     )
     assert second == list(range(11, 21))
     state = torch.load(bundle_utils.latest_checkpoint(models, "denoiser"), weights_only=True)
-    assert state["trainer"]["iteration"] == 20 and state["g_lr_scheduler"]["last_epoch"] == 2
+    assert state["trainer"]["iteration"] == 20
+    assert state["g_lr_scheduler"]["last_epoch"] == 2
     assert {"g_scaler", "d_scaler"} <= set(state)  # one GradScaler per optimizer, resumed with the rest
     assert state["g_lr_scheduler"]["_last_lr"][0] == pytest.approx(0.0002 * 0.0)  # decayed to 0 at the end
 
@@ -154,10 +156,8 @@ def test_denoiser_learns_physics_pairs_and_evaluates_on_them(tmp_path: Path, dat
         ["train.json", "evaluate.json"], tmp_path, dataset_dir, "eval", "run", eval_split="validation"
     )
     network = evaluation.parser.get_parsed_content("validate#evaluator").network
-    assert (
-        isinstance(network, SelfEnsemble)
-        and len(network.mirrorings) == evaluation.parser["export_mirrorings"]
-    )
+    assert isinstance(network, SelfEnsemble)
+    assert len(network.mirrorings) == evaluation.parser["export_mirrorings"]
     evaluation.run()
     evaluation.finalize()
     rows = (tmp_path / "eval" / "val_psnr_raw.csv").read_text().strip().splitlines()
@@ -209,7 +209,9 @@ def test_simulator_override_resolves_to_the_shipped_simulator_training() -> None
     assert set(full["imports"]) <= set(stacked["imports"])
     ids = [k for k in full.get() if k not in {"_meta_", "imports", "datalist", "train", "validate"}]
     ids += [f"{section}#{k}" for section in ("train", "validate") for k in full[section]]
-    assert "run" in ids and "train#trainer" in ids and "validate#evaluator" in ids
+    assert "run" in ids
+    assert "train#trainer" in ids
+    assert "validate#evaluator" in ids
     differ = [i for i in ids if _expanded(stacked, f"@{i}") != _expanded(full, f"@{i}")]
     assert differ == []
     # the comparison sees a change anywhere down the references: the run's validation padding here
@@ -319,7 +321,8 @@ def test_bundle_inference_gives_the_library_output(tmp_path: Path) -> None:
         tolerance = 1e-4 * float(np.ptp(source))  # 1e-4 of the intensity range, in the input's units
         for folder in (out, out_ts):
             result = nib.load(folder / f"{name}_despeckled.nii.gz")
-            assert result.shape == volume.shape and result.get_data_dtype() == np.float32
+            assert result.shape == volume.shape
+            assert result.get_data_dtype() == np.float32
             np.testing.assert_allclose(result.affine, affine, atol=1e-5)
             got = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / f"{name}_despeckled.nii.gz")))
             np.testing.assert_allclose(got, expected, atol=tolerance, rtol=0)
@@ -332,7 +335,8 @@ def test_bundle_inference_gives_the_library_output(tmp_path: Path) -> None:
     Image.fromarray(grey).save(pngs / "frame.png")
     _run_bundle(bundle_root, pngs, png_out, input_dims="2", input_pattern="*.png", output_ext=".png")
     written = np.asarray(Image.open(png_out / "frame_despeckled.png"))
-    assert written.dtype == np.uint8 and written.shape == grey.shape
+    assert written.dtype == np.uint8
+    assert written.shape == grey.shape
     library_input = sitk.GetArrayFromImage(read_image(pngs / "frame.png"))
     write_image(
         sitk.GetImageFromArray(despeckle_array(library_input, bundle_root=bundle_root)), tmp_path / "lib.png"
@@ -365,7 +369,8 @@ def test_inference_workflow_has_required_properties(tmp_path: Path) -> None:
     wf.initialize()  # checks model.pt against metadata.json
     assert not wf.check_properties()
     network = wf.parser.get_parsed_content("network")
-    assert isinstance(network, SelfEnsemble) and len(network.mirrorings) == wf.parser["mirrorings"]
+    assert isinstance(network, SelfEnsemble)
+    assert len(network.mirrorings) == wf.parser["mirrorings"]
     (tmp_path / "models" / "model.pt").write_bytes(b"corrupt")
     with pytest.raises(RuntimeError):  # the sha256 check in `initialize` refuses changed weights
         ConfigWorkflow(
@@ -502,7 +507,7 @@ def test_checksums_detect_changes(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="sha256"):
         bundle_utils.verify_checksums(tmp_path)
     (tmp_path / "models" / "model.pt").unlink()
-    with pytest.raises(FileNotFoundError, match="model.pt"):
+    with pytest.raises(FileNotFoundError, match=r"model\.pt"):
         bundle_utils.verify_checksums(tmp_path, require_all=True)
     with pytest.raises(FileNotFoundError, match="metadata"):
         bundle_utils.verify_checksums(tmp_path / "models")
@@ -516,4 +521,5 @@ def test_shipped_weights_load_and_match_metadata() -> None:
     for rel in present:
         if rel.endswith(".pt"):
             state = torch.load(BUNDLE / rel, weights_only=True)
-            assert isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())
+            assert isinstance(state, dict)
+            assert all(isinstance(v, torch.Tensor) for v in state.values())

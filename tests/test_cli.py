@@ -39,8 +39,10 @@ def test_run_as_the_cli_module_prints_an_error_as_one_line(tmp_path):
     )
     assert out.returncode == 1, out.stderr
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("usdespeckle run: error: "), out.stderr
-    assert "existing.nii.gz" in lines[0] and "--force" in lines[0]
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("usdespeckle run: error: "), out.stderr
+    assert "existing.nii.gz" in lines[0]
+    assert "--force" in lines[0]
     assert (tmp_path / "existing.nii.gz").read_bytes() == b"an earlier result"
 
 
@@ -63,8 +65,10 @@ def test_a_command_whose_module_is_not_shipped_is_not_offered(monkeypatch, capsy
     with pytest.raises(SystemExit) as exit_:
         main(["absent"])
     err = capsys.readouterr().err
-    assert exit_.value.code == 2 and "invalid choice: 'absent'" in err
-    assert "'run'" in err and "'absent'" not in err.split("choose from")[-1]
+    assert exit_.value.code == 2
+    assert "invalid choice: 'absent'" in err
+    assert "'run'" in err
+    assert "'absent'" not in err.split("choose from")[-1]
 
 
 def test_commands_take_user_error_from_the_leaf_errors_module():

@@ -50,7 +50,8 @@ def test_run_volume_lines_progress(tmp_path, bundle, volume_path, capsys, backen
     lines = capsys.readouterr().out.splitlines()
     assert lines == ["progress: 4/10", "progress: 8/10", "progress: 10/10"]
     src, res = sitk.ReadImage(str(volume_path)), sitk.ReadImage(str(out))
-    assert res.GetSpacing() == src.GetSpacing() and res.GetOrigin() == src.GetOrigin()
+    assert res.GetSpacing() == src.GetSpacing()
+    assert res.GetOrigin() == src.GetOrigin()
     assert not np.allclose(sitk.GetArrayFromImage(res), sitk.GetArrayFromImage(src))
 
 
@@ -140,8 +141,10 @@ def test_uncertainty_option_writes_the_spread_with_the_input_geometry(
     args = ["run", str(volume_path), str(out), "--progress", "none", "--uncertainty", str(spread_path)]
     assert main(args) == 0
     source, spread = sitk.ReadImage(str(volume_path)), sitk.ReadImage(str(spread_path))
-    assert spread.GetSize() == source.GetSize() and spread.GetSpacing() == source.GetSpacing()
-    assert spread.GetOrigin() == source.GetOrigin() and spread.GetDirection() == source.GetDirection()
+    assert spread.GetSize() == source.GetSize()
+    assert spread.GetSpacing() == source.GetSpacing()
+    assert spread.GetOrigin() == source.GetOrigin()
+    assert spread.GetDirection() == source.GetDirection()
     assert sitk.GetArrayFromImage(spread).max() > 0  # a real generator's mirrored passes differ
     plain = tmp_path / "plain.nrrd"
     assert main(["run", str(volume_path), str(plain), "--progress", "none"]) == 0
@@ -180,7 +183,8 @@ def test_help_names_the_axis_convention():
         [sys.executable, "-m", "usdespeckle", "run", "--help"], capture_output=True, text=True
     )
     assert out.returncode == 0
-    assert "GetArrayFromImage" in out.stdout and "--progress" in out.stdout
+    assert "GetArrayFromImage" in out.stdout
+    assert "--progress" in out.stdout
 
 
 def test_demo_writes_input_output_and_png(tmp_path, bundle, capsys):
@@ -188,10 +192,12 @@ def test_demo_writes_input_output_and_png(tmp_path, bundle, capsys):
     assert "despeckled with denoiser" in capsys.readouterr().out
     before = sitk.ReadImage(str(tmp_path / "demo" / "input.nii.gz"))
     after = sitk.ReadImage(str(tmp_path / "demo" / "output.nii.gz"))
-    assert before.GetSize() == after.GetSize() and before.GetDimension() == 3
+    assert before.GetSize() == after.GetSize()
+    assert before.GetDimension() == 3
     assert before.GetSpacing() == after.GetSpacing()
     png = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "demo" / "side_by_side.png")))
-    assert png.dtype == np.uint8 and png.shape[1] > 2 * before.GetSize()[0]
+    assert png.dtype == np.uint8
+    assert png.shape[1] > 2 * before.GetSize()[0]
 
 
 def test_demo_without_weights_falls_back_with_a_notice(tmp_path, monkeypatch, capsys):
@@ -220,7 +226,8 @@ def test_run_via_unreachable_server_fails_with_one_line(tmp_path, capsys):
     code = main(["run", str(image), str(tmp_path / "out.nrrd"), "--server", f"http://127.0.0.1:{port}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
-    assert len(err) == 1 and err[0].startswith("usdespeckle run: error:")
+    assert len(err) == 1
+    assert err[0].startswith("usdespeckle run: error:")
     assert not (tmp_path / "out.nrrd").exists()
 
 
@@ -229,7 +236,8 @@ def test_demo_with_the_shipped_bundle_renders_with_the_simulator(tmp_path, monke
     monkeypatch.delenv("USDESPECKLE_BUNDLE", raising=False)
     assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
     captured = capsys.readouterr()
-    assert "made with the simulator" in captured.out and "despeckled with denoiser" in captured.out
+    assert "made with the simulator" in captured.out
+    assert "despeckled with denoiser" in captured.out
     assert "notice" not in captured.err
     before = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "demo" / "input.nii.gz")))
     after = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "demo" / "output.nii.gz")))
@@ -257,8 +265,10 @@ def test_server_request_leaves_the_auto_backend_to_the_server(tmp_path, volume_p
     assert main(args) == 1
     assert "recorded" in one_line_error(capsys)
     assert main([*args, "--backend", "onnx", "--passes", "4"]) == 1
-    assert "backend" not in sent[0] and sent[0]["passes"] == 1
-    assert sent[1]["backend"] == "onnx" and sent[1]["passes"] == 4
+    assert "backend" not in sent[0]
+    assert sent[0]["passes"] == 1
+    assert sent[1]["backend"] == "onnx"
+    assert sent[1]["passes"] == 4
 
 
 def test_a_missing_optional_package_is_a_one_line_error(tmp_path, volume_path, capsys, monkeypatch):
@@ -268,4 +278,5 @@ def test_a_missing_optional_package_is_a_one_line_error(tmp_path, volume_path, c
     monkeypatch.setitem(sys.modules, "scipy", None)  # import scipy fails as if it were not installed
     out = tmp_path / "out.nrrd"
     assert main(["run", str(volume_path), str(out), "--method", "median", "--progress", "none"]) == 1
-    assert "needs the Python package scipy" in one_line_error(capsys) and not out.exists()
+    assert "needs the Python package scipy" in one_line_error(capsys)
+    assert not out.exists()

@@ -69,8 +69,11 @@ def test_layout_counts_and_png_format(dataset):
     assert len(manifest["files"]) == images + SMALL.simulator_count
     for rel in list(manifest["files"])[::25]:
         with Image.open(out / rel) as img:
-            assert img.format == "PNG" and img.mode == "L" and img.size == (64, 64)
-    assert manifest["parameters"]["seed"] == 3 and manifest["parameters"]["size"] == 64
+            assert img.format == "PNG"
+            assert img.mode == "L"
+            assert img.size == (64, 64)
+    assert manifest["parameters"]["seed"] == 3
+    assert manifest["parameters"]["size"] == 64
 
 
 def test_datalists_resolve_with_monai(dataset):
@@ -81,7 +84,8 @@ def test_datalists_resolve_with_monai(dataset):
             items = load_decathlon_datalist(out / name, is_segmentation=True, data_list_key=key, base_dir=out)
             for item in items:
                 path = Path(item["image"] if "image" in item else item["label"])
-                assert path.is_absolute() and path.is_file()
+                assert path.is_absolute()
+                assert path.is_file()
                 assert not Path(item["source"]).exists()  # sources are names, never resolved as paths
 
 
@@ -127,7 +131,8 @@ def test_mri_slab_split_unit():
     sagittal = mri_slab_split(range(0, 101), "sagittal", gap=4)
     for i, split in sagittal.items():
         assert sagittal.get(100 - i) == split  # mirror slice, same split
-    assert sagittal[50] == "test" and sagittal[0] == "training"
+    assert sagittal[50] == "test"
+    assert sagittal[0] == "training"
 
 
 def _sha256_map(folder: Path) -> dict[str, str]:
@@ -175,7 +180,8 @@ def test_existing_dataset_same_is_kept_different_is_refused(dataset, tmp_path):
     out, manifest = dataset
     before = (out / "manifest.json").stat().st_mtime_ns
     again, written = prepare_dataset(out, SMALL, bmode_maker=cheap_bmode, progress=False)
-    assert not written and again == manifest
+    assert not written
+    assert again == manifest
     assert (out / "manifest.json").stat().st_mtime_ns == before
     other = PrepareSettings(**{**SMALL.__dict__, "size": 32})
     with pytest.raises(DatasetExistsError, match="--force"):
@@ -190,7 +196,8 @@ def test_existing_dataset_same_is_kept_different_is_refused(dataset, tmp_path):
         seed=0, size=32, mri_step=40, mri_views=1, natural_crops=1, simulator_count=0, real_bmode=False
     )
     _, written = prepare_dataset(foreign, tiny, force=True, progress=False)
-    assert written and (foreign / "notes.txt").read_text() == "keep me"
+    assert written
+    assert (foreign / "notes.txt").read_text() == "keep me"
 
 
 def test_cli_refuses_different_dataset_and_accepts_same(dataset, capsys):
@@ -213,7 +220,9 @@ def test_random_shapes_map_range_and_determinism():
     a = random_shapes_map(64, np.random.default_rng(1))
     b = random_shapes_map(64, np.random.default_rng(1))
     np.testing.assert_array_equal(a, b)
-    assert a.shape == (64, 64) and a.min() >= 0 and a.max() <= 1
+    assert a.shape == (64, 64)
+    assert a.min() >= 0
+    assert a.max() <= 1
     assert len(np.unique(a)) >= 2  # at least one shape on the background
 
 
@@ -228,7 +237,8 @@ def test_cli_with_the_physics_simulator(tmp_path, capsys):
     for item in simulator["training"]:
         bmode = np.asarray(Image.open(out / item["image"]), dtype=np.float64)
         echogenicity = np.asarray(Image.open(out / item["echogenicity"]), dtype=np.float64)
-        assert bmode.shape == (64, 64) and bmode.std() > 0
+        assert bmode.shape == (64, 64)
+        assert bmode.std() > 0
         # speckle: the B-mode image varies where the echogenicity map is flat
         flat = echogenicity == np.median(echogenicity)
         if flat.sum() > 100:

@@ -34,11 +34,14 @@ def _subcommand(name: str) -> dict[str, argparse.Action]:
 
 def test_run_command_offers_the_options():
     run = _subcommand("run")
-    assert tuple(run["method"].choices) == options.METHODS and run["method"].default == options.DEFAULT_METHOD
+    assert tuple(run["method"].choices) == options.METHODS
+    assert run["method"].default == options.DEFAULT_METHOD
     assert tuple(run["backend"].choices) == options.BACKENDS
     assert run["backend"].default == options.DEFAULT_BACKEND
-    assert tuple(run["device"].choices) == options.DEVICES and run["device"].default == options.DEFAULT_DEVICE
-    assert tuple(run["passes"].choices) == options.PASSES and run["passes"].default == options.DEFAULT_PASSES
+    assert tuple(run["device"].choices) == options.DEVICES
+    assert run["device"].default == options.DEFAULT_DEVICE
+    assert tuple(run["passes"].choices) == options.PASSES
+    assert run["passes"].default == options.DEFAULT_PASSES
 
 
 def test_demo_command_offers_the_options():
@@ -67,12 +70,16 @@ def test_a_method_added_to_the_options_without_its_filter_stops_the_import(monke
 
 
 def test_library_reexports_the_options():
-    assert inference.METHODS is options.METHODS and inference.CLASSICAL_METHODS is options.CLASSICAL_METHODS
-    assert inference.PASSES is options.PASSES and inference.MIRRORINGS is options.MIRRORINGS
-    assert inference.MODEL_FILES is options.MODEL_FILES and inference.PERCENTILES is options.PERCENTILES
+    assert inference.METHODS is options.METHODS
+    assert inference.CLASSICAL_METHODS is options.CLASSICAL_METHODS
+    assert inference.PASSES is options.PASSES
+    assert inference.MIRRORINGS is options.MIRRORINGS
+    assert inference.MODEL_FILES is options.MODEL_FILES
+    assert inference.PERCENTILES is options.PERCENTILES
     assert set(options.MODEL_FILES) == set(options.MODEL_BACKENDS) == set(options.BACKEND_NAMES)
     assert tuple(2**k for k in range(len(options.PASSES))) == options.PASSES
-    assert options.PASSES[-1] == len(options.MIRRORINGS) and options.DEFAULT_PASSES in options.PASSES
+    assert options.PASSES[-1] == len(options.MIRRORINGS)
+    assert options.DEFAULT_PASSES in options.PASSES
     assert inspect.signature(inference.load_denoiser).parameters["passes"].default == options.DEFAULT_PASSES
 
 
@@ -178,7 +185,8 @@ def _module_value(path: Path, name: str) -> object:
 def test_slicer_passes_and_default_backend_are_the_options():
     """The Passes enum's names are what saved scenes hold; its values are the library's passes."""
     passes = _class_values(SLICER_MODULE / "SlicerDespeckle.py", "Passes")
-    assert tuple(passes.values()) == options.PASSES and passes["DEFAULT"] == options.DEFAULT_PASSES
+    assert tuple(passes.values()) == options.PASSES
+    assert passes["DEFAULT"] == options.DEFAULT_PASSES
     assert _module_value(SLICER_MODULE / "SlicerDespeckleLib" / "logic.py", "DEFAULT_BACKEND") in (
         options.MODEL_BACKENDS
     )

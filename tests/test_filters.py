@@ -50,7 +50,8 @@ def test_reduces_speckle(method: str, speckled: tuple[np.ndarray, np.ndarray, np
     assert out is not noisy
     assert not np.shares_memory(out, noisy)
     np.testing.assert_array_equal(noisy, before)  # input untouched
-    assert out.dtype == np.float32 and out.shape == noisy.shape
+    assert out.dtype == np.float32
+    assert out.shape == noisy.shape
     assert np.all(np.isfinite(out))
     assert metrics.speckle_snr(out, mask) > 1.5 * metrics.speckle_snr(noisy, mask)
     assert np.mean((out - clean) ** 2) < 0.7 * np.mean((noisy - clean) ** 2)
@@ -63,7 +64,8 @@ def test_volume_is_slicewise(method: str, axis: int, rng: np.random.Generator) -
     volume = np.stack([_speckle(clean, rng) for _ in range(3)], axis=0)  # (3, 24, 24)
     volume = np.moveaxis(volume, 0, axis)
     out = filters.despeckle(volume, method, axis=axis)
-    assert out.dtype == np.float32 and out.shape == volume.shape
+    assert out.dtype == np.float32
+    assert out.shape == volume.shape
     for k in range(3):
         sl = np.take(volume, k, axis=axis)
         np.testing.assert_allclose(
@@ -75,7 +77,8 @@ def test_bm3d_volume_is_slicewise(rng: np.random.Generator) -> None:
     clean, _ = _phantom(32)
     volume = np.stack([_speckle(clean, rng) for _ in range(2)], axis=2)  # (32, 32, 2)
     out = filters.despeckle_bm3d(volume, axis=2)
-    assert out.shape == volume.shape and out.dtype == np.float32
+    assert out.shape == volume.shape
+    assert out.dtype == np.float32
     np.testing.assert_allclose(out[..., 1], filters.despeckle_bm3d(volume[..., 1]), rtol=1e-5, atol=1e-6)
 
 
@@ -97,7 +100,7 @@ def test_dtypes_ranges_and_constant(method: str, rng: np.random.Generator) -> No
 
 
 @pytest.mark.parametrize(
-    "bad, match",
+    ("bad", "match"),
     [
         (np.full((8, 8), np.nan), "NaN"),
         (np.array([[0.0, np.inf], [0.0, 0.0]]), "NaN/inf"),
@@ -203,7 +206,8 @@ def test_noise_psd_convention_on_white_noise() -> None:
     sigma = 0.1
     noise = np.random.default_rng(0).normal(0.5, sigma, (128, 96))
     psd = estimate_noise_psd(noise)
-    assert psd.shape == noise.shape and np.all(psd >= 0)
+    assert psd.shape == noise.shape
+    assert np.all(psd >= 0)
     # mean(PSD) = variance * number of pixels, and flat for white noise
     assert np.mean(psd) / (sigma**2 * noise.size) == pytest.approx(1.0, rel=0.12)
     assert np.std(psd) / np.mean(psd) < 0.3
@@ -280,7 +284,8 @@ def test_mulog_on_single_look_amplitude_speckle() -> None:
 def test_mulog_on_log_compressed_speckle() -> None:
     noisy, reference = _correlated_speckle(_disc_phantom(64), np.random.default_rng(6))
     out = filters.despeckle_mulog(noisy, domain="log", noise="psd")
-    assert out.shape == noisy.shape and out.dtype == np.float32
+    assert out.shape == noisy.shape
+    assert out.dtype == np.float32
     assert metrics.psnr(out, reference) > metrics.psnr(noisy, reference) + 4.0
 
 
@@ -288,5 +293,6 @@ def test_mulog_on_log_compressed_speckle() -> None:
 def test_constant_image_is_returned_unchanged(method: str) -> None:
     flat = np.full((24, 24), 0.25, np.float32)
     out = filters.despeckle(flat, method)
-    assert out is not flat and out.dtype == np.float32
+    assert out is not flat
+    assert out.dtype == np.float32
     np.testing.assert_allclose(out, 0.25, atol=1e-6)

@@ -35,10 +35,12 @@ def test_2d_known_answer_with_padding_and_crop(bundle, rng):
     image = rng.uniform(10, 200, size=(37, 50)).astype(np.float32)  # not multiples of 16
     out = despeckle_array(image, bundle_root=bundle)
     lo, hi = inference.robust_range(image)
-    assert out.dtype == np.float32 and out.shape == image.shape
+    assert out.dtype == np.float32
+    assert out.shape == image.shape
     np.testing.assert_allclose(out, expected_square(image, lo, hi), rtol=1e-5, atol=1e-3)
     # back in the input's range, and really changed
-    assert out.min() >= lo - 1e-3 and out.max() <= hi + 1e-3
+    assert out.min() >= lo - 1e-3
+    assert out.max() <= hi + 1e-3
     assert np.abs(out - image).mean() > 1.0
 
 
@@ -124,7 +126,8 @@ def test_classical_method_or_clear_error(rng):
 
     image = rng.uniform(0, 1, size=(32, 32)).astype(np.float32)
     out = despeckle_array(image, "median")
-    assert out.shape == image.shape and out.std() < image.std()
+    assert out.shape == image.shape
+    assert out.std() < image.std()
     exact = despeckle_array(image, "median", intensity_range=(0.0, 1.0))  # no remapping of [0, 1]
     np.testing.assert_allclose(exact, despeckle_median(image), atol=1e-6)  # the filter, with its defaults
     with pytest.raises(ValueError, match="not one of"):
@@ -225,7 +228,8 @@ def test_an_export_that_averages_mirrorings_itself_is_refused(tmp_path):
     root, _ = make_generator_bundle(tmp_path / "b", mirrorings=4)
     with pytest.raises(ValueError, match="averages 4 mirrorings itself") as info:
         load_denoiser(root)
-    assert "export_bundle.py" in str(info.value) and "\n" not in str(info.value)
+    assert "export_bundle.py" in str(info.value)
+    assert "\n" not in str(info.value)
 
 
 def test_passes_work_with_onnx_and_bad_values_are_clear_errors(bundle, rng):
@@ -253,7 +257,8 @@ def test_uncertainty_is_zero_for_a_mirror_symmetric_model(bundle, rng, backend):
     np.testing.assert_allclose(
         output, despeckle_array(volume, bundle_root=bundle, backend=backend), atol=1e-5
     )
-    assert spread.shape == volume.shape and spread.dtype == np.float32
+    assert spread.shape == volume.shape
+    assert spread.dtype == np.float32
     assert float(spread.max()) < 1e-4  # x**2 pixel by pixel: every mirroring gives the same answer
 
 
@@ -262,14 +267,15 @@ def test_uncertainty_shows_where_mirrored_passes_disagree(tmp_path, rng):
     image = np.zeros((32, 32))
     image[:, 16:] = 100.0  # an edge along the rows: the shift moves it only in transposed passes
     image[10:20, :] = 50.0
-    output, spread = despeckle_array(image, bundle_root=root, return_uncertainty=True, strength=0.5)
+    _, spread = despeckle_array(image, bundle_root=root, return_uncertainty=True, strength=0.5)
     assert spread.max() > 5.0  # mirrorings disagree at the horizontal edges, in input units
     assert spread[25:, 2:14].max() < 1e-4  # flat areas agree
     sitk_image = sitk.GetImageFromArray(image.astype(np.float32))
     sitk_image.SetSpacing((0.3, 0.2))
     sitk_image.SetOrigin((5.0, -2.0))
     despeckled, spread_image = despeckle_image(sitk_image, bundle_root=root, return_uncertainty=True)
-    assert spread_image.GetSpacing() == (0.3, 0.2) and spread_image.GetOrigin() == (5.0, -2.0)
+    assert spread_image.GetSpacing() == (0.3, 0.2)
+    assert spread_image.GetOrigin() == (5.0, -2.0)
     assert despeckled.GetSize() == spread_image.GetSize() == sitk_image.GetSize()
     with pytest.raises(ValueError, match="needs the denoiser"):
         despeckle_array(image, "median", return_uncertainty=True)

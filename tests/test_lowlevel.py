@@ -17,7 +17,8 @@ def test_known_answer_on_stripes():
     out = low_level_map(image)
     expected = np.kron(np.array([[0, 64, 160, 224]]), np.ones((8, 4))) / 255
     np.testing.assert_allclose(out, expected, atol=1e-7)
-    assert out.dtype == np.float32 and out.shape == image.shape
+    assert out.dtype == np.float32
+    assert out.shape == image.shape
 
 
 def test_ramp_gives_exactly_eight_levels():
@@ -33,7 +34,8 @@ def test_random_image_levels_are_multiples_of_32(rng):
     out = low_level_map(rng.normal(size=(64, 64)))
     values = out * 255
     np.testing.assert_allclose(values, 32 * np.round(values / 32), atol=1e-4)
-    assert values.min() >= 0 and values.max() <= 224 + 1e-4
+    assert values.min() >= 0
+    assert values.max() <= 224 + 1e-4
 
 
 def test_median_removes_isolated_pixels():
@@ -68,7 +70,10 @@ def test_corner_of_four_blocks_known_answer():
     out = np.round(low_level_map(image) * 255).astype(int)
     assert out[5, 5] == 64  # corner pixel of the 0-block
     assert out[6, 6] == 160  # corner pixel of the 224-block
-    assert out[0, 0] == 0 and out[0, 11] == 64 and out[11, 0] == 160 and out[11, 11] == 224
+    assert out[0, 0] == 0
+    assert out[0, 11] == 64
+    assert out[11, 0] == 160
+    assert out[11, 11] == 224
     assert set(np.unique(out)) <= {0, 64, 160, 224}
 
 
@@ -77,9 +82,16 @@ def test_constant_image_gives_zeros():
     np.testing.assert_array_equal(out, np.zeros((10, 12), np.float32))
 
 
-@pytest.mark.parametrize("bad", [np.full((4, 4), np.nan), np.zeros((2, 4, 4)), np.zeros((0, 3))])
-def test_invalid_input(bad):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        (np.full((4, 4), np.nan), "NaN or infinite"),
+        (np.zeros((2, 4, 4)), r"non-empty 2D image .*\(2, 4, 4\)"),
+        (np.zeros((0, 3)), r"non-empty 2D image .*\(0, 3\)"),
+    ],
+)
+def test_invalid_input(bad, match):
+    with pytest.raises(ValueError, match=match):
         low_level_map(bad)
 
 
@@ -97,7 +109,9 @@ def test_transform_keeps_metatensor_and_does_not_modify_input(rng):
 def test_transform_numpy_and_errors():
     image = np.random.default_rng(0).random((2, 16, 16)).astype(np.float32)
     out = LowLevelMapd(keys="image")({"image": image})["image"]
-    assert isinstance(out, np.ndarray) and out.shape == (2, 16, 16) and out.dtype == np.float32
+    assert isinstance(out, np.ndarray)
+    assert out.shape == (2, 16, 16)
+    assert out.dtype == np.float32
     with pytest.raises(ValueError, match="channel-first"):
         LowLevelMapd(keys="image")({"image": np.zeros((16, 16))})
     with pytest.raises(KeyError):

@@ -217,7 +217,8 @@ def test_simulate_matches_low_level_map_and_simulator(server, tmp_path):
     with torch.inference_mode():
         expected = simulator(torch.from_numpy(maps)).numpy()[:, 0]
     np.testing.assert_allclose(got, expected, atol=1e-5)
-    assert got.min() >= 0.0 and got.max() <= 1.0
+    assert got.min() >= 0.0
+    assert got.max() <= 1.0
 
 
 @pytest.mark.slow
@@ -283,7 +284,8 @@ def test_client_reports_unreachable_server_and_refuses_overwrite(tmp_path):
     port = _free_port()  # nothing listens there
     with pytest.raises(client.ServerError) as err:
         client.despeckle_via_server(f"http://127.0.0.1:{port}", image, tmp_path / "out.nii.gz", timeout=5)
-    assert err.value.status == 0 and "cannot reach" in err.value.detail
+    assert err.value.status == 0
+    assert "cannot reach" in err.value.detail
     (tmp_path / "exists.nii.gz").write_bytes(b"x")
     with pytest.raises(ValueError, match="exists"):
         client.despeckle_via_server(f"http://127.0.0.1:{port}", image, tmp_path / "exists.nii.gz")
@@ -298,9 +300,11 @@ def test_multipart_body_is_well_formed():
     boundary = content_type.split("boundary=")[1]
     assert content_type.startswith("multipart/form-data; boundary=")
     parts = body.split(f"--{boundary}".encode())
-    assert parts[-1] == b"--\r\n" and len(parts) == 4  # preamble, two parts, closing
+    assert parts[-1] == b"--\r\n"
+    assert len(parts) == 4
     assert b'name="params"\r\n\r\n{"a": 1}\r\n' in parts[1]
-    assert b'filename="x.nii.gz"' in parts[2] and parts[2].endswith(b"\x00\x01binary\r\n")
+    assert b'filename="x.nii.gz"' in parts[2]
+    assert parts[2].endswith(b"\x00\x01binary\r\n")
     assert json.loads(parts[1].split(b"\r\n\r\n")[1].strip()) == {"a": 1}
 
 
@@ -366,7 +370,8 @@ def test_server_reads_no_path_a_client_names(server):
         status, body = _post(
             server["url"] + "/infer/despeckle?output=image", {"params": json.dumps(params)}, upload
         )
-        assert status == 400 and "may not set" in _detail(body), (params, status, body[:200])
+        assert status == 400, (params, status, body[:200])
+        assert "may not set" in _detail(body), (params, status, body[:200])
         status, body = _post(server["url"] + "/infer/despeckle?output=image", {"params": json.dumps(params)})
         assert status == 400, (params, status, body[:200])
     status, _ = _post(server["url"] + "/infer/despeckle?output=image&image=stored_volume")
@@ -440,7 +445,8 @@ def test_uploads_are_limited_and_always_deleted(server, name, make, status, word
     )
     assert got == status, (got, body[:300])
     if words:
-        assert words in _detail(body) and str(server["work"]) not in _detail(body)
+        assert words in _detail(body)
+        assert str(server["work"]) not in _detail(body)
     assert _wait_for_empty(server["tmp"]) == []  # no upload or result left in the server's temp folder
     assert server["process"].poll() is None
 
@@ -512,7 +518,8 @@ def test_simulate_loads_the_shipped_simulator_through_the_library_with_its_check
     with open(copy / "models" / "simulator.pt", "ab") as f:
         f.write(b"\0")
     result = _server_python(server, code.replace("sys.argv[1]", repr(str(copy))))
-    assert result.returncode != 0 and "sha256" in result.stderr, result.stderr[-2000:]
+    assert result.returncode != 0, result.stderr[-2000:]
+    assert "sha256" in result.stderr, result.stderr[-2000:]
 
 
 @pytest.mark.slow
@@ -531,7 +538,8 @@ def test_run_server_writes_the_format_the_output_names(server, local, tmp_path, 
     assert code == 0, capsys.readouterr().err
     expected = write_image(local(read_image(tmp_path / "in.mhd")), tmp_path / f"expected_{out_name}")
     got, want = sitk.ReadImage(str(out)), sitk.ReadImage(str(expected))
-    assert got.GetPixelID() == want.GetPixelID() and got.GetSize() == want.GetSize()
+    assert got.GetPixelID() == want.GetPixelID()
+    assert got.GetSize() == want.GetSize()
     got_values = sitk.GetArrayFromImage(got).astype(np.float64)
     want_values = sitk.GetArrayFromImage(want).astype(np.float64)
     integer = want.GetPixelID() in (sitk.sitkUInt8, sitk.sitkUInt16, sitk.sitkInt16)

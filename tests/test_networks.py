@@ -63,8 +63,10 @@ def test_maps_unit_range_to_unit_range_same_shape() -> None:
     x = torch.cat([torch.zeros(1, 1, 32, 48), torch.ones(1, 1, 32, 48), torch.rand(1, 1, 32, 48)])
     with torch.no_grad():
         y = net(x)
-    assert y.shape == x.shape and y.dtype == torch.float32
-    assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+    assert y.shape == x.shape
+    assert y.dtype == torch.float32
+    assert float(y.min()) >= 0.0
+    assert float(y.max()) <= 1.0
     assert float(y.std()) > 0  # not a constant map
 
 
@@ -83,7 +85,8 @@ def test_size_not_multiple_raises_with_sizes() -> None:
     ],
 )
 def test_bad_arguments_raise(kwargs: dict) -> None:
-    with pytest.raises(ValueError):
+    (name,) = kwargs
+    with pytest.raises(ValueError, match=f"^{name} must .*got {kwargs[name]}"):  # names what is wrong
         Pix2PixUNetGenerator(**kwargs)
 
 
@@ -93,12 +96,13 @@ def test_pix2pix_initialisation_and_dropout_layout() -> None:
         [m.weight.flatten() for m in net.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)]
     )
     bn_w = torch.cat([m.weight.flatten() for m in net.modules() if isinstance(m, nn.BatchNorm2d)])
-    assert abs(float(conv_w.mean())) < 1e-3 and float(conv_w.std()) == pytest.approx(0.02, rel=0.05)
-    assert float(bn_w.mean()) == pytest.approx(1.0, abs=0.01) and float(bn_w.std()) == pytest.approx(
-        0.02, rel=0.2
-    )
+    assert abs(float(conv_w.mean())) < 1e-3
+    assert float(conv_w.std()) == pytest.approx(0.02, rel=0.05)
+    assert float(bn_w.mean()) == pytest.approx(1.0, abs=0.01)
+    assert float(bn_w.std()) == pytest.approx(0.02, rel=0.2)
     dropouts = [m for m in net.modules() if isinstance(m, nn.Dropout)]
-    assert len(dropouts) == 8 - 5 and all(m.p == 0.5 for m in dropouts)
+    assert len(dropouts) == 8 - 5
+    assert all(m.p == 0.5 for m in dropouts)
     # batch norm: convolutions without bias except the last up convolution; instance norm: with bias
     assert (
         sum(m.bias is not None for m in net.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)) == 1

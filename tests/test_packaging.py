@@ -43,7 +43,8 @@ def _requirement_names(requirements: list[str]) -> set[str]:
 
 def test_version_has_one_source() -> None:
     project = PYPROJECT["project"]
-    assert "version" not in project and "version" in project["dynamic"]
+    assert "version" not in project
+    assert "version" in project["dynamic"]
     assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "usdespeckle.__version__"}
     assert re.fullmatch(r"\d+\.\d+\.\d+", usdespeckle.__version__)
     metadata = json.loads((CONFIGS / "metadata.json").read_text())
@@ -72,7 +73,8 @@ def test_ci_runs_the_readme_test_command() -> None:
     readme = (REPO / "README.md").read_text()
     command = readme.split("Set up and run the tests", 1)[1].split("```bash\n", 1)[1].split("\n```", 1)[0]
     assert command in (REPO / ".ci" / "run").read_text().splitlines()
-    assert "bash tests/make_environments.sh &&" in command and command.endswith("-m pytest")
+    assert "bash tests/make_environments.sh &&" in command
+    assert command.endswith("-m pytest")
 
 
 def test_core_install_is_what_run_needs() -> None:
@@ -106,8 +108,10 @@ def test_wheel_lists_every_subpackage_and_the_bundle_files() -> None:
 def test_licence_files() -> None:
     root, bundle = (REPO / "LICENSE").read_text(), (BUNDLE / "LICENSE").read_text()
     assert root == bundle
-    assert "Apache License" in root and "Version 2.0, January 2004" in root
-    assert "END OF TERMS AND CONDITIONS" in root and "APPENDIX" in root  # the full text
+    assert "Apache License" in root
+    assert "Version 2.0, January 2004" in root
+    assert "END OF TERMS AND CONDITIONS" in root
+    assert "APPENDIX" in root
     assert bundle_utils.sha256_file(BUNDLE / "LICENSE") == (
         "cfc7749b96f63bd31c3c42b5c471bf756814053e847c10f3eb003417bc523d30"  # apache.org's LICENSE-2.0.txt
     )
@@ -275,7 +279,8 @@ def test_wheel_installs_and_despeckles_from_anywhere(tmp_path: Path) -> None:
         text=True,
     )
     installed_bundle = Path(where.stdout.strip())
-    assert installed_bundle.is_relative_to(env_dir) and (installed_bundle / "models" / "model.onnx").is_file()
+    assert installed_bundle.is_relative_to(env_dir)
+    assert (installed_bundle / "models" / "model.onnx").is_file()
     assert not (installed_bundle / "models" / "model.pt").exists()  # training weights stay in the repository
 
     # the denoiser: ONNX Runtime by default; TorchScript once the torch extra is installed

@@ -44,7 +44,8 @@ def test_pairs_keep_splits_and_hold_simulator_output(tmp_path, rng):
     assert calls[-1] == (6, 6)
     for split in source:
         for item, original in zip(pairs[split], source[split], strict=True):
-            assert item["label"] == original["label"] and item["source"] == original["source"]
+            assert item["label"] == original["label"]
+            assert item["source"] == original["source"]
             mri = np.asarray(Image.open(tmp_path / item["label"]), dtype=np.float32) / 255
             bmode = np.asarray(Image.open(tmp_path / item["image"]), dtype=np.float32) / 255
             np.testing.assert_allclose(bmode, 1.0 - low_level_map(mri), atol=1 / 255)
@@ -66,8 +67,10 @@ def test_simulated_bmode_keeps_shapes_the_generator_cannot_take_directly():
     generator = Pix2PixUNetGenerator(ngf=4, num_downs=4).eval()  # needs multiples of 16
     slices = np.random.default_rng(1).random((2, 21, 37)).astype(np.float32)
     out = simulate_bmode_from_mri(generator, slices)
-    assert out.shape == (2, 21, 37) and out.dtype == np.float32
-    assert out.min() >= 0.0 and out.max() <= 1.0
+    assert out.shape == (2, 21, 37)
+    assert out.dtype == np.float32
+    assert out.min() >= 0.0
+    assert out.max() <= 1.0
     # same answer as running the generator on a reflection-padded 32x48 map and cropping back
     maps = np.stack([low_level_map(s) for s in slices])
     padded = np.pad(maps, ((0, 0), (5, 6), (5, 6)), mode="reflect")

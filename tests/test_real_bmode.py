@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -43,9 +44,7 @@ def test_no_test_frame_has_a_near_duplicate_in_training(cine_frames):
             by_split.setdefault(split, []).append(frame.image)
     assert len(by_split["test"]) == CINE_BLOCKS["test"][1] - CINE_BLOCKS["test"][0]
     worst = max(_correlation(t, r) for t in by_split["test"] for r in by_split["training"])
-    neighbours = np.median(
-        [_correlation(a.image, b.image) for a, b in zip(cine_frames[:-1], cine_frames[1:], strict=True)]
-    )
+    neighbours = np.median([_correlation(a.image, b.image) for a, b in itertools.pairwise(cine_frames)])
     assert neighbours > NEAR_DUPLICATE  # the rule does detect neighbouring frames as near-duplicates
     assert worst < NEAR_DUPLICATE, f"a test frame correlates {worst:.3f} with a training frame"
 
@@ -63,7 +62,8 @@ def test_field_mask_excludes_colour_text_and_outside(cine_frames):
     # the cardiac fan: a large valid field, black outside, far smaller than the exported frame
     first = cine_frames[0]
     assert 0.4 < first.mask.mean() < 0.95
-    assert first.image.shape[0] < 480 and first.image.shape[1] < 640
+    assert first.image.shape[0] < 480
+    assert first.image.shape[1] < 640
 
 
 def test_two_panes_become_two_images():
@@ -81,9 +81,11 @@ def test_regions_find_dark_and_bright_areas():
     image += np.random.default_rng(0).normal(0, 0.02, image.shape).astype(np.float32)
     regions = choose_regions(image, np.ones(image.shape, bool))
     r0, c0, r1, c1 = regions["dark"]
-    assert abs((r0 + r1) / 2 - 40) < 12 and abs((c0 + c1) / 2 - 40) < 12
+    assert abs((r0 + r1) / 2 - 40) < 12
+    assert abs((c0 + c1) / 2 - 40) < 12
     r0, c0, r1, c1 = regions["bright"]
-    assert abs((r0 + r1) / 2 - 80) < 12 and abs((c0 + c1) / 2 - 120) < 12
+    assert abs((r0 + r1) / 2 - 80) < 12
+    assert abs((c0 + c1) / 2 - 120) < 12
     assert len(regions["homogeneous"]) == real_bmode.HOMOGENEOUS_REGIONS
     for r0, c0, r1, c1 in regions["homogeneous"]:
         assert abs(float(image[r0:r1, c0:c1].mean()) - 0.5) < 0.05  # uniform mid-grey tissue

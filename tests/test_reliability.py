@@ -275,18 +275,17 @@ def test_grey_alpha_png_and_3d_int16_dicom_work(tmp_path, bundle, capsys):
     )
     write_image(volume, tmp_path / "v.dcm")
     back = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "v.dcm")))
-    assert (
-        back.shape == (3, 32, 32)
-        and np.corrcoef(back.ravel(), sitk.GetArrayFromImage(volume).ravel())[0, 1] > 0.999
-    )
+    assert back.shape == (3, 32, 32)
+    assert np.corrcoef(back.ravel(), sitk.GetArrayFromImage(volume).ravel())[0, 1] > 0.999
 
 
 def test_voxel_limit_is_an_option(tmp_path, bundle, capsys):
     _nifti(tmp_path / "in.nii.gz", _speckle((4, 32, 32)))
     args = ["run", str(tmp_path / "in.nii.gz"), str(tmp_path / "out.nrrd"), "--progress", "none"]
-    assert main(args + ["--max-voxels", "4000"]) == 1
-    assert "4,096 values" in _one_line_error(capsys) and not (tmp_path / "out.nrrd").exists()
-    assert main(args + ["--max-voxels", "4096"]) == 0
+    assert main([*args, "--max-voxels", "4000"]) == 1
+    assert "4,096 values" in _one_line_error(capsys)
+    assert not (tmp_path / "out.nrrd").exists()
+    assert main([*args, "--max-voxels", "4096"]) == 0
 
 
 @pytest.mark.parametrize("name", ["Result.MHD", "result.MHA", "result.NII.GZ", "result.Nii", "result.HDR"])
@@ -309,7 +308,9 @@ def test_stale_temporary_folders_of_killed_runs_are_removed(tmp_path):
     unrelated = tmp_path / ".config.tmp"
     unrelated.mkdir()
     write_image(sitk.GetImageFromArray(_speckle((32, 32))), tmp_path / "out.nii.gz")
-    assert not stale.exists() and alive.exists() and unrelated.exists()
+    assert not stale.exists()
+    assert alive.exists()
+    assert unrelated.exists()
     assert remove_stale_temporaries(tmp_path, older_than_s=-1.0) == [alive]
 
 
@@ -388,7 +389,8 @@ def test_disk_full_keeps_the_existing_output(tmp_path):
         outcome = results[suffix]
         lines = outcome["stderr"].strip().splitlines()
         assert outcome["code"] == 1, (suffix, outcome)
-        assert len(lines) == 1 and "cannot write" in lines[0], (suffix, outcome)
+        assert len(lines) == 1, (suffix, outcome)
+        assert "cannot write" in lines[0], (suffix, outcome)
     assert _snapshot(tmp_path) == before  # every previous output intact, no temporary left
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 

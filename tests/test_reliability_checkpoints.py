@@ -89,7 +89,8 @@ def test_temporaries_of_killed_saves_are_removed(tmp_path):
     running = tmp_path / f".denoiser_checkpoint_epoch=5.pt.{os.getpid()}.tmp"
     running.write_bytes(b"being written")
     _engine_with_saver(tmp_path, save_interval=1)
-    assert not stale.exists() and running.exists()
+    assert not stale.exists()
+    assert running.exists()
     assert remove_stale_checkpoint_temporaries(tmp_path / "missing") == []
 
 
@@ -128,7 +129,12 @@ def test_training_resumes_from_the_newest_readable_checkpoint(tmp_path: Path, da
     good = models / "denoiser_checkpoint_epoch=1.pt"
     bad = models / "denoiser_checkpoint_epoch=2.pt"
     bad.write_bytes(good.read_bytes()[: good.stat().st_size // 3])
-    with pytest.warns(RuntimeWarning, match="epoch=2.pt cannot be read"):
+
+    def resume():
         wf = _workflow("train.json", tmp_path, dataset_dir, num_epochs_constant=1, num_epochs_decay=1)
-        assert wf.parser.get_parsed_content("resume_path") == str(good)
-        assert _run_counting_iterations(wf) == list(range(11, 21))  # picked up after epoch 1
+        return wf, wf.parser.get_parsed_content("resume_path")
+
+    with pytest.warns(RuntimeWarning, match=r"epoch=2\.pt cannot be read"):
+        wf, resume_path = resume()
+    assert resume_path == str(good)
+    assert _run_counting_iterations(wf) == list(range(11, 21))  # picked up after epoch 1

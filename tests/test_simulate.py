@@ -42,7 +42,8 @@ def test_autocorrelation_fwhm_of_gaussian_filtered_noise(rng: np.random.Generato
     assert axial == pytest.approx(factor * sigma_rows, rel=0.08)
     assert lateral == pytest.approx(factor * sigma_cols, rel=0.08)
     white_axial, white_lateral = autocorrelation_fwhm(rng.standard_normal((256, 256)))
-    assert white_axial < 1.1 and white_lateral < 1.1
+    assert white_axial < 1.1
+    assert white_lateral < 1.1
     with pytest.raises(ValueError, match="8x8"):
         autocorrelation_fwhm(np.ones((4, 40)))
     with pytest.raises(ValueError, match="constant"):
@@ -64,10 +65,13 @@ def test_log_compress_levels() -> None:
 # --------------------------------------------------------------------------------------------------
 def test_probe_psf_is_cached_normalised_and_centred() -> None:
     psf = probe_psf("L11-5v", pixel_size_m=1e-4)
-    assert psf.dtype == np.complex64 and psf.shape[0] % 2 == 1 and psf.shape[1] % 2 == 1
+    assert psf.dtype == np.complex64
+    assert psf.shape[0] % 2 == 1
+    assert psf.shape[1] % 2 == 1
     assert float(np.sum(np.abs(psf) ** 2)) == pytest.approx(1.0, rel=1e-4)
     peak = np.unravel_index(np.argmax(np.abs(psf)), psf.shape)
-    assert abs(peak[0] - psf.shape[0] // 2) <= 1 and abs(peak[1] - psf.shape[1] // 2) <= 1
+    assert abs(peak[0] - psf.shape[0] // 2) <= 1
+    assert abs(peak[1] - psf.shape[1] // 2) <= 1
     assert probe_psf("L11-5v", pixel_size_m=1e-4) is psf  # cached: computed once per probe and pixel
     assert not psf.flags.writeable
     with pytest.raises(ValueError, match="unknown probe"):
@@ -84,7 +88,8 @@ def test_fast_envelope_is_rayleigh_and_calibrated(
 ) -> None:
     echogenicity = np.full(simulator.shape, 0.5)
     envelope = simulator.envelope(echogenicity, rng)
-    assert envelope.shape == simulator.shape and envelope.dtype == np.float32
+    assert envelope.shape == simulator.shape
+    assert envelope.dtype == np.float32
     assert envelope.min() >= 0
     assert speckle_snr(envelope[16:-16, 16:-16]) == pytest.approx(RAYLEIGH_SNR, abs=0.15)
     # Echogenicity is the RMS scatterer amplitude: RMS envelope ~ 0.5, also at the borders.
@@ -98,12 +103,16 @@ def test_fast_simulate_shapes_ranges_determinism(simulator: FastBModeSimulator) 
     first = simulator.simulate(echogenicity, np.random.default_rng(7))
     second = simulator.simulate(echogenicity, np.random.default_rng(7))
     other = simulator.simulate(echogenicity, np.random.default_rng(8))
-    assert first.shape == simulator.shape and first.dtype == np.float32
-    assert first.min() >= 0.0 and first.max() <= 1.0 and first.std() > 0.05
+    assert first.shape == simulator.shape
+    assert first.dtype == np.float32
+    assert first.min() >= 0.0
+    assert first.max() <= 1.0
+    assert first.std() > 0.05
     np.testing.assert_array_equal(first, second)
     assert not np.array_equal(first, other)
     # The input map is not modified.
-    assert echogenicity.flags.writeable and np.all((echogenicity >= 0) & (echogenicity <= 1))
+    assert echogenicity.flags.writeable
+    assert np.all((echogenicity >= 0) & (echogenicity <= 1))
     anechoic = simulator.simulate(np.zeros(simulator.shape), np.random.default_rng(0))
     assert np.all(anechoic == 0.0)
 
@@ -161,13 +170,16 @@ def test_fast_rejects_bad_settings() -> None:
 def test_cyst_phantom_levels_and_masks(rng: np.random.Generator) -> None:
     contrasts = (-20.0, -10.0, -6.0, 6.0)
     echogenicity, masks = make_cyst_phantom((256, 256), rng, contrasts_db=contrasts, background=0.5)
-    assert echogenicity.dtype == np.float32 and echogenicity.min() >= 0 and echogenicity.max() <= 1
+    assert echogenicity.dtype == np.float32
+    assert echogenicity.min() >= 0
+    assert echogenicity.max() <= 1
     assert set(masks) == {"background", "edges", "cyst_-20dB", "cyst_-10dB", "cyst_-6dB", "cyst_+6dB"}
     np.testing.assert_allclose(echogenicity[masks["background"]], 0.5)
     for contrast in contrasts:
         region = masks[f"cyst_{contrast:+g}dB".replace("+-", "-")]
         assert region.sum() > 100
-        assert not np.any(region & masks["background"]) and not np.any(region & masks["edges"])
+        assert not np.any(region & masks["background"])
+        assert not np.any(region & masks["edges"])
         expected = min(1.0, 0.5 * 10 ** (contrast / 20))
         np.testing.assert_allclose(echogenicity[region], expected, rtol=1e-6)
     fixed, _ = make_cyst_phantom((256, 256), None)
@@ -202,7 +214,8 @@ def test_fast_speckle_grain_matches_pymust(simulator: FastBModeSimulator) -> Non
     physics = simulate_envelope_physics(
         echogenicity, np.random.default_rng(3), probe=simulator.probe, scatterers_per_cell=10.0
     )
-    assert physics.shape == shape and physics.dtype == np.float32
+    assert physics.shape == shape
+    assert physics.dtype == np.float32
     physics_axial, physics_lateral = autocorrelation_fwhm(physics)
 
     fast_axial, fast_lateral = [], []

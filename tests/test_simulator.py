@@ -39,9 +39,12 @@ def test_volume_is_the_simulator_on_each_slices_low_level_map(bundle, rng):
     maps = np.stack([low_level_map(s) for s in mri])[:, np.newaxis]
     with torch.inference_mode():
         expected = simulator(torch.from_numpy(maps)).numpy()[:, 0]
-    assert out.shape == mri.shape and out.dtype == np.float32
+    assert out.shape == mri.shape
+    assert out.dtype == np.float32
     np.testing.assert_allclose(out, expected, atol=1e-6)
-    assert out.min() >= 0.0 and out.max() <= 1.0 and out.std() > 0.01  # B-mode units, not the input's
+    assert out.min() >= 0.0
+    assert out.max() <= 1.0
+    assert out.std() > 0.01
 
 
 @pytest.mark.parametrize("axis", [0, 1, 2])
@@ -69,7 +72,8 @@ def test_progress_and_cancel(bundle, rng):
 
 def test_a_loaded_simulator_is_cached_and_can_be_passed_in(bundle, rng):
     simulator = load_simulator(bundle)
-    assert load_simulator(bundle) is simulator and not simulator.training
+    assert load_simulator(bundle) is simulator
+    assert not simulator.training
     assert simulator_divisor(simulator) == DIVISOR
     mri = _mri(rng, (2, 16, 32))
     np.testing.assert_array_equal(

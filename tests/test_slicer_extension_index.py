@@ -70,7 +70,7 @@ def _local_file_for(url: str) -> Path:
         assert path[:2] == [owner, name], f"{url} is not in {owner}/{name}"
         relative = path[3:]  # after the branch
     elif parts.netloc == "github.com":
-        assert path[:2] == [owner, name] and path[2] == "blob", f"{url} is not a file of {owner}/{name}"
+        assert path[:3] == [owner, name, "blob"], f"{url} is not a file of {owner}/{name}"
         relative = path[4:]
     else:
         raise AssertionError(f"{url} does not point into this repository")
@@ -125,18 +125,21 @@ def test_icon_screenshots_and_homepage_point_at_files_of_this_repository():
             assert path.read_bytes().startswith(magic), f"{path} is not the image its name says"
             assert path in _tracked_files(), f"{path.relative_to(REPO)} is not committed"
     homepage = _local_file_for(_cmake_value("EXTENSION_HOMEPAGE"))
-    assert homepage.is_file() and homepage.suffix == ".md"
+    assert homepage.is_file()
+    assert homepage.suffix == ".md"
     assert "5.10 or later" in homepage.read_text(), "the module's page states the Slicer version it needs"
     assert "5.10 or later" in _cmake_value("EXTENSION_DESCRIPTION")
 
 
 def test_contributors_and_license():
     contributors = _cmake_value("EXTENSION_CONTRIBUTORS")
-    assert contributors and "John Doe" not in contributors
+    assert contributors
+    assert "John Doe" not in contributors
     found = [name for name in LICENSE_NAMES if (REPO / name).is_file()]
     assert found == ["LICENSE"]
     text = (REPO / "LICENSE").read_text()
-    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "Apache License" in text
+    assert "Version 2.0, January 2004" in text
     assert "END OF TERMS AND CONDITIONS" in text, "the full license text, not a pointer to it"
 
 

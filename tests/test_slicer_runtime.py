@@ -108,11 +108,11 @@ def test_runtime_lists_every_library_module_it_imports(runtime):
     # the shipped command table names every command; only run's module is shipped
     assert (runtime / "usdespeckle" / "commands" / "run.py").is_file()
     # the module's panel reads these two in Slicer's own Python, with the standard library only
-    assert (runtime / "usdespeckle" / "options.py").is_file() and (
-        runtime / "usdespeckle" / "errors.py"
-    ).is_file()
+    assert (runtime / "usdespeckle" / "options.py").is_file()
+    assert (runtime / "usdespeckle" / "errors.py").is_file()
     bundle = runtime / "monai_bundle"
-    assert (bundle / "configs" / "metadata.json").is_file() and (bundle / "models" / "model.onnx").is_file()
+    assert (bundle / "configs" / "metadata.json").is_file()
+    assert (bundle / "models" / "model.onnx").is_file()
     assert not (bundle / "models" / "model.pt").exists(), (
         "training checkpoints do not belong in the extension"
     )
@@ -126,7 +126,9 @@ def test_installed_copy_offers_run_alone_and_its_options_to_the_panel(runtime, t
         [sys.executable, "-m", "usdespeckle", "--help"], cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
-    assert "run" in result.stdout and "prepare-data" not in result.stdout and "benchmark" not in result.stdout
+    assert "run" in result.stdout
+    assert "prepare-data" not in result.stdout
+    assert "benchmark" not in result.stdout
     module = runtime.parent.parent
     loaded = subprocess.run(
         [
@@ -175,7 +177,8 @@ def test_installed_copy_despeckles_without_torch(runtime, runtime_python, tmp_pa
         text=True,
         check=True,
     ).stdout.split()
-    assert Path(where[0]).is_relative_to(runtime) and Path(where[1]) == runtime / "monai_bundle"
+    assert Path(where[0]).is_relative_to(runtime)
+    assert Path(where[1]) == runtime / "monai_bundle"
 
     command = [str(runtime_python), "-m", "usdespeckle", "run", "scan.nrrd", "out.nrrd", "--backend", "onnx"]
     result = subprocess.run(
@@ -231,6 +234,7 @@ def test_installed_copy_refuses_changed_weights(runtime_python, tmp_path):
         timeout=300,
     )
     assert result.returncode == 1
-    assert "sha256" in result.stderr and "metadata.json" in result.stderr
+    assert "sha256" in result.stderr
+    assert "metadata.json" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1  # one line, no traceback
     assert not (elsewhere / "out.nrrd").exists()

@@ -29,7 +29,8 @@ def _row_cumsum(batch: np.ndarray) -> np.ndarray:
 def test_each_slice_along_the_axis_goes_through_the_function(rng, axis, batch_size):
     volume = rng.uniform(0, 10, size=(9, 12, 14))  # distinct sizes per axis
     (out,) = run_slicewise(volume, _row_cumsum, axis=axis, batch_size=batch_size)
-    assert out.shape == volume.shape and out.dtype == np.float32
+    assert out.shape == volume.shape
+    assert out.dtype == np.float32
     for k in range(volume.shape[axis]):
         np.testing.assert_allclose(
             np.take(out, k, axis=axis), _row_cumsum(np.take(volume, k, axis=axis)[None])[0], rtol=1e-6
@@ -102,7 +103,7 @@ def test_non_finite_output_is_refused_with_the_slices_and_the_remedy(rng):
 
     with pytest.raises(ValueError, match=r"the model returned NaN or infinite values on slices 0-1 of 6; "):
         run_slicewise(volume, broken, batch_size=2)
-    with pytest.raises(ValueError, match="restore it. Nothing was written"):
+    with pytest.raises(ValueError, match=r"restore it\. Nothing was written"):
         run_slicewise(volume, broken, batch_size=2, name="the model", remedy="restore it.")
 
 
@@ -131,7 +132,8 @@ def test_good_inputs_pass_unchanged_and_slices_are_views(rng):
     volume = rng.integers(0, 255, size=(3, 8, 9)).astype(np.uint8)
     assert check_volume(volume, axis=0) is volume
     view = slices_along(volume, axis=2)
-    assert view.shape == (9, 3, 8) and np.shares_memory(view, volume)
+    assert view.shape == (9, 3, 8)
+    assert np.shares_memory(view, volume)
     view[4] = 7  # writing a slice writes the volume
     assert (volume[:, :, 4] == 7).all()
     assert slices_along(volume[0], axis=2).shape == (1, 8, 9)
@@ -147,14 +149,17 @@ def test_robust_range_is_the_percentiles_and_falls_back_to_min_max(rng):
     large = rng.gamma(1.5, 30.0, size=(30, 200, 200))  # over a million values: a strided sample
     lo, hi = robust_range(large)
     assert (lo, hi) == robust_range(large.copy())  # deterministic
-    assert abs(lo - np.percentile(large, 0.5)) < 0.5 and abs(hi - np.percentile(large, 99.5)) < 5.0
+    assert abs(lo - np.percentile(large, 0.5)) < 0.5
+    assert abs(hi - np.percentile(large, 99.5)) < 5.0
 
 
 def test_intensity_map_to_unit_and_back(rng):
     image = rng.uniform(-50.0, 250.0, size=(20, 20)).astype(np.float32)
     mapping = IntensityMap.of(image, (0.0, 200.0))
     unit = mapping.to_unit(image)
-    assert unit.dtype == np.float32 and unit.min() == 0.0 and unit.max() == 1.0  # clipped
+    assert unit.dtype == np.float32
+    assert unit.min() == 0.0
+    assert unit.max() == 1.0
     inside = (image >= 0) & (image <= 200)
     np.testing.assert_allclose(mapping.from_unit(unit)[inside], image[inside], rtol=1e-5, atol=1e-4)
     assert IntensityMap.of(image) == IntensityMap(*robust_range(image))
@@ -168,8 +173,11 @@ def test_intensity_map_to_unit_and_back(rng):
 def test_padding_reaches_the_divisor_by_reflection_and_crops_back(rng, shape, divisor):
     batch = rng.uniform(size=shape)
     padded, (rows, cols) = pad_to_multiple(batch, divisor)
-    assert padded.shape[0] == shape[0] and padded.shape[1] % divisor == 0 and padded.shape[2] % divisor == 0
-    assert padded.shape[1] - shape[1] < divisor and padded.shape[2] - shape[2] < divisor
+    assert padded.shape[0] == shape[0]
+    assert padded.shape[1] % divisor == 0
+    assert padded.shape[2] % divisor == 0
+    assert padded.shape[1] - shape[1] < divisor
+    assert padded.shape[2] - shape[2] < divisor
     np.testing.assert_array_equal(padded[:, rows, cols], batch)
     top = rows.start
     if top > 0:  # reflection without repeating the edge row: row -1 is row 1

@@ -58,7 +58,8 @@ def test_rayleigh_speckle_shape_dtype_range(rng, shape):
     out = rayleigh_speckle(image, rng)
     assert out.shape == shape
     assert out.dtype == np.float32
-    assert out.min() >= 0.0 and out.max() <= 1.0
+    assert out.min() >= 0.0
+    assert out.max() <= 1.0
     assert out is not image
 
 
@@ -101,25 +102,27 @@ def test_gamma_speckle_enl(rng, looks):
 def test_gamma_speckle_shape_dtype_range(rng):
     image = rng.random((40, 30))
     out = gamma_speckle(image, 2.0, rng)
-    assert out.shape == image.shape and out.dtype == np.float32
-    assert out.min() >= 0 and out.max() <= 1
+    assert out.shape == image.shape
+    assert out.dtype == np.float32
+    assert out.min() >= 0
+    assert out.max() <= 1
     assert out is not image
     np.testing.assert_array_equal(gamma_speckle(np.zeros((8, 8)), 1.0, rng), 0)
 
 
 @pytest.mark.parametrize(
-    "call",
+    ("call", "match"),
     [
-        lambda rng: rayleigh_speckle(np.zeros((2, 4, 4)), rng),
-        lambda rng: rayleigh_speckle(np.full((4, 4), np.nan), rng),
-        lambda rng: rayleigh_speckle(np.zeros((4, 4)), rng, decimation=0),
-        lambda rng: rayleigh_speckle(np.zeros((4, 4)), rng, gain_range=(5, 1)),
-        lambda rng: gamma_speckle(np.zeros((4, 4)), 0, rng),
-        lambda rng: gamma_speckle(np.zeros(4), 1, rng),
+        (lambda rng: rayleigh_speckle(np.zeros((2, 4, 4)), rng), r"2D grey image .*\(2, 4, 4\)"),
+        (lambda rng: rayleigh_speckle(np.full((4, 4), np.nan), rng), "NaN or infinite"),
+        (lambda rng: rayleigh_speckle(np.zeros((4, 4)), rng, decimation=0), "decimation .*got 0"),
+        (lambda rng: rayleigh_speckle(np.zeros((4, 4)), rng, gain_range=(5, 1)), r"gain_range .*\(5, 1\)"),
+        (lambda rng: gamma_speckle(np.zeros((4, 4)), 0, rng), "looks must be a positive number; got 0"),
+        (lambda rng: gamma_speckle(np.zeros(4), 1, rng), r"2D grey image .*\(4,\)"),
     ],
 )
-def test_invalid_input_raises_value_error(rng, call):
-    with pytest.raises(ValueError):
+def test_invalid_input_raises_value_error(rng, call, match):
+    with pytest.raises(ValueError, match=match):
         call(rng)
 
 
@@ -130,8 +133,10 @@ def test_rayleigh_transform_keeps_metatensor_and_label():
     out = pipeline({"label": label})
     assert isinstance(out["image"], MetaTensor)
     assert out["image"].meta["filename_or_obj"] == "slice.png"
-    assert out["image"].shape == (1, 64, 64) and out["image"].dtype == torch.float32
-    assert float(out["image"].min()) >= 0 and float(out["image"].max()) <= 1
+    assert out["image"].shape == (1, 64, 64)
+    assert out["image"].dtype == torch.float32
+    assert float(out["image"].min()) >= 0
+    assert float(out["image"].max()) <= 1
     torch.testing.assert_close(out["label"], label)  # the target is untouched
     assert not torch.equal(out["image"], out["label"])
 
@@ -143,7 +148,8 @@ def test_transforms_deterministic_with_set_random_state(transform_cls):
     t1.set_random_state(3)
     t2.set_random_state(3)
     a1, a2 = t1(data)["image"], t2(data)["image"]
-    assert isinstance(a1, np.ndarray) and a1.dtype == np.float32
+    assert isinstance(a1, np.ndarray)
+    assert a1.dtype == np.float32
     np.testing.assert_array_equal(a1, a2)
     assert not np.array_equal(a1, t1(data)["image"])  # a new draw on the next call
     assert a1 is not data["image"]
@@ -163,14 +169,15 @@ def test_transform_errors_and_missing_keys():
         RandRayleighSpeckled(keys="image")({"label": np.zeros((1, 8, 8))})
     out = RandRayleighSpeckled(keys="image", allow_missing_keys=True)({"label": np.zeros((1, 8, 8))})
     assert "image" not in out
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"looks_range must be positive; got \(0, 4\)"):
         RandGammaSpeckled(keys="image", looks_range=(0, 4))
 
 
 def test_gamma_transform_multichannel_tensor():
     image = torch.full((2, 64, 64), 0.4)
     out = RandGammaSpeckled(keys="image", looks_range=(4, 4))({"image": image})["image"]
-    assert isinstance(out, torch.Tensor) and out.shape == (2, 64, 64)
+    assert isinstance(out, torch.Tensor)
+    assert out.shape == (2, 64, 64)
     intensity = out.double() ** 2
     enl = intensity.mean() ** 2 / intensity.var()
     assert float(enl) == pytest.approx(4, rel=0.15)

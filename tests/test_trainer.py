@@ -116,7 +116,8 @@ def test_zero_adversarial_weight_trains_on_l1_alone_without_the_discriminator() 
 
 @pytest.mark.parametrize("kwargs", [{"gan_mode": "hinge"}, {"lambda_l1": -1.0}, {"lambda_adv": -0.5}])
 def test_bad_settings_raise(kwargs: dict) -> None:
-    with pytest.raises(ValueError):
+    (name,) = kwargs
+    with pytest.raises(ValueError, match=f"^{name} must .*got '?{kwargs[name]}"):  # names what is wrong
         _trainer(_pairs(2), **kwargs)
 
 

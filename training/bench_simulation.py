@@ -23,10 +23,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "2")
 os.environ.setdefault("MKL_NUM_THREADS", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from usdespeckle.metrics import speckle_snr  # noqa: E402
-from usdespeckle.simulate import (  # noqa: E402
+from usdespeckle.metrics import speckle_snr
+from usdespeckle.simulate import (
     FastBModeSimulator,
     autocorrelation_fwhm,
     count_physics_scatterers,

@@ -40,12 +40,12 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
-import numpy as np  # noqa: E402
-from scipy import ndimage  # noqa: E402
-from skimage import color, data, io, transform  # noqa: E402
+import numpy as np
+from scipy import ndimage
+from skimage import color, data, io, transform
 
-from usdespeckle import filters, metrics, speckle  # noqa: E402
-from usdespeckle.simulate import log_compress  # noqa: E402
+from usdespeckle import filters, metrics, speckle
+from usdespeckle.simulate import log_compress
 
 # Small grids: a few values around each paper's recommendation. Lee and Kuan need small Cu on
 # log-compressed images (their local coefficient of variation is about 0.1-0.3 there).

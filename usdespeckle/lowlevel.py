@@ -17,7 +17,7 @@ from monai.transforms import MapTransform
 from monai.utils import convert_to_dst_type, convert_to_numpy
 from scipy import ndimage
 
-__all__ = ["LEVEL_STEP", "low_level_map", "LowLevelMapd"]
+__all__ = ["LEVEL_STEP", "LowLevelMapd", "low_level_map"]
 
 LEVEL_STEP = 32  # grey levels (0-255 scale) per quantisation bin: 8 levels 0, 32, ..., 224
 

@@ -45,14 +45,14 @@ __all__ = [
     "edge_preservation_index",
     "enl",
     "gcnr",
-    "ratio_image_quality",
-    "region_contrast",
-    "temporal_flicker",
     "psnr",
     "psnr_affine",
+    "ratio_image_quality",
+    "region_contrast",
     "speckle_snr",
     "ssim",
     "ssim_affine",
+    "temporal_flicker",
 ]
 
 

@@ -26,11 +26,11 @@ from monai.utils import convert_to_dst_type, convert_to_numpy
 from scipy import ndimage
 
 __all__ = [
+    "RandGammaSpeckled",
+    "RandRayleighSpeckled",
+    "gamma_speckle",
     "rayleigh_envelope",
     "rayleigh_speckle",
-    "gamma_speckle",
-    "RandRayleighSpeckled",
-    "RandGammaSpeckled",
 ]
 
 

@@ -190,7 +190,7 @@ class DespeckleLogic:
         python_executable: str | None = None,
         scene=None,
         environment: Mapping[str, str] | None = None,
-        runtime: str | os.PathLike | None | bool = None,
+        runtime: str | os.PathLike | bool | None = None,
         temp_root: str | os.PathLike | None = None,
         sequences_logic=None,
     ):

@@ -96,5 +96,6 @@ def cine_array(project_python, tmp_path_factory):
     assert result.returncode != 3, "pydicom-data (the cine) is not installed in the project's interpreter"
     assert result.returncode == 0, result.stderr
     array = np.load(path)
-    assert array.shape == (CINE_FRAMES, 480, 640, 3) and array.dtype == np.uint8
+    assert array.shape == (CINE_FRAMES, 480, 640, 3)
+    assert array.dtype == np.uint8
     return array

@@ -89,7 +89,9 @@ def test_parse_progress_and_command():
     )
     assert command[:4] == ["py", "-m", "usdespeckle", "run"]
     options = dict(zip(command[6::2], command[7::2], strict=False))
-    assert options["--axis"] == "2" and float(options["--strength"]) == 0.5 and options["--backend"] == "onnx"
+    assert options["--axis"] == "2"
+    assert float(options["--strength"]) == 0.5
+    assert options["--backend"] == "onnx"
     assert command[-3:] == ["--progress", "lines", "--force"]
     assert "--server" not in command  # no server: despeckle on this computer
     assert options["--passes"] == "1"  # the default: one pass, the shipped setting
@@ -147,11 +149,12 @@ def test_validate_server_url_accepts_and_cleans(text, expected):
     ],
 )
 def test_validate_server_url_rejects_with_the_expected_form(text, reason):
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(ValueError, match="is not valid") as err:
         validate_server_url(text)
     message = str(err.value)
     assert f"Server URL {text.strip()!r} is not valid" in message
-    assert "http://127.0.0.1:8000" in message and reason in message
+    assert "http://127.0.0.1:8000" in message
+    assert reason in message
 
 
 def test_start_rejects_bad_server_url_before_any_work(scene, volume):
@@ -177,13 +180,17 @@ def test_median_keeps_geometry_and_input_and_honours_axis(scene, volume, project
         np.testing.assert_allclose(ijk_to_ras_array(output), geometry, atol=1e-9)
         assert results[axis].shape == before.shape
         display = output.GetDisplayNode()
-        assert display is not None and display.GetWindow() > 0
+        assert display is not None
+        assert display.GetWindow() > 0
     # two runs, two new nodes (plus their display nodes): the second never overwrites the first
-    assert names[0] == "phantom" + OUTPUT_SUFFIX and names[1].startswith(names[0]) and names[1] != names[0]
+    assert names[0] == "phantom" + OUTPUT_SUFFIX
+    assert names[1].startswith(names[0])
+    assert names[1] != names[0]
     assert scene.GetNumberOfNodes() > nodes
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(volume), before)
     np.testing.assert_allclose(ijk_to_ras_array(volume), geometry, atol=0)
-    assert seen and seen[-1][0] == seen[-1][1]  # progress reached the end
+    assert seen
+    assert seen[-1][0] == seen[-1][1]
     # each axis matches the library on that axis, and not on the other one
     references = {axis: _reference(project_python, before, "median", axis, tmp_path) for axis in (0, 2)}
     for axis, other in ((0, 2), (2, 0)):
@@ -200,7 +207,8 @@ def test_denoiser_passes_reach_the_network(scene, volume, project_python, tmp_pa
     )
     one = np.array(slicer.util.arrayFromVolume(logic.process(volume, method="denoiser", backend="torch")))
     assert every.shape == one.shape == before.shape
-    assert np.isfinite(every).all() and np.isfinite(one).all()
+    assert np.isfinite(every).all()
+    assert np.isfinite(one).all()
     assert np.abs(every - one).mean() > 1e-3 * (before.max() - before.min())
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(volume), before)
 
@@ -208,7 +216,8 @@ def test_denoiser_passes_reach_the_network(scene, volume, project_python, tmp_pa
 def test_strength_zero_and_chosen_output_node(scene, volume, project_python):
     chosen = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "my output")
     output = DespeckleLogic(project_python).process(volume, chosen, method="median", axis=1, strength=0.0)
-    assert output is chosen and output.GetName() == "my output"
+    assert output is chosen
+    assert output.GetName() == "my output"
     np.testing.assert_allclose(slicer.util.arrayFromVolume(output), slicer.util.arrayFromVolume(volume))
 
 
@@ -235,7 +244,8 @@ def test_bad_method_raises_clear_error_and_adds_nothing(scene, volume, project_p
     message = str(err.value)
     assert "exit status 2" in message
     first_line = message.splitlines()[0]  # the command's own error, not the echoed command line
-    assert "argument --method" in first_line and "nosuchmethod" in first_line
+    assert "argument --method" in first_line
+    assert "nosuchmethod" in first_line
     assert scene.GetNumberOfNodes() == nodes
 
 
@@ -298,13 +308,17 @@ def test_cancel_kills_process_tree_and_leaves_scene(scene, volume, tmp_path):
     while job.done == 0 and time.monotonic() < deadline:
         assert not job.poll(), job.error_text()
         time.sleep(0.05)
-    assert (job.done, job.total) == (1, 10) and job.fraction == pytest.approx(0.1)
+    assert (job.done, job.total) == (1, 10)
+    assert job.fraction == pytest.approx(0.1)
     parent, grandchild = (int(v) for v in pid_file.read_text().split())
-    assert _alive(parent) and _alive(grandchild)
+    assert _alive(parent)
+    assert _alive(grandchild)
     job.cancel()
-    assert job.cancelled and (job.done, job.total) == (1, 10)  # stopped at the first of ten steps
+    assert job.cancelled
+    assert (job.done, job.total) == (1, 10)
     time.sleep(0.2)
-    assert not _alive(parent) and not _alive(grandchild)
+    assert not _alive(parent)
+    assert not _alive(grandchild)
     assert not job.temp_dir.exists()
     with pytest.raises(DespeckleCancelled):
         logic.finish(job)
@@ -383,5 +397,6 @@ def test_runtime_folder_and_environment(tmp_path):
         REPO,
     )
     env = process_environment({"PYTHONPATH": f"a{os.pathsep}b", "X": "1"}, "/rt")
-    assert env["PYTHONPATH"].split(os.pathsep) == ["/rt", "a", "b"] and env["X"] == "1"
+    assert env["PYTHONPATH"].split(os.pathsep) == ["/rt", "a", "b"]
+    assert env["X"] == "1"
     assert "PYTHONPATH" not in process_environment({}, None)

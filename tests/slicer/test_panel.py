@@ -77,7 +77,8 @@ def volume(scene):
 
 
 def _assert_idle(ui) -> None:
-    assert ui.applyButton.isEnabled() and ui.previewButton.isEnabled()
+    assert ui.applyButton.isEnabled()
+    assert ui.previewButton.isEnabled()
     assert not ui.cancelButton.isEnabled()
     assert not ui.progressBar.isVisible()
 
@@ -116,22 +117,28 @@ def test_failed_process_resets_the_panel_and_shows_its_error(ui, scene, volume, 
     logic = DespeckleLogic(project_python)
     nodes = scene.GetNumberOfNodes()
     assert panel.begin(lambda: logic.start(volume, method="nosuchmethod"), "Despeckling 'phantom'")
-    assert panel.running and ui.cancelButton.isEnabled() and not ui.applyButton.isEnabled()
-    assert ui.progressBar.isVisible() and ui.progressBar.maximum() == 4  # the slices, before any line
+    assert panel.running
+    assert ui.cancelButton.isEnabled()
+    assert not ui.applyButton.isEnabled()
+    assert ui.progressBar.isVisible()
+    assert ui.progressBar.maximum() == 4
     seen: list = []
     _run_to_end(panel, logic, seen)
     _assert_idle(ui)
-    assert not seen and not panel.running
+    assert not seen
+    assert not panel.running
     assert ui.statusLabel.text() == "Despeckling failed; the scene was not changed."
     (message, err), *_ = errors.shown
-    assert message == "Despeckling failed." and isinstance(err, DespeckleProcessError)
+    assert message == "Despeckling failed."
+    assert isinstance(err, DespeckleProcessError)
     assert "argument --method" in str(err)
     assert scene.GetNumberOfNodes() == nodes
     # and the next run works from that state
     assert panel.begin(lambda: logic.start(volume, method="median"), "Despeckling 'phantom' with median")
     _run_to_end(panel, logic, seen)
     _assert_idle(ui)
-    assert len(seen) == 1 and ui.statusLabel.text() == f"Wrote '{seen[0].GetName()}'"
+    assert len(seen) == 1
+    assert ui.statusLabel.text() == f"Wrote '{seen[0].GetName()}'"
     assert len(errors.shown) == 1
 
 
@@ -148,4 +155,5 @@ def test_declined_install_and_cancel_leave_the_panel_idle(ui, scene, volume, pro
     assert job.done < job.total  # stopped before its last slice
     if os.name != "nt":
         assert job.process.wait(timeout=30) == -signal.SIGKILL  # killed, not left to finish
-    assert job.cancelled and ui.statusLabel.text() == "Cancelled; the scene was not changed."
+    assert job.cancelled
+    assert ui.statusLabel.text() == "Cancelled; the scene was not changed."

@@ -43,10 +43,10 @@ def _stand_ins():
     from PySide6.QtCore import Property
     from PySide6.QtWidgets import QComboBox, QDoubleSpinBox, QGroupBox, QWidget
 
-    class qMRMLNodeComboBox(QComboBox):  # noqa: N801 - the class name the .ui asks for
+    class qMRMLNodeComboBox(QComboBox):
         pass
 
-    class ctkCollapsibleButton(QGroupBox):  # noqa: N801
+    class ctkCollapsibleButton(QGroupBox):
         def _text(self) -> str:
             return self.title()
 
@@ -55,10 +55,10 @@ def _stand_ins():
 
         text = Property(str, _text, _set_text)
 
-    class ctkSliderWidget(QDoubleSpinBox):  # noqa: N801
+    class ctkSliderWidget(QDoubleSpinBox):
         pass
 
-    class qMRMLWidget(QWidget):  # noqa: N801
+    class qMRMLWidget(QWidget):
         pass
 
     return (qMRMLNodeComboBox, ctkCollapsibleButton, ctkSliderWidget, qMRMLWidget)
@@ -184,13 +184,15 @@ def test_screenshot_of_the_panel_after_despeckling_a_cine(
     window.show()
     app.processEvents()
     shot = window.grab().toImage()
-    assert shot.width() >= 1200 and shot.height() >= 500
+    assert shot.width() >= 1200
+    assert shot.height() >= 500
     path = tmp_path / "screenshot.png"
     assert shot.save(str(path))
     # a picture, not a blank window: its pixels vary, and the panel's Apply is enabled again
     pixels = np.frombuffer(shot.convertToFormat(shot.Format.Format_Grayscale8).constBits(), dtype=np.uint8)
     assert pixels.std() > 20
-    assert ui.applyButton.isEnabled() and not ui.cancelButton.isEnabled()
+    assert ui.applyButton.isEnabled()
+    assert not ui.cancelButton.isEnabled()
     assert ui.statusLabel.text().startswith("Wrote sequence 'cardiac cine despeckled'")
     if os.environ.get("SLICERDESPECKLE_UPDATE_SCREENSHOT") == "1":
         assert shot.save(str(SCREENSHOT))

@@ -67,7 +67,8 @@ def cine(scene, sequences_logic, cine_array):
     browser.SetAndObserveMasterSequenceNodeID(sequence.GetID())
     sequences_logic.UpdateProxyNodesFromSequences(browser)
     proxy = browser.GetProxyNode(sequence)
-    assert proxy is not None and proxy.IsA("vtkMRMLVectorVolumeNode")
+    assert proxy is not None
+    assert proxy.IsA("vtkMRMLVectorVolumeNode")
     return sequence, browser, proxy
 
 
@@ -85,7 +86,8 @@ def test_proxy_volume_gives_a_sequence_in_the_same_browser(
     seen: list[tuple[int, int]] = []
     output = logic.process(proxy, method="median", progress=lambda done, total: seen.append((done, total)))
 
-    assert output.IsA("vtkMRMLSequenceNode") and output.GetName() == "cine" + OUTPUT_SUFFIX
+    assert output.IsA("vtkMRMLSequenceNode")
+    assert output.GetName() == "cine" + OUTPUT_SUFFIX
     assert (
         _index_values(output)
         == _index_values(sequence)
@@ -97,11 +99,13 @@ def test_proxy_volume_gives_a_sequence_in_the_same_browser(
         sequence.GetIndexType(),
     )
     assert output.GetAttribute(SOURCE_ATTRIBUTE) == proxy.GetID()
-    assert seen[0] == (0, len(cine_array)) and seen[-1] == (len(cine_array),) * 2  # progress over the frames
+    assert seen[0] == (0, len(cine_array))
+    assert seen[-1] == (len(cine_array),) * 2
     reference = _reference(project_python, cine_array, "median", tmp_path)
     for item in range(len(cine_array)):
         frame = output.GetNthDataNode(item)
-        assert frame.IsA("vtkMRMLScalarVolumeNode") and not frame.IsA("vtkMRMLVectorVolumeNode")
+        assert frame.IsA("vtkMRMLScalarVolumeNode")
+        assert not frame.IsA("vtkMRMLVectorVolumeNode")
         np.testing.assert_allclose(ijk_to_ras_array(frame), _frame_geometry(item), atol=1e-9)
         result = slicer.util.arrayFromVolume(frame)
         assert result.shape == (1, 480, 640)
@@ -109,7 +113,8 @@ def test_proxy_volume_gives_a_sequence_in_the_same_browser(
     # it plays in sync with the input: same browser, a proxy under the input's transform
     assert browser.IsSynchronizedSequenceNodeID(output.GetID(), False)
     output_proxy = browser.GetProxyNode(output)
-    assert output_proxy is not None and output_proxy.GetTransformNodeID() == transform.GetID()
+    assert output_proxy is not None
+    assert output_proxy.GetTransformNodeID() == transform.GetID()
     browser.SetSelectedItemNumber(2)
     np.testing.assert_allclose(
         slicer.util.arrayFromVolume(output_proxy)[0], reference[2], rtol=1e-5, atol=1e-3
@@ -123,7 +128,8 @@ def test_sequence_node_as_input_and_a_second_run(scene, sequences_logic, cine, p
     logic = DespeckleLogic(project_python, sequences_logic=sequences_logic)
     first = logic.process(sequence, method="median")
     second = logic.process(sequence, method="lee")
-    assert first.GetID() != second.GetID() and first.GetName() != second.GetName()  # nothing overwritten
+    assert first.GetID() != second.GetID()
+    assert first.GetName() != second.GetName()
     for output in (first, second):
         assert _index_values(output) == _index_values(sequence)
         assert browser.IsSynchronizedSequenceNodeID(output.GetID(), False)
@@ -134,12 +140,13 @@ def test_sequence_node_as_input_and_a_second_run(scene, sequences_logic, cine, p
 
 
 def test_proxy_as_one_frame_and_preview(scene, sequences_logic, cine, cine_array, project_python, tmp_path):
-    sequence, browser, proxy = cine
+    _sequence, browser, proxy = cine
     browser.SetSelectedItemNumber(3)
     logic = DespeckleLogic(project_python, sequences_logic=sequences_logic)
     nodes_before = scene.GetNumberOfNodesByClass("vtkMRMLSequenceNode")
     single = logic.process(proxy, method="median", all_frames=False)
-    assert single.IsA("vtkMRMLScalarVolumeNode") and slicer.util.arrayFromVolume(single).shape == (
+    assert single.IsA("vtkMRMLScalarVolumeNode")
+    assert slicer.util.arrayFromVolume(single).shape == (
         1,
         480,
         640,
@@ -148,7 +155,8 @@ def test_proxy_as_one_frame_and_preview(scene, sequences_logic, cine, cine_array
     reference = _reference(project_python, cine_array[3:4], "median", tmp_path)
     np.testing.assert_allclose(slicer.util.arrayFromVolume(single), reference, rtol=1e-5, atol=1e-3)
     preview = logic.process(proxy, method="median", slice_index=0)  # the frame shown, not the sequence
-    assert preview.IsA("vtkMRMLScalarVolumeNode") and slicer.util.arrayFromVolume(preview).shape == (
+    assert preview.IsA("vtkMRMLScalarVolumeNode")
+    assert slicer.util.arrayFromVolume(preview).shape == (
         1,
         480,
         640,
@@ -179,7 +187,8 @@ def test_colour_volume_is_despeckled_as_grey(scene, cine_array, project_python, 
     slicer.util.updateVolumeFromArray(volume, np.ascontiguousarray(cine_array[:2]))  # (2, 480, 640, 3)
     volume.SetSpacing(0.2, 0.3, 2.0)
     output = DespeckleLogic(project_python).process(volume, method="median")
-    assert output.IsA("vtkMRMLScalarVolumeNode") and not output.IsA("vtkMRMLVectorVolumeNode")
+    assert output.IsA("vtkMRMLScalarVolumeNode")
+    assert not output.IsA("vtkMRMLVectorVolumeNode")
     np.testing.assert_allclose(ijk_to_ras_array(output), ijk_to_ras_array(volume), atol=1e-9)
     reference = _reference(project_python, cine_array[:2], "median", tmp_path)
     np.testing.assert_allclose(slicer.util.arrayFromVolume(output), reference, rtol=1e-5, atol=1e-3)

@@ -105,7 +105,8 @@ def test_panel_widgets_have_the_expected_kinds(panel):
     server = kind("serverUrlLineEdit", QLineEdit)
     assert server.text() == ""  # empty by default: despeckle on this computer
     assert server.placeholderText() == "http://127.0.0.1:8000 (empty: run on this computer)"
-    assert "MONAI Label" in server.toolTip() and "empty" in server.toolTip()
+    assert "MONAI Label" in server.toolTip()
+    assert "empty" in server.toolTip()
     kind("progressBar", QProgressBar)
     kind("statusLabel", QLabel)
     with open(UI_PATH) as f:
@@ -128,7 +129,8 @@ def test_panel_renders_offscreen(panel, tmp_path):
     # (the loader's registered widget classes are process-wide: after the screenshot test the
     # stand-ins for Slicer's widgets are built, whose minimum width may exceed a narrow size)
     assert (image.width(), image.height()) == (panel.width(), panel.height())
-    assert panel.width() >= 320 and panel.height() >= 480
+    assert panel.width() >= 320
+    assert panel.height() >= 480
     assert image.save(str(tmp_path / "panel.png"))
 
 

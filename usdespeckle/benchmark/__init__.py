@@ -39,18 +39,18 @@ from usdespeckle.benchmark.scoring import METRICS
 from usdespeckle.benchmark.sets import SET_GROUPS, SETS, Case, SetSpec, resolve_sets
 
 __all__ = [
+    "INPUT",
+    "METRICS",
+    "SETS",
+    "SET_GROUPS",
     "Case",
     "Method",
     "SetSpec",
-    "SETS",
-    "SET_GROUPS",
-    "METRICS",
-    "INPUT",
     "available_methods",
+    "compose_grid",
+    "compose_panels",
     "register_method",
     "resolve_methods",
     "resolve_sets",
     "run_benchmark",
-    "compose_grid",
-    "compose_panels",
 ]

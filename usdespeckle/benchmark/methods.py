@@ -10,8 +10,8 @@ import numpy as np
 from usdespeckle.options import CLASSICAL_METHODS
 
 __all__ = [
-    "INPUT",
     "DENOISER",
+    "INPUT",
     "Method",
     "available_methods",
     "classical_names",

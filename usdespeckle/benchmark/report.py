@@ -14,7 +14,7 @@ from usdespeckle.benchmark.methods import DENOISER, INPUT
 from usdespeckle.benchmark.scoring import HIGHER_IS_BETTER, KEY_METRICS, METRIC_LABELS, METRICS, strongest
 from usdespeckle.benchmark.sets import SETS
 
-__all__ = ["markdown", "summary_rows", "command_line", "versions", "load_average"]
+__all__ = ["command_line", "load_average", "markdown", "summary_rows", "versions"]
 
 TIMING_SHAPE = (256, 256)  # timings are reported per slice of this size, pixels
 TIMING_THREADS = 2  # BLAS/OpenMP and torch threads while timing (and during the whole run)

@@ -10,7 +10,7 @@ import numpy as np
 
 from usdespeckle.benchmark.sets import Case
 
-__all__ = ["METRICS", "METRIC_LABELS", "HIGHER_IS_BETTER", "KEY_METRICS", "score", "summary", "strongest"]
+__all__ = ["HIGHER_IS_BETTER", "KEY_METRICS", "METRICS", "METRIC_LABELS", "score", "strongest", "summary"]
 
 METRICS: dict[str, tuple[str, ...]] = {
     "reference": ("psnr", "ssim", "psnr_affine", "ssim_affine", "epi"),
