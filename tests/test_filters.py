@@ -115,19 +115,7 @@ def test_bad_input(method: str, bad: np.ndarray, match: str) -> None:
         filters.despeckle(bad, method)
 
 
-def test_registry_and_parameter_errors() -> None:
-    assert set(filters.FILTERS) == {
-        "median",
-        "lee",
-        "frost",
-        "kuan",
-        "srad",
-        "obnlm",
-        "bm3d",
-        "mulog",
-        "nlm",
-        "tv",
-    }
+def test_parameter_errors() -> None:
     image = np.ones((16, 16))
     with pytest.raises(ValueError, match="valid names: median"):
         filters.despeckle(image, "wiener")

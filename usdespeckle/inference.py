@@ -40,6 +40,7 @@ from usdespeckle.errors import DespeckleCancelled
 from usdespeckle.options import (
     BACKENDS,
     CLASSICAL_METHODS,
+    DEFAULT_DEVICE,
     DEFAULT_PASSES,
     DEVICES,
     METHODS,
@@ -188,7 +189,7 @@ def _open_torchscript(path: Path, device: str) -> Any:
 def load_denoiser(
     bundle_root: str | os.PathLike | None = None,
     backend: str = "torch",
-    device: str = "cpu",
+    device: str = DEFAULT_DEVICE,
     passes: int = DEFAULT_PASSES,
 ) -> Denoiser:
     """Load the bundle's denoiser after checking its sha256 against ``configs/metadata.json``.
@@ -268,7 +269,7 @@ def despeckle_array(
     axis: int = 0,
     batch_size: int = 8,
     strength: float = 1.0,
-    device: str = "cpu",
+    device: str = DEFAULT_DEVICE,
     backend: str = "torch",
     bundle_root: str | os.PathLike | None = None,
     intensity_range: tuple[float, float] | None = None,

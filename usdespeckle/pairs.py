@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 # the simulator lives in its own module; its loader and renderer are re-exported for this module's users
+from usdespeckle.options import DEFAULT_DEVICE
 from usdespeckle.simulator import load_simulator, simulate_bmode_from_mri
 
 __all__ = ["PAIR_LISTS", "load_simulator", "make_mri_pairs", "simulate_bmode_from_mri"]
@@ -42,7 +43,7 @@ def make_mri_pairs(
     simulator: torch.nn.Module,
     *,
     batch_size: int = 16,
-    device: str = "cpu",
+    device: str = DEFAULT_DEVICE,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[Path]:
     """Write simulated B-mode images for every MRI slice and the paired datalists.

@@ -25,6 +25,7 @@ import torch
 
 from usdespeckle.bundle_utils import default_bundle_root, verify_checksums
 from usdespeckle.lowlevel import low_level_map
+from usdespeckle.options import DEFAULT_DEVICE
 from usdespeckle.slicewise import Cancel, Progress, check_volume, pad_to_multiple, run_slicewise
 
 __all__ = [
@@ -52,7 +53,9 @@ def simulator_file(bundle_root: str | os.PathLike | None = None) -> Path | None:
     return next((root / rel for rel in SIMULATOR_FILES if (root / rel).is_file()), None)
 
 
-def load_simulator(bundle_root: str | os.PathLike | None = None, device: str = "cpu") -> torch.nn.Module:
+def load_simulator(
+    bundle_root: str | os.PathLike | None = None, device: str = DEFAULT_DEVICE
+) -> torch.nn.Module:
     """Load the bundle's simulator after checking its sha256 against ``configs/metadata.json``.
 
     ``models/simulator.ts`` is loaded as it is; ``models/simulator.pt`` into the generator that
@@ -131,7 +134,11 @@ def simulator_divisor(simulator: torch.nn.Module) -> int:
 
 @torch.inference_mode()
 def simulate_bmode_from_mri(
-    simulator: torch.nn.Module, slices: np.ndarray, *, device: str = "cpu", divisor: int | None = None
+    simulator: torch.nn.Module,
+    slices: np.ndarray,
+    *,
+    device: str = DEFAULT_DEVICE,
+    divisor: int | None = None,
 ) -> np.ndarray:
     """Render slices as synthetic B-mode images: the low-level map of each, then the simulator.
 
@@ -157,7 +164,7 @@ def simulate_array(
     axis: int = 0,
     batch_size: int = 8,
     bundle_root: str | os.PathLike | None = None,
-    device: str = "cpu",
+    device: str = DEFAULT_DEVICE,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
     simulator: torch.nn.Module | None = None,

@@ -31,6 +31,7 @@ from lib.infers.common import (
 )
 from usdespeckle.bundle_utils import default_bundle_root
 from usdespeckle.io import MAX_VOXELS
+from usdespeckle.options import DEFAULT_DEVICE
 from usdespeckle.simulator import SIMULATOR_FILES, load_simulator, simulate_array, simulator_divisor
 
 __all__ = ["SimulateInferTask", "load_simulator"]  # load_simulator: the library's, for the app's users
@@ -58,7 +59,7 @@ class SimulateInferTask(InferTask):
         self,
         bundle_root: str | None = None,
         divisor: int | None = None,
-        device: str = "cpu",
+        device: str = DEFAULT_DEVICE,
         datastore_root: str | None = None,
         max_voxels: int = MAX_VOXELS,
     ) -> None:
@@ -104,7 +105,7 @@ class SimulateInferTask(InferTask):
         params.update(request)
         axis = get_int(params, "axis", 0, 0, 2)
         batch_size = get_int(params, "batch_size", 8, 1, 256)
-        device = get_choice(params, "device", "cpu", DEVICES)
+        device = get_choice(params, "device", DEFAULT_DEVICE, DEVICES)
         extension = get_choice(params, "result_extension", ".nii.gz", RESULT_EXTENSIONS)
 
         image = read_request_image(
