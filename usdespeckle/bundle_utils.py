@@ -11,6 +11,8 @@ import warnings
 import zipfile
 from pathlib import Path
 
+from usdespeckle.atomic import atomic_write
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -140,7 +142,9 @@ def update_checksums(bundle_root: str | Path) -> dict[str, str | None]:
         path = Path(bundle_root) / rel
         sums[rel] = sha256_file(path) if path.is_file() else None
     meta[_CHECKSUM_KEY] = sums
-    meta_path.write_text(json.dumps(meta, indent=4) + "\n", encoding="utf-8")
+    atomic_write(
+        meta_path, json.dumps(meta, indent=4) + "\n"
+    )  # a half-written metadata.json loses every checksum
     return sums
 
 

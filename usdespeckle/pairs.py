@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 # the simulator lives in its own module; its loader and renderer are re-exported for this module's users
+from usdespeckle.atomic import atomic_write
 from usdespeckle.options import DEFAULT_DEVICE
 from usdespeckle.simulator import load_simulator, simulate_bmode_from_mri
 
@@ -100,6 +101,6 @@ def make_mri_pairs(
                 progress(done, total)
     for pair_name, datalist in pairs.items():
         path = data_dir / pair_name
-        path.write_text(json.dumps(datalist, indent=1), encoding="utf-8")
+        atomic_write(path, json.dumps(datalist, indent=1))  # the datalist marks the pairs complete
         written.append(path)
     return written
