@@ -15,14 +15,26 @@ import contextlib
 from collections.abc import Iterator
 
 import numpy as np
-from scipy import ndimage, special
+from scipy import special
 
-from usdespeckle._filter_utils import _noise_std, _normalise, _positive, _slicewise
+from usdespeckle._filter_utils import _local_stats, _noise_std, _normalise, _positive, _slicewise
 from usdespeckle.filters_noise import _psf_covariance, estimate_looks, estimate_noise_psd
 
 __all__ = ["despeckle_bm3d", "despeckle_mulog", "estimate_looks", "estimate_noise_psd"]
 
 _PROFILES = ("np", "refilter", "vn", "high", "lc")
+#: The noise models of the BM3D step: the speckle's estimated spectrum, or white noise.
+_NOISE_MODELS = ("psd", "white")
+
+
+def _check_profile_and_noise(profile: str, noise: str, method: str) -> None:
+    """ValueError naming ``despeckle_<method>`` for a bm3d profile or noise model it does not know."""
+    if profile not in _PROFILES:
+        raise ValueError(
+            f"despeckle_{method}: profile must be one of {', '.join(map(repr, _PROFILES))}, got {profile!r}"
+        )
+    if noise not in _NOISE_MODELS:
+        raise ValueError(f"despeckle_{method}: noise must be 'psd' or 'white', got {noise!r}")
 
 
 def _import_bm3d():
@@ -120,12 +132,7 @@ def despeckle_bm3d(
     sigma_scale = _positive(sigma_scale, "sigma_scale", "bm3d")
     if transform not in ("log", "sqrt", "none"):
         raise ValueError(f"despeckle_bm3d: transform must be 'log', 'sqrt' or 'none', got {transform!r}")
-    if profile not in _PROFILES:
-        raise ValueError(
-            f"despeckle_bm3d: profile must be 'np', 'refilter', 'vn', 'high' or 'lc', got {profile!r}"
-        )
-    if noise not in ("psd", "white"):
-        raise ValueError(f"despeckle_bm3d: noise must be 'psd' or 'white', got {noise!r}")
+    _check_profile_and_noise(profile, noise, "bm3d")
     if psf is not None:
         _psf_covariance(psf, (8, 8))  # validate early, with a clear message
     _import_bm3d()
@@ -166,8 +173,7 @@ def _is_multiplicative(u: np.ndarray) -> bool:
     the local mean; log-compressed B-mode has a roughly constant local std. The slope of
     ``log(median local std)`` against ``log(local mean)`` over ten mean bins decides (> 0.5).
     """
-    mean = ndimage.uniform_filter(u, 7, mode="reflect")
-    var = np.maximum(ndimage.uniform_filter(u * u, 7, mode="reflect") - mean * mean, 0.0)
+    mean, var = _local_stats(u, 7)
     valid = mean > 0.02 * max(float(u.max()), 1e-12)
     if np.count_nonzero(valid) < 100:
         return False
@@ -220,12 +226,7 @@ def _mulog_parameters(
     dynamic_range_db = _positive(dynamic_range_db, "dynamic_range_db", "mulog")
     if domain not in ("auto", "amplitude", "log"):
         raise ValueError(f"despeckle_mulog: domain must be 'auto', 'amplitude' or 'log', got {domain!r}")
-    if noise not in ("white", "psd"):
-        raise ValueError(f"despeckle_mulog: noise must be 'white' or 'psd', got {noise!r}")
-    if profile not in _PROFILES:
-        raise ValueError(
-            f"despeckle_mulog: profile must be 'np', 'refilter', 'vn', 'high' or 'lc', got {profile!r}"
-        )
+    _check_profile_and_noise(profile, noise, "mulog")
     return looks, strength, dynamic_range_db
 
 
@@ -335,14 +336,15 @@ def despeckle_mulog(
         beta = 1.0 + 2.0 / n_looks
         y = (log_i + np.log(n_looks) - special.digamma(n_looks)) / sigma  # debiased start
         den_sigma = strength / np.sqrt(beta)
+        sigma_psd = den_sigma  # the denoiser's noise: white, or the log image's spectrum at that level
         if noise == "psd":
             shape = estimate_noise_psd(y)
             level = float(np.mean(shape)) / y.size
-            psd = shape / level * den_sigma**2 if level > 0 else None
+            if level > 0:
+                sigma_psd = shape / level * den_sigma**2
         z, dual = y.copy(), np.zeros_like(y)
         for _ in range(int(n_iter)):
             x = _prox_fisher_tippett(z - dual, intensity, n_looks / beta, sigma, n_newton=10)
-            sigma_psd = psd if noise == "psd" and psd is not None else den_sigma
             z = _bm3d_call(x + dual, sigma_psd, profile)
             dual = dual + x - z
         log_r = sigma * z

@@ -44,8 +44,6 @@ from usdespeckle.phantoms import make_cyst_phantom
 from usdespeckle.psf import (
     DEFAULT_CENTER_DEPTH_M,
     DEFAULT_PIXEL_SIZE_M,
-    MAX_TILT_RAD,
-    SPEED_OF_SOUND_M_S,
     _beamform_iq,
     _check_positive,
     _psf_fwhm,
@@ -56,8 +54,6 @@ from usdespeckle.psf import (
 __all__ = [
     "DEFAULT_CENTER_DEPTH_M",
     "DEFAULT_PIXEL_SIZE_M",
-    "MAX_TILT_RAD",
-    "SPEED_OF_SOUND_M_S",
     "FastBModeSimulator",
     "autocorrelation_fwhm",
     "count_physics_scatterers",
@@ -184,9 +180,6 @@ class FastBModeSimulator:
         self.n_angles = int(n_angles)
 
         # Speckle size on a fine grid decides the sub-sampling factors.
-        coarse = probe_psf(
-            self.probe, pixel_size_m=self.pixel_size_m, depth_m=self.depth_m, n_angles=self.n_angles
-        )
         fine_step = (min(self.pixel_size_m[0], 2.5e-5), min(self.pixel_size_m[1], 5e-5))
         fine = probe_psf(self.probe, pixel_size_m=fine_step, depth_m=self.depth_m, n_angles=self.n_angles)
         fwhm_axial_m, fwhm_lateral_m = _psf_fwhm(fine)
@@ -196,11 +189,8 @@ class FastBModeSimulator:
             max(1, math.ceil(3 * self.pixel_size_m[0] / fwhm_axial_m)),
             max(1, math.ceil(3 * self.pixel_size_m[1] / fwhm_lateral_m)),
         )
-        if self.upsample == (1, 1):
-            self.psf = coarse
-        else:
-            step = (self.pixel_size_m[0] / self.upsample[0], self.pixel_size_m[1] / self.upsample[1])
-            self.psf = probe_psf(self.probe, pixel_size_m=step, depth_m=self.depth_m, n_angles=self.n_angles)
+        step = (self.pixel_size_m[0] / self.upsample[0], self.pixel_size_m[1] / self.upsample[1])
+        self.psf = probe_psf(self.probe, pixel_size_m=step, depth_m=self.depth_m, n_angles=self.n_angles)
         #: PSF half-maximum widths (m), axial and lateral, from the fine grid.
         self.psf_fwhm_m = (fwhm_axial_m, fwhm_lateral_m)
         fine_shape = (self.shape[0] * self.upsample[0], self.shape[1] * self.upsample[1])

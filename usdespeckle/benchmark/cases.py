@@ -18,15 +18,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["KINDS", "Case", "LoadedSet", "SetSpec"]
+__all__ = ["Case", "LoadedSet", "SetSpec"]
 
 SIGMA_PER_GRAIN = 2.0  # fidelity low-pass sigma = this x the speckle grain's FWHM (mean of both axes)
 SIGMA_RANGE = (2.0, 10.0)  # pixels
 DEFAULT_SIGMA = 4.0  # pixels, when no homogeneous box is large enough to measure the grain
 GLCM_PER_GRAIN = 1.5  # co-occurrence offset of M = this x the grain's FWHM, per axis
 DEFAULT_GLCM_DISTANCE = 4  # pixels, when the grain is unknown
-
-KINDS = ("reference", "phantom", "real", "cine")
 
 
 @dataclass

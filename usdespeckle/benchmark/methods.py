@@ -7,14 +7,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from usdespeckle.options import CLASSICAL_METHODS
-
 __all__ = [
     "DENOISER",
     "INPUT",
     "Method",
     "available_methods",
-    "classical_names",
     "register_method",
     "resolve_methods",
 ]
@@ -57,11 +54,6 @@ def register_method(name: str, fn: ArrayFn, description: str = "") -> None:
     if not name or name == INPUT:
         raise ValueError(f"method name must be a non-empty name other than {INPUT!r}; got {name!r}.")
     _EXTRA_METHODS[name] = Method(name, fn, description)
-
-
-def classical_names() -> tuple[str, ...]:
-    """Names of the classical filters (``usdespeckle.options.CLASSICAL_METHODS``, the keys of ``FILTERS``)."""
-    return CLASSICAL_METHODS
 
 
 def _classical_methods() -> dict[str, Method]:
@@ -130,7 +122,6 @@ def resolve_methods(names: Sequence[str] | None) -> tuple[dict[str, Method], dic
         elif name in skipped:
             chosen_skipped[name] = skipped[name]
         else:
-            known = sorted((set(available) | set(skipped)) - {"filters"})
-            why = f" ({skipped['filters']})" if "filters" in skipped else ""
-            raise ValueError(f"unknown method {name!r}; choose from {known} (or 'all'){why}.")
+            known = sorted(set(available) | set(skipped))
+            raise ValueError(f"unknown method {name!r}; choose from {known} (or 'all').")
     return chosen, chosen_skipped

@@ -17,7 +17,7 @@ import numpy as np
 from usdespeckle.atomic import atomic_write
 from usdespeckle.benchmark.cases import Case, case_rng, to_size
 from usdespeckle.benchmark.figures import compose_grid, compose_panels, display, save_png
-from usdespeckle.benchmark.methods import DENOISER, INPUT, classical_names, resolve_methods
+from usdespeckle.benchmark.methods import DENOISER, INPUT, resolve_methods
 from usdespeckle.benchmark.report import (
     TIMING_SHAPE,
     TIMING_THREADS,
@@ -29,6 +29,7 @@ from usdespeckle.benchmark.report import (
 from usdespeckle.benchmark.scoring import score, strongest, summary
 from usdespeckle.benchmark.sets import SETS, resolve_sets
 from usdespeckle.benchmark.sets_synthetic import skimage_photo
+from usdespeckle.options import CLASSICAL_METHODS
 
 __all__ = ["run_benchmark"]
 
@@ -243,7 +244,7 @@ def run_benchmark(
         "image_size": int(image_size),
         "time_repeats": int(time_repeats),
         "methods": list(run_methods),
-        "classical": [m for m in chosen if m in classical_names()],
+        "classical": [m for m in chosen if m in CLASSICAL_METHODS],
         "versions": versions(),
         "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs, {platform.system()}",
         "load_average": load_average(),

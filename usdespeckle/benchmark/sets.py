@@ -17,18 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from usdespeckle.benchmark.cases import (
-    DEFAULT_GLCM_DISTANCE,
-    DEFAULT_SIGMA,
-    GLCM_PER_GRAIN,
-    KINDS,
-    SIGMA_PER_GRAIN,
-    SIGMA_RANGE,
-    Case,
-    LoadedSet,
-    SetSpec,
-)
-from usdespeckle.benchmark.sets_real import CINE_CROP, REAL_DATALIST, load_cine, load_real, speckle_grain
+from usdespeckle.benchmark.cases import Case, SetSpec
+from usdespeckle.benchmark.sets_real import load_cine, load_real
 from usdespeckle.benchmark.sets_synthetic import (
     _gamma_loader,
     _load_correlated,
@@ -37,23 +27,7 @@ from usdespeckle.benchmark.sets_synthetic import (
     _rayleigh_loader,
 )
 
-__all__ = [
-    "CINE_CROP",
-    "DEFAULT_GLCM_DISTANCE",
-    "DEFAULT_SIGMA",
-    "GLCM_PER_GRAIN",
-    "KINDS",
-    "REAL_DATALIST",
-    "SETS",
-    "SET_GROUPS",
-    "SIGMA_PER_GRAIN",
-    "SIGMA_RANGE",
-    "Case",
-    "LoadedSet",
-    "SetSpec",
-    "resolve_sets",
-    "speckle_grain",
-]
+__all__ = ["SETS", "SET_GROUPS", "Case", "SetSpec", "resolve_sets"]
 
 SETS: dict[str, SetSpec] = {
     spec.name: spec
