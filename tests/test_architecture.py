@@ -44,7 +44,7 @@ def _imports(path: Path) -> set[str]:
     """Absolute module names imported anywhere in ``path`` (relative imports resolved)."""
     package = ".".join(path.relative_to(REPO).parts[:-1])
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -92,13 +92,13 @@ def test_no_library_module_is_over_about_500_lines():
     long = {
         name: n
         for name, path in MODULES.items()
-        if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+        if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
     }
     assert long == {}, f"split these modules (over {MAX_MODULE_LINES} lines): {long}"
 
 
 def test_architecture_map_names_every_module():
-    text = ARCHITECTURE.read_text()
+    text = ARCHITECTURE.read_text(encoding="utf-8")
     missing = [
         str(path.relative_to(PACKAGE))
         for name, path in MODULES.items()

@@ -27,7 +27,7 @@ def small_run(tmp_path_factory) -> tuple[dict, Path]:
 
 def test_report_has_every_method_and_set(small_run):
     result, out = small_run
-    report = (out / "benchmark.md").read_text()
+    report = (out / "benchmark.md").read_text(encoding="utf-8")
     for set_name in SETS:
         assert f"## {set_name}:" in report
         assert result["sets"][set_name]["n"] == 2
@@ -43,7 +43,7 @@ def test_report_has_every_method_and_set(small_run):
     assert result["meta"]["command"] in report
     assert set(result["timing_ms"]) == set(METHODS)
     assert all(t["median_ms"] > 0 for t in result["timing_ms"].values())
-    saved = json.loads((out / "benchmark.json").read_text())
+    saved = json.loads((out / "benchmark.json").read_text(encoding="utf-8"))
     assert saved["sets"]["phantom"]["metrics"]["tv"]["enl"]["values"] == pytest.approx(
         result["sets"]["phantom"]["metrics"]["tv"]["enl"]["values"]
     )
@@ -126,7 +126,7 @@ def test_prepared_data_is_used(tmp_path, rng):
         expected, abs=0.01
     )
     assert result["sets"]["mri_extra_sim"]["n"] == 0
-    assert "SKIPPED" in (tmp_path / "out" / "benchmark.md").read_text()
+    assert "SKIPPED" in (tmp_path / "out" / "benchmark.md").read_text(encoding="utf-8")
 
 
 def test_unknown_names_and_bad_settings_are_clear_errors(tmp_path):
@@ -297,7 +297,7 @@ def test_real_sets_score_inside_the_field_against_the_input(real_run):
     assert cine["cases"] == ["frames_021-023"]
     assert cine["metrics"][INPUT]["flicker"]["mean"] == pytest.approx(1.0)
     assert cine["metrics"]["median"]["flicker"]["mean"] < 1.0  # smoothing calms the frame-to-frame speckle
-    report = (out / "benchmark.md").read_text()
+    report = (out / "benchmark.md").read_text(encoding="utf-8")
     assert "## real_bmode:" in report
     assert "## cine:" in report
     assert "fidelity corr." in report
@@ -320,7 +320,7 @@ def test_summary_names_the_strongest_classical_method(real_run):
     assert np.isnan(row["denoiser"])  # not run here
     cine_row = rows[("cine", "flicker")]
     assert cine_row["input"] == pytest.approx(1.0)
-    report = (out / "benchmark.md").read_text()
+    report = (out / "benchmark.md").read_text(encoding="utf-8")
     assert "| real_bmode | M (lower better) ↓ | ∞ |" in report
     assert f"({row['classical']}) |" in report
 
@@ -345,7 +345,7 @@ def test_new_synthetic_sets_have_references_and_groups_expand(tmp_path):
     assert four > one + 3  # four looks are much less noisy than one
     correlated = result["sets"]["correlated"]["metrics"]
     assert correlated["median"]["psnr_affine"]["mean"] > correlated[INPUT]["psnr_affine"]["mean"] + 1
-    assert "PSF-correlated" in (tmp_path / "benchmark.md").read_text()
+    assert "PSF-correlated" in (tmp_path / "benchmark.md").read_text(encoding="utf-8")
 
 
 def test_default_limits_subsample_and_the_report_says_so(tmp_path):
@@ -353,7 +353,7 @@ def test_default_limits_subsample_and_the_report_says_so(tmp_path):
         ["median"], ["rayleigh_mild"], data_dir=None, out_dir=tmp_path, **{**SMALL, "limit": None}
     )
     assert result["sets"]["rayleigh_mild"]["n"] == benchmark.SETS["rayleigh_mild"].default_limit
-    assert "Subsampled" in (tmp_path / "benchmark.md").read_text()
+    assert "Subsampled" in (tmp_path / "benchmark.md").read_text(encoding="utf-8")
 
 
 def test_demo_real_writes_input_classical_and_method(real_data, tmp_path, capsys):

@@ -10,6 +10,7 @@ import re
 import warnings
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from usdespeckle.atomic import atomic_write
 
@@ -17,9 +18,11 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "WEIGHT_FILES",
+    "check_weights",
     "checkpoint_problem",
     "default_bundle_root",
     "latest_checkpoint",
+    "read_metadata",
     "sha256_file",
     "update_checksums",
     "verify_checksums",
@@ -148,8 +151,46 @@ def update_checksums(bundle_root: str | Path) -> dict[str, str | None]:
     return sums
 
 
+def read_metadata(bundle_root: str | Path) -> dict[str, Any]:
+    """The bundle's ``configs/metadata.json`` as a dict.
+
+    Raises:
+        FileNotFoundError: no metadata under ``bundle_root``.
+        ValueError: the file is not JSON, or not a JSON object.
+    """
+    meta_path = _metadata_path(bundle_root)
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{meta_path} is not valid JSON: {err}; restore the bundle's metadata") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{meta_path} holds a {type(meta).__name__}, not a JSON object of bundle metadata")
+    return meta
+
+
+def check_weights(bundle_root: str | Path, rel: str, metadata: dict[str, Any] | None = None) -> None:
+    """Refuse the weight file ``rel`` unless its sha256 is the one ``metadata.json`` records.
+
+    Args:
+        bundle_root: the bundle folder.
+        rel: the file, relative to the bundle (e.g. ``"models/model.ts"``).
+        metadata: the bundle's metadata when already read (:func:`read_metadata`).
+
+    Raises:
+        ValueError: the sha256 differs, or none is recorded for ``rel``; as :func:`verify_checksums`.
+    """
+    if verify_checksums(bundle_root, files=(rel,), metadata=metadata)[rel] != "ok":
+        raise ValueError(
+            f'{_metadata_path(bundle_root)} records no sha256 for "{rel}" (no {_CHECKSUM_KEY} entry); '
+            "re-export the bundle so the weights can be checked"
+        )
+
+
 def verify_checksums(
-    bundle_root: str | Path, require_all: bool = False, files: tuple[str, ...] = WEIGHT_FILES
+    bundle_root: str | Path,
+    require_all: bool = False,
+    files: tuple[str, ...] = WEIGHT_FILES,
+    metadata: dict[str, Any] | None = None,
 ) -> dict[str, str]:
     """Check the weight files against the sha256 recorded in ``configs/metadata.json``.
 
@@ -157,6 +198,7 @@ def verify_checksums(
         bundle_root: the bundle folder.
         require_all: also fail when a file with a recorded checksum is missing.
         files: the files to check, relative to the bundle (default: every shipped weight file).
+        metadata: the bundle's metadata when already read (:func:`read_metadata`); read here if None.
 
     Returns:
         ``{relative path: "ok" | "absent" | "unrecorded"}`` for each of ``files``.
@@ -167,12 +209,7 @@ def verify_checksums(
             object with a ``weights_sha256`` mapping.
     """
     meta_path = _metadata_path(bundle_root)
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{meta_path} is not valid JSON: {err}; restore the bundle's metadata") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"{meta_path} holds a {type(meta).__name__}, not a JSON object of bundle metadata")
+    meta = read_metadata(bundle_root) if metadata is None else metadata
     recorded = meta.get(_CHECKSUM_KEY) or {}
     if not isinstance(recorded, dict) or not all(isinstance(v, str) or v is None for v in recorded.values()):
         raise ValueError(

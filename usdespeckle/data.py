@@ -32,6 +32,7 @@ output folder (``monai.data.load_decathlon_datalist(path, base_dir=out_dir)``).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -46,6 +47,7 @@ from tqdm import tqdm
 
 from usdespeckle import __version__
 from usdespeckle.atomic import atomic_write
+from usdespeckle.bundle_utils import sha256_file
 from usdespeckle.sources import (
     MNI_T1,
     MRI_SLAB_GAP,
@@ -171,12 +173,10 @@ def write_png(path: Path, image: np.ndarray) -> str:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     pixels = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
-    Image.fromarray(pixels, mode="L").save(path, format="PNG", optimize=False)
-    return _sha256(path)
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    encoded = io.BytesIO()  # hashed as written, not read back
+    Image.fromarray(pixels, mode="L").save(encoded, format="PNG", optimize=False)
+    path.write_bytes(encoded.getvalue())
+    return hashlib.sha256(encoded.getvalue()).hexdigest()
 
 
 def _existing_state(out_dir: Path, parameters: dict[str, Any]) -> str:
@@ -196,7 +196,7 @@ def _existing_state(out_dir: Path, parameters: dict[str, Any]) -> str:
         return "different"
     for rel, digest in manifest.get("files", {}).items():
         path = out_dir / rel
-        if not path.is_file() or _sha256(path) != digest:
+        if not path.is_file() or sha256_file(path) != digest:
             return "different"
     return "same"
 

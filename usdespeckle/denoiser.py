@@ -86,7 +86,7 @@ class Denoiser:
         Returns:
             ``passes`` float32 arrays ``(B, 1, H, W)`` in [0, 1], aligned with the input.
         """
-        return [np.ascontiguousarray(unmirror(self._run(mirror(batch, i)), i)) for i in range(passes)]
+        return [unmirror(self._run(mirror(batch, i)), i) for i in range(passes)]  # views; callers reduce them
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         """One network pass: float32 ``(B, 1, H, W)`` in [0, 1] in, clipped to [0, 1] out."""

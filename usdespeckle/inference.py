@@ -23,7 +23,7 @@ checks the bundle, loads it and runs the methods.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import threading
 import warnings
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from usdespeckle.bundle_utils import default_bundle_root, verify_checksums
+from usdespeckle.bundle_utils import check_weights, default_bundle_root, read_metadata
 from usdespeckle.denoiser import Denoiser, mirror, onnx_threads, unmirror
 from usdespeckle.errors import DespeckleCancelled
 from usdespeckle.options import (
@@ -108,7 +108,7 @@ def _divisor(metadata: dict[str, Any], path: Path) -> int:
     return divisors[0]
 
 
-_CACHE: dict[tuple[str, str, str, int], Denoiser] = {}
+_CACHE: dict[tuple[str, str, str], Denoiser] = {}
 _CACHE_LOCK = threading.Lock()
 
 
@@ -194,8 +194,8 @@ def load_denoiser(
 ) -> Denoiser:
     """Load the bundle's denoiser after checking its sha256 against ``configs/metadata.json``.
 
-    Loaded models are cached per (model file, backend, device, passes); the file's size and
-    modification time are part of the key, so a replaced file is checked and loaded again.
+    Loaded models are cached per (model file, backend, device), whatever ``passes``; the file's size
+    and modification time are part of the key, so a replaced file is checked and loaded again.
 
     Args:
         bundle_root: the MONAI bundle folder; default :func:`default_bundle_root`.
@@ -233,26 +233,17 @@ def load_denoiser(
             f"{meta_path} is missing; the bundle at {root} is incomplete. " + _no_weights_message(path)
         )
     stat = path.stat()
-    key = (f"{path}:{stat.st_size}:{stat.st_mtime_ns}", backend, device, passes)
+    # passes only changes the mirroring around the one-pass model: one checked, loaded model for all
+    key = (f"{path}:{stat.st_size}:{stat.st_mtime_ns}", backend, device)
     with _CACHE_LOCK:
-        if key in _CACHE:
-            return _CACHE[key]
-        try:
-            metadata = json.loads(meta_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{meta_path} is not valid JSON: {err}") from None
-        if verify_checksums(root, files=(rel,))[rel] != "ok":  # ValueError on a mismatch
-            raise ValueError(
-                f'{meta_path} lists no "weights_sha256" for "{rel}"; re-export the bundle so the '
-                "weights can be checked"
-            )
-        divisor = _divisor(metadata, meta_path)
-        model = _open_onnx(path, device) if backend == "onnx" else _open_torchscript(path, device)
-        denoiser = Denoiser(
-            path=path, backend=backend, device=device, divisor=divisor, model=model, passes=passes
-        )
-        _CACHE[key] = denoiser
-        return denoiser
+        if key not in _CACHE:
+            metadata = read_metadata(root)
+            check_weights(root, rel, metadata)
+            divisor = _divisor(metadata, meta_path)
+            model = _open_onnx(path, device) if backend == "onnx" else _open_torchscript(path, device)
+            _CACHE[key] = Denoiser(path=path, backend=backend, device=device, divisor=divisor, model=model)
+        cached = _CACHE[key]
+    return cached if cached.passes == passes else dataclasses.replace(cached, passes=passes)
 
 
 def _classical(method: str) -> Callable[[np.ndarray], np.ndarray]:

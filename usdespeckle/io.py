@@ -306,7 +306,8 @@ def write_image(
     path = check_output_path(path, force=force, source=source, dimension=image.GetDimension())
     suffix = _suffix(path)
     image = _cast_for_format(image, suffix)
-    remove_stale_temporaries(path.parent)
+    # only this output's own leftovers: the folder may hold other programs' .tmp files
+    remove_stale_temporaries(path.parent, destination=lambda name: name == path.name)
     try:
         with temporary_folder(path) as tmp:
             parts = _write_verified(image, path, tmp, suffix)

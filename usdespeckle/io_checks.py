@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from usdespeckle.options import MAX_VOXELS  # re-exported: io.MAX_VOXELS, io_checks.MAX_VOXELS
+
 __all__ = [
     "MAX_ABS_VALUE",
     "MAX_VOXELS",
@@ -26,14 +28,12 @@ __all__ = [
     "OUTPUT_SUFFIXES",
     "check_output_path",
     "image_files",
+    "same_file",
     "validate_image",
 ]
 
 #: Default smallest accepted in-plane side, pixels.
 MIN_SIZE = 16
-#: Default largest accepted number of values (voxels x components per voxel) an input may declare:
-#: 2**28, 1 GiB as float32 (a 1024 x 512 x 512 volume, or 900 frames of 600 x 480 x RGB).
-MAX_VOXELS = 2**28
 #: Largest accepted absolute pixel value: the despecklers compute in float32 (largest 3.4e38), and
 #: the intensity range (max - min) must stay finite there.
 MAX_ABS_VALUE = 1e30
@@ -188,7 +188,7 @@ def _check_nifti(path: Path, max_voxels: int) -> None:
         raise ValueError(f"{path}: holds {bad} NaN or infinite values; fix or mask them before despeckling")
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def same_file(a: Path, b: Path) -> bool:
     """Whether two paths name one file, case-insensitively (the MetaImage writer lower-cases names)."""
     with contextlib.suppress(OSError):
         if a.exists() and b.exists() and os.path.samefile(a, b):
@@ -217,7 +217,7 @@ def _refuse_overwriting_the_input(path: Path, outputs: list[Path], source: str |
     inputs = image_files(source)
     for out in outputs:
         for inp in inputs:
-            if _same_file(out, inp):
+            if same_file(out, inp):
                 what = "is the input file" if out == path and inp == inputs[0] else f"would overwrite {inp}"
                 raise ValueError(
                     f"output {path} {what}, part of the input {source}; choose another output path"

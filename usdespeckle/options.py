@@ -17,6 +17,7 @@ __all__ = [
     "DEFAULT_METHOD",
     "DEFAULT_PASSES",
     "DEVICES",
+    "MAX_VOXELS",
     "METHODS",
     "MIRRORINGS",
     "MODEL_BACKENDS",
@@ -67,3 +68,8 @@ DEFAULT_DEVICE = "cpu"
 
 #: Low and high percentiles of the robust min-max mapping of intensities to [0, 1].
 PERCENTILES: tuple[float, float] = (0.5, 99.5)
+
+#: Largest input accepted, in values (voxels x colour components) declared by the file's header,
+#: checked before reading: 2**28 is 1 GiB as float32. ``--max-voxels`` and the server's
+#: ``max_voxels`` change it.
+MAX_VOXELS = 2**28

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from usdespeckle.bundle_utils import default_bundle_root, verify_checksums
+from usdespeckle.bundle_utils import check_weights, default_bundle_root
 from usdespeckle.lowlevel import low_level_map
 from usdespeckle.options import DEFAULT_DEVICE
 from usdespeckle.slicewise import Cancel, Progress, check_volume, pad_to_multiple, run_slicewise
@@ -89,10 +89,7 @@ def load_simulator(
         if key in _CACHE:
             return _CACHE[key]
         rel = f"models/{path.name}"
-        if verify_checksums(root, files=(rel,))[rel] != "ok":  # ValueError on a mismatch
-            raise ValueError(
-                f"{root / 'configs' / 'metadata.json'} records no sha256 for {rel}; re-export it"
-            )
+        check_weights(root, rel)
         try:
             simulator = (
                 _load_torchscript(path, device) if path.suffix == ".ts" else _load_weights(root, path, device)

@@ -178,9 +178,13 @@ def robust_range(array: np.ndarray, percentiles: tuple[float, float] = PERCENTIL
     Returns:
         ``(low, high)`` with ``low < high`` unless the array is constant.
     """
-    flat = array.reshape(-1)
-    stride = max(1, flat.size // _PERCENTILE_SAMPLE)
-    sample = np.asarray(flat[::stride], dtype=np.float64)
+    stride = max(1, array.size // _PERCENTILE_SAMPLE)
+    if stride == 1:
+        sample = np.asarray(array, dtype=np.float64).reshape(-1)
+    else:  # every stride-th value in C order, without flattening (a transposed view would be copied)
+        sample = np.asarray(
+            array[np.unravel_index(np.arange(0, array.size, stride), array.shape)], np.float64
+        )
     lo, hi = (float(v) for v in np.percentile(sample, percentiles))
     if hi <= lo:
         lo, hi = float(array.min()), float(array.max())

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from usdespeckle.errors import UserError
 from usdespeckle.options import (
@@ -16,6 +16,7 @@ from usdespeckle.options import (
     DEFAULT_METHOD,
     DEFAULT_PASSES,
     DEVICES,
+    MAX_VOXELS,
     METHODS,
     PASSES,
 )
@@ -112,10 +113,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-voxels",
         type=_positive,
-        default=None,
+        default=MAX_VOXELS,
         metavar="N",
         help="refuse inputs whose header declares more than N values (voxels x colour components), "
-        "before reading them (default 2**28 = 268435456: 1 GiB as float32)",
+        f"before reading them (default {MAX_VOXELS}: 1 GiB as float32)",
     )
     parser.add_argument(
         "--server",
@@ -159,12 +160,6 @@ def _progress_callback(
     return None, lambda: None
 
 
-def _max_voxels(args: argparse.Namespace) -> int:
-    from usdespeckle.io import MAX_VOXELS
-
-    return args.max_voxels if args.max_voxels is not None else MAX_VOXELS
-
-
 #: pip names of the optional packages whose import name differs.
 _PIP_NAMES = {"skimage": "scikit-image"}
 
@@ -200,9 +195,10 @@ def _checked_input(args: argparse.Namespace):
     """
     from usdespeckle.inference import load_denoiser
     from usdespeckle.io import check_output_path, read_image
+    from usdespeckle.io_checks import same_file
 
     check_output_path(args.output, force=args.force, source=args.input)
-    image = read_image(args.input, max_voxels=_max_voxels(args))
+    image = read_image(args.input, max_voxels=args.max_voxels)
     check_output_path(args.output, force=args.force, source=args.input, dimension=image.GetDimension())
     if args.uncertainty:
         if args.method != "denoiser":
@@ -212,7 +208,7 @@ def _checked_input(args: argparse.Namespace):
         check_output_path(
             args.uncertainty, force=args.force, source=args.input, dimension=image.GetDimension()
         )
-        if os.path.abspath(args.uncertainty) == os.path.abspath(args.output):
+        if same_file(Path(args.uncertainty), Path(args.output)):  # also in another case or via a link
             raise ValueError("--uncertainty must name another file than OUTPUT")
     if image.GetDimension() == 2 and args.axis != 0:
         raise ValueError(f"--axis {args.axis} needs a volume; {args.input} is a 2D image")
@@ -294,13 +290,11 @@ def _main_via_server(args: argparse.Namespace) -> int:
 
     try:
         check_output_path(args.output, force=args.force, source=args.input)
-        source = Path(args.input)
-        if not source.exists():
-            raise FileNotFoundError(f"{source}: no such file or folder")
+        source = Path(args.input)  # a missing one is not uploadable: read_image below says so
         with tempfile.TemporaryDirectory(prefix="usdespeckle-server-") as work:
             upload = source
             if not uploadable(source):
-                image = read_image(source, max_voxels=_max_voxels(args))
+                image = read_image(source, max_voxels=args.max_voxels)
                 dims = image.GetDimension()
                 check_output_path(args.output, force=args.force, source=args.input, dimension=dims)
                 upload = Path(work) / "input.nrrd"
