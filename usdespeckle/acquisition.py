@@ -4,8 +4,9 @@ Real scans differ from one another in probe, settings and export far more than o
 probe does. :func:`simulate_acquisition` draws every setting of the chain from a range:
 
 1. the echogenicity map ``g`` (grey levels in [0, 1]) becomes a linear scatterer amplitude spanning
-   ``contrast_db`` decibels, ``10 ** ((g - 1) * C / 20)`` (:func:`usdespeckle.simulate.echogenicity_to_amplitude`); optional
-   anechoic ellipses (cysts, vessels) are set to 0;
+   ``contrast_db`` decibels, ``10 ** ((g - 1) * C / 20)``
+   (:func:`usdespeckle.simulate.echogenicity_to_amplitude`); optional anechoic ellipses (cysts,
+   vessels) are set to 0;
 2. scatterers: circular complex Gaussian amplitudes on the pixel grid (fully developed speckle) or,
    with probability ``partial_prob``, sparse ones (a fraction ``density`` of the pixels: partly
    developed, non-Rayleigh speckle);
