@@ -53,9 +53,6 @@ class DespeckleApp(MONAILabelApp):
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
         conf = dict(conf or {})
         self.bundle_root = conf.get("bundle") or None
-        if self.bundle_root:
-            # the simulator's default location follows the bundle too
-            os.environ["USDESPECKLE_BUNDLE"] = os.path.abspath(self.bundle_root)
         self.device = conf.get("device", DEFAULT_DEVICE)
         if self.device not in DEVICES:
             raise ValueError(f"--conf device must be one of {', '.join(DEVICES)}, got {self.device!r}")

@@ -4,8 +4,9 @@ Real scans differ from one another in probe, settings and export far more than o
 probe does. :func:`simulate_acquisition` draws every setting of the chain from a range:
 
 1. the echogenicity map ``g`` (grey levels in [0, 1]) becomes a linear scatterer amplitude spanning
-   ``contrast_db`` decibels, ``10 ** ((g - 1) * C / 20)``, as in :mod:`usdespeckle.data`; optional
-   anechoic ellipses (cysts, vessels) are set to 0;
+   ``contrast_db`` decibels, ``10 ** ((g - 1) * C / 20)``
+   (:func:`usdespeckle.simulate.echogenicity_to_amplitude`); optional anechoic ellipses (cysts,
+   vessels) are set to 0;
 2. scatterers: circular complex Gaussian amplitudes on the pixel grid (fully developed speckle) or,
    with probability ``partial_prob``, sparse ones (a fraction ``density`` of the pixels: partly
    developed, non-Rayleigh speckle);
@@ -36,6 +37,8 @@ import scipy.fft
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import convert_to_numpy
+
+from usdespeckle.simulate import echogenicity_to_amplitude, log_compress
 
 __all__ = ["AcquisitionRanges", "RandAcquisitiond", "simulate_acquisition"]
 
@@ -146,7 +149,7 @@ def simulate_acquisition(
         return float(rng.uniform(*bounds))
 
     contrast_db = draw(ranges.contrast_db)
-    amplitude = np.where(grey > 0, 10.0 ** ((grey - 1.0) * contrast_db / 20.0), 0.0)
+    amplitude = echogenicity_to_amplitude(grey, contrast_db)
     if rng.random() < ranges.anechoic_prob:
         amplitude = _anechoic(amplitude, rng)
 
@@ -156,7 +159,8 @@ def simulate_acquisition(
         scatterers = scatterers * (rng.random((h, w)) < density) / math.sqrt(density)
     psf = _psf(draw(ranges.psf_axial_px), draw(ranges.psf_lateral_px), draw(ranges.carrier_cycles))
     field = amplitude * scatterers
-    shape = (h + psf.shape[0] - 1, w + psf.shape[1] - 1)
+    # the full linear convolution fits in this size; padded up to a length the FFT is fast at
+    shape = tuple(scipy.fft.next_fast_len(n + k - 1) for n, k in zip((h, w), psf.shape, strict=True))
     echo = scipy.fft.ifft2(scipy.fft.fft2(field, s=shape) * scipy.fft.fft2(psf, s=shape))
     r0, c0 = psf.shape[0] // 2, psf.shape[1] // 2
     echo = echo[r0 : r0 + h, c0 : c0 + w]
@@ -167,11 +171,9 @@ def simulate_acquisition(
     depth = np.linspace(0.0, 1.0, h)[:, None]
     gain = 10.0 ** ((draw(ranges.gain_db) + draw(ranges.tgc_db) * depth) / 20.0)
     dynamic_range = draw(ranges.dynamic_range_db)
-    headroom_db = 6.0
 
     def compress(linear: np.ndarray) -> np.ndarray:
-        level = 20.0 * np.log10(np.maximum(linear * gain, 1e-12))
-        return np.clip((level - headroom_db + dynamic_range) / dynamic_range, 0.0, 1.0)
+        return log_compress(linear * gain, dynamic_range_db=dynamic_range, headroom_db=6.0)
 
     bmode = compress(envelope)
     clean = compress(np.sqrt(amplitude**2 + noise**2))  # the mean level, without speckle
@@ -221,7 +223,7 @@ class RandAcquisitiond(RandomizableTransform, MapTransform):
         key = self.keys[0]
         array = convert_to_numpy(out[key])
         if not self._do_transform:
-            out[self.image_key] = array.astype(np.float32).copy()
+            out[self.image_key] = array.astype(np.float32)  # a copy
             return out
         bmode, clean = simulate_acquisition(
             np.clip(array[0], 0.0, 1.0), np.random.default_rng(seed), self.ranges

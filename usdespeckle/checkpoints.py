@@ -48,14 +48,19 @@ class AtomicDiskSaver(DiskSaver):
         dirname: the checkpoint folder.
         filename: a fixed file name for every save (MONAI's ``final_filename`` and
             ``key_metric_filename``), or None for ignite's names.
+        clean: remove the stale temporaries of killed runs from ``dirname`` now (False when the
+            caller has done it, as :class:`AtomicCheckpointSaver` does once for its savers).
     """
 
-    def __init__(self, dirname: str | os.PathLike, filename: str | None = None) -> None:
+    def __init__(
+        self, dirname: str | os.PathLike, filename: str | None = None, *, clean: bool = True
+    ) -> None:
         # require_empty=False: resuming runs write into a folder that holds checkpoints
         super().__init__(dirname=dirname, require_empty=False, atomic=False)
         self.filename = filename
         self._pending_removal: list[str] = []
-        remove_stale_checkpoint_temporaries(self.dirname)
+        if clean:
+            remove_stale_checkpoint_temporaries(self.dirname)
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
         """Save ``checkpoint`` as ``filename`` (or the fixed name), then remove the files it replaces."""
@@ -84,7 +89,13 @@ class AtomicCheckpointSaver(CheckpointSaver):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
-            if checkpoint is not None:
-                fixed = getattr(checkpoint.save_handler, "filename", None)
-                checkpoint.save_handler = AtomicDiskSaver(self.save_dir, filename=fixed)
+        checkpoints = [
+            checkpoint
+            for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint)
+            if checkpoint is not None
+        ]
+        if checkpoints:  # up to three savers share the folder: scan it for stale temporaries once
+            remove_stale_checkpoint_temporaries(self.save_dir)
+        for checkpoint in checkpoints:
+            fixed = getattr(checkpoint.save_handler, "filename", None)
+            checkpoint.save_handler = AtomicDiskSaver(self.save_dir, filename=fixed, clean=False)

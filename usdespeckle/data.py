@@ -48,6 +48,7 @@ from tqdm import tqdm
 from usdespeckle import __version__
 from usdespeckle.atomic import atomic_write
 from usdespeckle.bundle_utils import sha256_file
+from usdespeckle.simulate import echogenicity_to_amplitude  # data keeps the name
 from usdespeckle.sources import (
     MNI_T1,
     MRI_SLAB_GAP,
@@ -218,16 +219,6 @@ def simulator_split_counts(total: int) -> dict[str, int]:
     validation = round(SIMULATOR_VALIDATION_FRACTION * total)
     test = round(SIMULATOR_TEST_FRACTION * total)
     return {"training": total - validation - test, "validation": validation, "test": test}
-
-
-def echogenicity_to_amplitude(echogenicity: np.ndarray, contrast_db: float) -> np.ndarray:
-    """The linear scatterer amplitude ``10 ** ((g - 1) * contrast_db / 20)`` of a grey-level map (0 stays 0).
-
-    The map is a grey-level (log-domain) picture and B-mode grey levels are log-compressed, so the
-    amplitude spans ``contrast_db`` decibels (zero stays anechoic). A linear use of the grey levels
-    would leave e.g. grey and white matter 2 dB apart, invisible under speckle.
-    """
-    return np.where(echogenicity > 0, 10.0 ** ((echogenicity - 1.0) * contrast_db / 20.0), 0.0)
 
 
 class DatasetWriter:

@@ -57,6 +57,7 @@ __all__ = [
     "FastBModeSimulator",
     "autocorrelation_fwhm",
     "count_physics_scatterers",
+    "echogenicity_to_amplitude",
     "log_compress",
     "make_cyst_phantom",
     "probe_psf",
@@ -95,6 +96,16 @@ def _check_echogenicity(echogenicity: np.ndarray, shape: tuple[int, int] | None 
             "rescale it (e.g. image / image.max())."
         )
     return array
+
+
+def echogenicity_to_amplitude(echogenicity: np.ndarray, contrast_db: float) -> np.ndarray:
+    """The linear scatterer amplitude ``10 ** ((g - 1) * contrast_db / 20)`` of a grey-level map (0 stays 0).
+
+    The map is a grey-level (log-domain) picture and B-mode grey levels are log-compressed, so the
+    amplitude spans ``contrast_db`` decibels (zero stays anechoic). A linear use of the grey levels
+    would leave e.g. grey and white matter 2 dB apart, invisible under speckle.
+    """
+    return np.where(echogenicity > 0, 10.0 ** ((echogenicity - 1.0) * contrast_db / 20.0), 0.0)
 
 
 def log_compress(

@@ -25,7 +25,7 @@ from monai.transforms import InvertibleTransform, MapTransform
 from monai.utils import convert_to_dst_type, convert_to_numpy, ensure_tuple_rep
 
 from usdespeckle.options import PERCENTILES
-from usdespeckle.slicewise import MIN_SLICE_SIZE, robust_range
+from usdespeckle.slicewise import MIN_SLICE_SIZE, IntensityMap, robust_range
 
 __all__ = ["DivisibleReflectPadd", "RobustScaleIntensityd"]
 
@@ -36,7 +36,8 @@ class RobustScaleIntensityd(MapTransform, InvertibleTransform):
     The range is :func:`usdespeckle.slicewise.robust_range` of the whole image (all channels):
     the ``percentiles`` (0.5, 99.5 by default), or min..max where those coincide; volumes over a
     million values are sampled with the library's stride, in SimpleITK's voxel order. Values outside
-    it are clipped. The inverse (``Invertd`` on the prediction) applies ``y * (high - low) + low``.
+    it are clipped. The inverse (``Invertd`` on the prediction) applies ``y * (high - low) + low``;
+    both directions are the library's :class:`usdespeckle.slicewise.IntensityMap`.
 
     Args:
         keys: keys of the images to map.
@@ -72,7 +73,7 @@ class RobustScaleIntensityd(MapTransform, InvertibleTransform):
             low, high = robust_range(values.T, self.percentiles)
             if not high > low:
                 raise ValueError(f"{_name(image)} is constant ({low}): nothing to despeckle")
-            mapped = np.clip((values.astype(np.float32) - np.float32(low)) / np.float32(high - low), 0.0, 1.0)
+            mapped = IntensityMap(low, high).to_unit(values.astype(np.float32))
             d[key] = convert_to_dst_type(mapped, image, dtype=torch.float32)[0]
             self.push_transform(d, key, extra_info={"low": low, "high": high})
         return d
@@ -81,8 +82,7 @@ class RobustScaleIntensityd(MapTransform, InvertibleTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             info = self.pop_transform(d, key)["extra_info"]
-            scale = np.float32(info["high"] - info["low"])
-            d[key] = d[key] * scale + np.float32(info["low"])
+            d[key] = IntensityMap(info["low"], info["high"]).from_unit(d[key])
         return d
 
 

@@ -76,14 +76,17 @@ def _suffix(filename: str | None) -> str:
     return suffix if _SAFE_SUFFIX.match(suffix) else ""
 
 
+def _too_large(limit: int) -> HTTPException:
+    """The one answer (HTTP 413) for an upload over ``limit`` bytes."""
+    return HTTPException(status_code=413, detail=f"upload larger than the server's limit of {limit:,} bytes")
+
+
 async def _limited(request: Request, limit: int) -> AsyncIterator[bytes]:
     total = 0
     async for chunk in request.stream():
         total += len(chunk)
         if total > limit:
-            raise HTTPException(
-                status_code=413, detail=f"upload larger than the server's limit of {limit:,} bytes"
-            )
+            raise _too_large(limit)
         yield chunk
 
 
@@ -98,9 +101,7 @@ async def _save_upload(upload: UploadFile, limit: int) -> str:
             while chunk := await upload.read(_CHUNK):
                 size += len(chunk)
                 if size > limit:
-                    raise HTTPException(
-                        status_code=413, detail=f"upload larger than the server's limit of {limit:,} bytes"
-                    )
+                    raise _too_large(limit)
                 f.write(chunk)
         if size == 0:
             raise HTTPException(status_code=400, detail="the uploaded file is empty")
@@ -188,9 +189,7 @@ def _check_request(
         raise HTTPException(status_code=400, detail="sessions are not supported; upload the image as 'file'")
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > max_upload_bytes + _CHUNK:
-        raise HTTPException(
-            status_code=413, detail=f"upload larger than the server's limit of {max_upload_bytes:,} bytes"
-        )
+        raise _too_large(max_upload_bytes)
 
 
 def _stored_image(instance, image: str) -> str:
@@ -223,9 +222,8 @@ def make_endpoint(max_upload_bytes: int):
         user: User = authorised,
     ) -> Response:
         instance = app_instance()
-        _check_request(
-            request, model, instance.info().get("models", {}), output, session_id, max_upload_bytes
-        )
+        info = instance.info()  # walks every task and the datastore: once per request
+        _check_request(request, model, info.get("models", {}), output, session_id, max_upload_bytes)
         upload_path: str | None = None
         form = None
         try:
@@ -249,7 +247,7 @@ def make_endpoint(max_upload_bytes: int):
                 path = upload_path
             else:
                 path = _stored_image(instance, image)
-            task_request = {**instance.info().get("config", {}).get("infer", {}), **params}
+            task_request = {**info.get("config", {}).get("infer", {}), **params}
             task_request.update(model=model, image=path)
             logger.info("infer %s on %s with %s", model, "an upload" if upload_path else image, params)
             try:

@@ -20,15 +20,12 @@ from typing import Any
 import SimpleITK as sitk
 from fastapi import HTTPException
 
-from usdespeckle import options
 from usdespeckle.io import MAX_VOXELS, read_image, write_image
 
 logger = logging.getLogger(__name__)
 
 #: Result formats a client may ask for with ``result_extension``; all keep float32 pixels.
 RESULT_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha")
-#: Devices a request may name (the library's).
-DEVICES = options.DEVICES
 
 
 _PATH = re.compile(r"(?<![\w.<])(?:[A-Za-z]:)?[/\\](?:[^\s'\"/\\]+[/\\])*[^\s'\",;:()/\\]+")

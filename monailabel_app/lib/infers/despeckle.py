@@ -13,7 +13,6 @@ from typing import Any
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from lib.infers.common import (
-    DEVICES,
     RESULT_EXTENSIONS,
     bad_request,
     describe,
@@ -31,6 +30,7 @@ from usdespeckle.options import (
     DEFAULT_DEVICE,
     DEFAULT_METHOD,
     DEFAULT_PASSES,
+    DEVICES,
     METHODS,
     MODEL_BACKENDS,
     PASSES,

@@ -18,7 +18,6 @@ from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from lib.infers.common import (
-    DEVICES,
     RESULT_EXTENSIONS,
     describe,
     get_choice,
@@ -31,8 +30,8 @@ from lib.infers.common import (
 )
 from usdespeckle.bundle_utils import default_bundle_root
 from usdespeckle.io import MAX_VOXELS
-from usdespeckle.options import DEFAULT_DEVICE
-from usdespeckle.simulator import SIMULATOR_FILES, load_simulator, simulate_array, simulator_divisor
+from usdespeckle.options import DEFAULT_DEVICE, DEVICES
+from usdespeckle.simulator import SIMULATOR_FILES, load_simulator, simulate_array, simulator_file
 
 __all__ = ["SimulateInferTask", "load_simulator"]  # load_simulator: the library's, for the app's users
 
@@ -48,8 +47,6 @@ class SimulateInferTask(InferTask):
     Args:
         bundle_root: the bundle holding ``models/simulator.ts`` or ``models/simulator.pt`` with its
             sha256 in ``configs/metadata.json``; None uses the library's default bundle.
-        divisor: model input sides must be multiples of this; None takes the model's own
-            (:func:`usdespeckle.simulator.simulator_divisor`).
         device: default device.
         datastore_root: the datastore folder, whose images requests may name by id.
         max_voxels: largest number of values an input's header may declare.
@@ -58,7 +55,6 @@ class SimulateInferTask(InferTask):
     def __init__(
         self,
         bundle_root: str | None = None,
-        divisor: int | None = None,
         device: str = DEFAULT_DEVICE,
         datastore_root: str | None = None,
         max_voxels: int = MAX_VOXELS,
@@ -71,7 +67,6 @@ class SimulateInferTask(InferTask):
             config={"axis": 0, "batch_size": 8, "device": device, "result_extension": ".nii.gz"},
         )
         self.bundle_root = Path(bundle_root) if bundle_root else None
-        self.divisor = divisor
         self.datastore_root = datastore_root
         self.max_voxels = max_voxels
 
@@ -80,9 +75,8 @@ class SimulateInferTask(InferTask):
         return self.bundle_root or default_bundle_root()
 
     def simulator_path(self) -> Path:
-        """The weights file this task uses (it may not exist yet)."""
-        present = (self.bundle() / rel for rel in SIMULATOR_FILES)
-        return next((path for path in present if path.is_file()), self.bundle() / SIMULATOR_FILES[-1])
+        """The weights file this task uses; when none exists, the one it would look for last."""
+        return simulator_file(self.bundle()) or self.bundle() / SIMULATOR_FILES[-1]
 
     def is_valid(self) -> bool:
         """Always listed; a request without weights on the server gets HTTP 503 with the reason."""
@@ -121,11 +115,10 @@ class SimulateInferTask(InferTask):
                     status_code=503,
                     detail=f"simulate: the server's simulator is unusable: {scrub_paths(str(err))}",
                 ) from None
-            divisor = int(self.divisor or simulator_divisor(model))
             array = sitk.GetArrayViewFromImage(image)
             out, seconds = run_timed(
                 lambda: simulate_array(
-                    array, axis=axis, batch_size=batch_size, device=device, simulator=model, divisor=divisor
+                    array, axis=axis, batch_size=batch_size, device=device, simulator=model
                 )
             )
         result = sitk.GetImageFromArray(out, isVector=False)
