@@ -40,17 +40,14 @@ from SlicerDespeckleLib.logic import (
     DEFAULT_PASSES,
     DEVICES,
     METHODS,
-    MODULE_DIR,
     PASSES,
     SOURCE_ATTRIBUTE,
     DespeckleCancelled,
     DespeckleLogic,
     ijk_to_ras_array,
     slice_index_at_ras,
-    validate_server_url,
 )
 from SlicerDespeckleLib.panel import RunPanel
-from SlicerDespeckleLib.process import runtime_folder
 from SlicerDespeckleLib.volumes import browser_for
 
 #: The oldest Slicer the module is written for (Python 3.12, numpy 2.0, parameterNodeWrapper Unions).
@@ -352,7 +349,7 @@ class SlicerDespeckleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _describe(self, node, preview: bool) -> str:
         p = self._parameterNode
         what = _("slice of '{name}'").format(name=node.GetName()) if preview else f"'{node.GetName()}'"
-        server = validate_server_url(p.serverUrl)
+        server = p.serverUrl.strip()  # checked by the start, inside the panel's error guard
         where = _(" on {server}").format(server=server) if server else ""
         return _("Despeckling {what} with {method}{where}").format(what=what, method=p.method, where=where)
 
@@ -467,13 +464,7 @@ class SlicerDespeckleLogic(ScriptedLoadableModuleLogic, DespeckleLogic):
 
 def missingForSelfTest(method: str, backend: str = DEFAULT_BACKEND) -> str:
     """Why the module's self-test cannot run ``method`` here ("" when it can)."""
-    if runtime_folder(MODULE_DIR) is None:
-        try:
-            import usdespeckle  # noqa: F401 - an installed library also serves
-        except ImportError:
-            return (
-                "the module's runtime (SlicerDespeckleLib/runtime) is missing: build or install the extension"
-            )
+    # a missing runtime already fails the import of SlicerDespeckleLib.process, with its own message
     if method != "denoiser":
         try:
             import scipy  # noqa: F401 - Slicer ships SciPy; the classical filters use it

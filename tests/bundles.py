@@ -7,7 +7,7 @@ A bundle here is what ``usdespeckle.inference.load_denoiser`` needs: ``models/mo
 - :func:`make_bundle`: any module as the denoiser; by default :class:`SquareDenoiser`, whose answer
   (x**2) is known, with or without an ONNX export, for any divisor;
 - :func:`make_server_bundle`: seeded :class:`TinyGenerator` denoiser and simulator, for the MONAI Label
-  server (``python tests/bundles.py OUT_DIR`` writes one);
+  server;
 - :func:`make_exported_bundle`: the shipped configs with a tiny real generator, exported by
   ``training/export_bundle.py`` as a real bundle is;
 - :func:`make_broken_bundle`: a bundle broken in one named way (NaN or corrupt weights, bad metadata).
@@ -15,7 +15,6 @@ A bundle here is what ``usdespeckle.inference.load_denoiser`` needs: ``models/mo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -26,6 +25,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from usdespeckle.bundle_utils import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "monai_bundle" / "configs"
@@ -100,7 +101,7 @@ def write_metadata(root: Path, files: list[str], divisor: int = DIVISOR) -> None
                 "pred": {"type": "image", "num_channels": 1, "dtype": "float32", "value_range": [0, 1]}
             },
         },
-        "weights_sha256": {f: hashlib.sha256((root / f).read_bytes()).hexdigest() for f in files},
+        "weights_sha256": {f: sha256_file(root / f) for f in files},
     }
     (root / "configs").mkdir(parents=True, exist_ok=True)
     (root / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2))
@@ -234,9 +235,3 @@ def make_broken_bundle(root: Path, kind: str) -> Path:
         meta = [meta]
     meta_path.write_text(json.dumps(meta))
     return root
-
-
-if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        raise SystemExit("usage: python tests/bundles.py OUT_DIR  (a tiny denoiser and simulator bundle)")
-    print(make_server_bundle(Path(sys.argv[1])))

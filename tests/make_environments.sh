@@ -14,8 +14,9 @@
 #                               tests/test_monailabel.py
 #
 # Usage: bash tests/make_environments.sh [--force]
-# Idempotent: each is rebuilt only when this script or constraints.txt changed since it was built
-# (a stamp file holds their hash) or it is missing. The first build downloads about 1.5 GB and
+# Idempotent: each is rebuilt only when its inputs changed since it was built (its stamp file holds
+# their hash: its own build function and the helpers it calls, constraints.txt, and pyproject.toml
+# for the wheelhouse) or it is missing. The first build downloads about 1.5 GB and
 # takes a few minutes (the MONAI Label environment 3-4 more); later calls take seconds.
 set -euo pipefail
 SCRIPT="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
@@ -29,16 +30,6 @@ SLICER_VENV="$ROOT/.venv-slicer"
 RUNTIME_VENV="$SLICER_VENV/runtime-venv"
 WHEELHOUSE="$ROOT/.wheelhouse"
 SLICER_510_NUMPY="2.0.2"  # what Slicer 5.10 ships with its Python 3.12.10
-STAMP_TEXT="$(cat "$SCRIPT" constraints.txt | sha256sum | cut -c1-16)"
-
-up_to_date() {  # up_to_date DIR: built from this script and constraints.txt as they are now
-    [[ "$FORCE" != "--force" && -f "$1/.usdespeckle-stamp" && "$(cat "$1/.usdespeckle-stamp")" == "$STAMP_TEXT" ]]
-}
-
-stamp() {
-    echo "$STAMP_TEXT" >"$1/.usdespeckle-stamp"
-}
-
 pip_install() {  # pip_install PYTHON CONSTRAINTS PACKAGE...
     local python=$1 constraints=$2
     shift 2
@@ -59,48 +50,60 @@ runtime_base_python() {
     echo "$PYTHON"
 }
 
-if up_to_date "$SLICER_VENV"; then
-    echo "make_environments: $SLICER_VENV is up to date"
-else
-    start=$(date +%s)
+build_slicer_venv() {
     rm -rf "$SLICER_VENV"
     "$PYTHON" -m venv "$SLICER_VENV"
     pip_install "$SLICER_VENV/bin/python" constraints.txt slicer-core PySide6-Essentials numpy pytest
     # importing vtk and Qt from a cold disk on a busy machine has taken minutes
     "$SLICER_VENV/bin/python" -c "import slicer, slicer.util, PySide6.QtUiTools, pytest, numpy; slicer.vtkMRMLScene()"
-    stamp "$SLICER_VENV"
-    echo "make_environments: built $SLICER_VENV in $(($(date +%s) - start)) s"
-fi
+}
 
-if up_to_date "$RUNTIME_VENV"; then
-    echo "make_environments: $RUNTIME_VENV is up to date"
-else
-    start=$(date +%s)
+build_runtime_venv() {
+    local base
     base="$(runtime_base_python)"
     rm -rf "$RUNTIME_VENV"
     "$base" -m venv "$RUNTIME_VENV"
     if "$base" -c "import sys; sys.exit(sys.version_info[:2] != (3, 12))"; then
-        numpy="numpy==$SLICER_510_NUMPY"  # Slicer's numpy, not the project's
+        # Slicer's numpy, not the project's
+        pip_install "$RUNTIME_VENV/bin/python" <(grep -v -i '^numpy==' constraints.txt) \
+            "numpy==$SLICER_510_NUMPY" SimpleITK onnxruntime
     else
-        numpy="numpy==$(grep -i '^numpy==' constraints.txt | cut -d= -f3)"
+        pip_install "$RUNTIME_VENV/bin/python" constraints.txt numpy SimpleITK onnxruntime
     fi
-    pip_install "$RUNTIME_VENV/bin/python" <(grep -v -i '^numpy==' constraints.txt) "$numpy" SimpleITK onnxruntime
     "$RUNTIME_VENV/bin/python" -c "import numpy, SimpleITK, onnxruntime"
-    stamp "$RUNTIME_VENV"
-    echo "make_environments: built $RUNTIME_VENV ($("$base" --version), $numpy) in $(($(date +%s) - start)) s"
-fi
+    echo "make_environments: $RUNTIME_VENV has $("$base" --version) and numpy" \
+        "$("$RUNTIME_VENV/bin/python" -c "import numpy; print(numpy.__version__)")"
+}
 
-if up_to_date "$WHEELHOUSE"; then
-    echo "make_environments: $WHEELHOUSE is up to date"
-else
-    start=$(date +%s)
+build_wheelhouse() {
     rm -rf "$WHEELHOUSE"
     # the project's core dependencies and its torch extra, resolved as `pip install usdespeckle[torch]`
     # would; the project's own wheel is what the test builds
     "$PYTHON" -m pip download -q -c constraints.txt -d "$WHEELHOUSE" "$ROOT[torch]"
     rm -f "$WHEELHOUSE"/usdespeckle-*
-    stamp "$WHEELHOUSE"
-    echo "make_environments: filled $WHEELHOUSE in $(($(date +%s) - start)) s ($(du -sh "$WHEELHOUSE" | cut -f1))"
-fi
+}
+
+# build DIR FUNCTION [FILE...]: run FUNCTION (which makes DIR) unless DIR's stamp matches the hash of
+# FUNCTION's source, the helpers it calls, SLICER_510_NUMPY, constraints.txt and the FILEs.
+build() {
+    local dir=$1 function=$2 text start
+    shift 2
+    text="$({ declare -f "$function" pip_install runtime_base_python
+        echo "$SLICER_510_NUMPY"
+        cat constraints.txt "$@"; } | sha256sum | cut -c1-16)"
+    if [[ "$FORCE" != "--force" && -f "$dir/.usdespeckle-stamp" && "$(cat "$dir/.usdespeckle-stamp")" == "$text" ]]
+    then
+        echo "make_environments: $dir is up to date"
+        return
+    fi
+    start=$(date +%s)
+    "$function"
+    echo "$text" >"$dir/.usdespeckle-stamp"
+    echo "make_environments: built $dir in $(($(date +%s) - start)) s ($(du -sh "$dir" | cut -f1))"
+}
+
+build "$SLICER_VENV" build_slicer_venv
+build "$RUNTIME_VENV" build_runtime_venv
+build "$WHEELHOUSE" build_wheelhouse pyproject.toml
 
 bash training/setup_monailabel_env.sh

@@ -5,10 +5,9 @@ and the peak memory of a 512x512x300 volume through ``despeckle_array`` (in a su
 resident memory from ``/proc/self/status`` and ``tracemalloc`` for numpy allocations). Writes
 ``reports/speed.md``.
 
-If the bundle ships no weights yet, a randomly initialised generator of the bundle's size
-(``usdespeckle.networks.Pix2PixUNetGenerator`` with train.json's size and norm, in the
-``usdespeckle.ensemble.SelfEnsemble`` of ``export_mirrorings`` passes) is exported into a temporary
-bundle; speed does not depend on the weights' values. The report says which was used.
+If the bundle ships no weights yet, a randomly initialised generator (train.json's ``network_def``)
+is exported into a temporary bundle by ``training/export_bundle.py``, as the shipped one is; speed
+does not depend on the weights' values. The report says which was used.
 
 Usage::
 
@@ -23,9 +22,10 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 import argparse
-import hashlib
+import contextlib
 import json
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,14 +38,15 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "training"))  # export_bundle.py
 
 from usdespeckle.bundle_utils import default_bundle_root  # noqa: E402
 from usdespeckle.inference import despeckle_array, load_denoiser  # noqa: E402
-from usdespeckle.options import CLASSICAL_METHODS  # noqa: E402
+from usdespeckle.options import CLASSICAL_METHODS, PASSES  # noqa: E402
 
 # the bundle's generator, as train.json builds it (used when the shipped weights cannot be loaded)
 _TRAIN = json.loads((REPO / "monai_bundle" / "configs" / "train.json").read_text(encoding="utf-8"))
-NGF, NUM_DOWNS, NORM = _TRAIN["ngf"], _TRAIN["num_downs"], _TRAIN["norm"]
+NGF, NUM_DOWNS, UPSAMPLE = _TRAIN["ngf"], _TRAIN["num_downs"], _TRAIN.get("upsample")
 EXPORT_MIRRORINGS = int(_TRAIN.get("export_mirrorings", 1))  # mirrorings averaged by the exported model
 
 _MEMORY_SCRIPT = r"""
@@ -80,37 +81,26 @@ print(json.dumps(dict(base=base, peak=peak, traced=traced, seconds=seconds, volu
 
 
 def export_random_bundle(root: Path) -> Path:
-    """Export a randomly initialised generator of the bundle's size as a TorchScript + ONNX bundle."""
-    from usdespeckle.ensemble import SelfEnsemble
-    from usdespeckle.networks import Pix2PixUNetGenerator
+    """Export a randomly initialised generator of the bundle's size as a TorchScript + ONNX bundle.
 
+    The generator is train.json's ``network_def`` (MONAI's ConfigParser, as training builds it),
+    seeded; ``training/export_bundle.py``'s :func:`export` writes the exports and their checksums
+    as for the shipped bundle.
+    """
+    from export_bundle import export
+    from monai.bundle import ConfigParser
+
+    shutil.copytree(REPO / "monai_bundle" / "configs", root / "configs")
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs" / "train.json"))
+    parser["bundle_root"] = str(root)
     torch.manual_seed(0)
-    network = Pix2PixUNetGenerator(
-        spatial_dims=2, in_channels=1, out_channels=1, num_downs=NUM_DOWNS, ngf=NGF, norm=NORM
-    )
-    generator = SelfEnsemble(network, EXPORT_MIRRORINGS).eval()
-    divisor = 2**NUM_DOWNS
-    example = torch.rand(1, 1, divisor, divisor)
+    network = parser.get_parsed_content("network_def")
     (root / "models").mkdir(parents=True)
-    (root / "configs").mkdir()
-    with warnings.catch_warnings(), torch.no_grad():
+    torch.save(network.state_dict(), root / "models" / "model.pt")
+    with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():  # export prints its changes
         warnings.simplefilter("ignore")
-        torch.jit.trace(generator, example).save(str(root / "models" / "model.ts"))
-        torch.onnx.export(
-            generator,
-            (example,),
-            str(root / "models" / "model.onnx"),
-            input_names=["image"],
-            output_names=["pred"],
-            dynamic_axes={"image": {0: "batch", 2: "h", 3: "w"}, "pred": {0: "batch", 2: "h", 3: "w"}},
-            dynamo=False,
-        )
-    files = ("models/model.ts", "models/model.onnx")
-    metadata = {
-        "network_data_format": {"inputs": {"image": {"spatial_shape": [f"{divisor}*n", f"{divisor}*n"]}}},
-        "weights_sha256": {f: hashlib.sha256((root / f).read_bytes()).hexdigest() for f in files},
-    }
-    (root / "configs" / "metadata.json").write_text(json.dumps(metadata), encoding="utf-8")
+        export(root)
     return root
 
 
@@ -168,6 +158,7 @@ def main() -> int:
         bundle = export_random_bundle(Path(tmp.name) / "bundle")
         weights = (
             f"a randomly initialised generator of the bundle's size (ngf={NGF}, num_downs={NUM_DOWNS}, "
+            f"upsample={UPSAMPLE}, "
             f"{EXPORT_MIRRORINGS} mirrorings averaged), "
             f"because the shipped weights could not be loaded ({type(err).__name__}). Speed does not depend on "
             "the weights' values; re-run with the real weights to confirm"
@@ -176,13 +167,12 @@ def main() -> int:
 
     counts = {256: (2, 1), 512: (2, 1)} if args.quick else {256: (16, 2), 512: (8, 1)}
     rows = []
-    every = load_denoiser(bundle, "torch").passes  # mirrorings the exported model averages
+    exported = f"{EXPORT_MIRRORINGS} pass{'es' if EXPORT_MIRRORINGS > 1 else ''}"  # averaged by the export
     variants = [
-        ("torch", None, f"TorchScript, {every} passes"),
-        ("onnx", None, f"ONNX Runtime, {every} passes"),
+        ("torch", None, f"TorchScript, {exported}"),
+        ("onnx", None, f"ONNX Runtime, {exported}"),
+        ("torch", max(PASSES), f"TorchScript, `--passes {max(PASSES)}` (the library mirrors)"),
     ]
-    if every and every > 1:
-        variants.append(("torch", 1, "TorchScript, 1 pass, `--passes 1`"))
     for backend, passes, label in variants:
         speeds = [
             slices_per_second(

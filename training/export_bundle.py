@@ -29,7 +29,9 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser, ckpt_export, onnx_export
 
-from usdespeckle.bundle_utils import update_checksums, verify_checksums
+from usdespeckle.atomic import atomic_write
+from usdespeckle.bundle_utils import update_checksums
+from usdespeckle.simulator import SIMULATOR_CONFIGS
 
 #: Arguments of train.json's generator that inference.json does not copy (training-only settings).
 TRAINING_ONLY_ARGUMENTS = ("_desc_",)
@@ -38,7 +40,8 @@ TRAINING_ONLY_ARGUMENTS = ("_desc_",)
 def sync_network_definition(bundle_root: Path) -> list[str]:
     """Copy the generator's definition from train.json into inference.json's ``network_def#network``.
 
-    metadata.json's ``spatial_shape`` follows (``2**num_downs`` times n).
+    metadata.json's ``spatial_shape`` follows (``2**num_downs`` times n), for the denoiser and for the
+    simulator (whose ``num_downs`` is that of train.json stacked with train_simulator.json).
 
     The generator's arguments are copied as written in train.json (references such as ``"@ngf"``
     included), and so are the values of the top-level keys they refer to; ``mirrorings`` takes
@@ -78,25 +81,41 @@ def sync_network_definition(bundle_root: Path) -> list[str]:
             changes.append(f"{key}: {json.dumps(inference.get(key))} -> {json.dumps(value)}")
             inference[key] = value
     if changes:
-        inference_path.write_text(json.dumps(inference, indent=4) + "\n", encoding="utf-8")
-    changes += _sync_spatial_shape(configs / "metadata.json", 2 ** int(inference["num_downs"]))
+        atomic_write(inference_path, json.dumps(inference, indent=4) + "\n")
+    simulator = ConfigParser()
+    simulator.read_config([str(bundle_root / rel) for rel in SIMULATOR_CONFIGS])
+    divisors = {
+        "network_data_format": 2 ** int(inference["num_downs"]),
+        "simulator_data_format": 2 ** int(simulator.get_parsed_content("num_downs")),
+    }
+    changes += _sync_spatial_shape(configs / "metadata.json", divisors)
     return changes
 
 
-def _sync_spatial_shape(meta_path: Path, divisor: int) -> list[str]:
-    """Set metadata.json's input and output ``spatial_shape`` to ``["<divisor>*n", "<divisor>*n"]``."""
+def _sync_spatial_shape(meta_path: Path, divisors: dict[str, int]) -> list[str]:
+    """Set metadata.json's input and output ``spatial_shape`` to ``["<divisor>*n", "<divisor>*n"]``.
+
+    Args:
+        meta_path: the bundle's ``configs/metadata.json``.
+        divisors: ``{data format key: divisor}``, e.g. ``{"network_data_format": 128}``; formats
+            absent from the metadata are skipped.
+    """
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     changes: list[str] = []
-    formats = meta["network_data_format"]
-    for group, key in (("inputs", "image"), ("outputs", "pred")):
+    for name, divisor in divisors.items():
+        formats = meta.get(name)
+        if formats is None:
+            continue
         wanted = [f"{divisor}*n", f"{divisor}*n"]
-        if formats[group][key]["spatial_shape"] != wanted:
-            changes.append(
-                f"metadata {group}#{key}#spatial_shape: {formats[group][key]['spatial_shape']} -> {wanted}"
-            )
-            formats[group][key]["spatial_shape"] = wanted
+        for group, key in (("inputs", "image"), ("outputs", "pred")):
+            if formats[group][key]["spatial_shape"] != wanted:
+                changes.append(
+                    f"metadata {name}#{group}#{key}#spatial_shape: "
+                    f"{formats[group][key]['spatial_shape']} -> {wanted}"
+                )
+                formats[group][key]["spatial_shape"] = wanted
     if changes:
-        meta_path.write_text(json.dumps(meta, indent=4) + "\n", encoding="utf-8")
+        atomic_write(meta_path, json.dumps(meta, indent=4) + "\n")
     return changes
 
 
@@ -125,8 +144,9 @@ def halve_weights(bundle_root: Path, tolerance: float = 1e-3, seed: int = 0) -> 
     background = rng.uniform(0.1, 0.9, (4, 1, 8, 8))
     smooth = np.kron(background, np.ones((32, 32)))  # 256x256 piecewise-constant echogenicity
     probes = torch.from_numpy(np.clip(smooth * rng.gamma(1.0, 1.0, smooth.shape), 0, 1).astype(np.float32))
+    half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     outputs = []
-    for weights in (state, {k: v.half() if v.is_floating_point() else v for k, v in state.items()}):
+    for weights in (state, half):
         network = parser.get_parsed_content("network_def", instantiate=True, lazy=False).eval()
         network.load_state_dict(weights)
         with torch.no_grad():
@@ -137,7 +157,7 @@ def halve_weights(bundle_root: Path, tolerance: float = 1e-3, seed: int = 0) -> 
             f"half-precision weights change the output by up to {change:.2g} (> {tolerance}); "
             "keep model.pt in float32"
         )
-    torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, path)
+    atomic_write(path, lambda f: torch.save(half, f))
     return change
 
 
@@ -177,7 +197,6 @@ def export(bundle_root: Path, half_weights: bool = False) -> None:
     )
     for name, digest in update_checksums(bundle_root).items():
         print(f"{digest or 'absent':64s}  {name}")
-    verify_checksums(bundle_root, require_all=True)
 
 
 def main() -> None:

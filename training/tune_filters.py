@@ -45,6 +45,7 @@ from scipy import ndimage
 from skimage import color, data, io, transform
 
 from usdespeckle import filters, metrics, speckle
+from usdespeckle.atomic import atomic_write
 from usdespeckle.simulate import log_compress
 
 # Small grids: a few values around each paper's recommendation. Lee and Kuan need small Cu on
@@ -68,7 +69,6 @@ GRIDS: dict[str, dict[str, list] | list[dict[str, list]]] = {
 }
 
 PHOTOS = ("camera", "moon", "coins", "astronaut", "chelsea", "coffee", "brick", "text")
-SETS = ("rayleigh", "gamma1", "gamma4", "correlated")
 CORRELATED_PSF_STD_PX = (1.0, 2.5)  # axial, lateral
 CORRELATED_DR_DB = 50.0
 
@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     def save_checkpoint() -> None:
         if args.checkpoint is not None:
             args.checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            args.checkpoint.write_text(json.dumps(done, indent=1), encoding="utf-8")
+            atomic_write(args.checkpoint, json.dumps(done, indent=1))  # a kill never truncates it
 
     for method in args.methods:
         entry = done.get(method, {})
@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
 
     lines = _report(args, argv, source, sets, baseline, done)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines), encoding="utf-8")
+    atomic_write(args.out, "\n".join(lines))
     print(f"wrote {args.out} ({elapsed:.0f} s)")
     return 0
 

@@ -26,8 +26,9 @@ import numpy as np
 import slicer
 import slicer.util
 
-from SlicerDespeckleLib.dependencies import missing_for, requirements_for
+from SlicerDespeckleLib.dependencies import missing_for
 from SlicerDespeckleLib.process import (
+    DEFAULT_PASSES,
     MODULE_DIR,
     DespeckleCancelled,
     DespeckleJob,
@@ -74,7 +75,6 @@ __all__ = [
     "ijk_to_ras_array",
     "missing_for",
     "parse_progress",
-    "requirements_for",
     "slice_index_at_ras",
     "validate_parameters",
     "validate_server_url",
@@ -94,7 +94,6 @@ DEFAULT_BACKEND = "onnx"
 #: Mirrorings of each slice the denoiser averages (``usdespeckle run --passes``); time grows with
 #: passes. Either runtime.
 PASSES: tuple[int, ...] = _OPTIONS.PASSES
-DEFAULT_PASSES: int = _OPTIONS.DEFAULT_PASSES
 OUTPUT_SUFFIX = " despeckled"
 PREVIEW_SUFFIX = " despeckle preview"
 
@@ -325,7 +324,7 @@ class DespeckleLogic:
 
         temp_dir = self._make_temp_dir()
         try:
-            input_path, output_path = temp_dir / "input.nrrd", temp_dir / "output.nrrd"
+            input_path, output_path = temp_dir / DespeckleJob.INPUT_NAME, temp_dir / DespeckleJob.OUTPUT_NAME
             write_nrrd(array, ijk_to_ras, input_path)
             command = despeckle_command(
                 self.python_executable,
@@ -446,8 +445,7 @@ class DespeckleLogic:
         last = (-1, -1)
         try:
             while True:
-                if cancel is not None and cancel():
-                    job.cancel()
+                if cancel is not None and cancel():  # the handler below cancels the job
                     raise DespeckleCancelled("despeckling was cancelled; the scene was not changed")
                 if job.poll():
                     break

@@ -63,14 +63,14 @@ class RunPanel:
     def running(self) -> bool:
         return self.job is not None
 
-    def set_ready(self, ready: bool, reason: str = "") -> None:
+    def set_ready(self, ready: bool) -> None:
         """Enable Apply and Preview when an input is chosen and nothing runs."""
         self._ready = bool(ready)
         self._update_buttons()
         self.ui.applyButton.setToolTip(
             self.tr("Despeckle the whole input (every frame of a sequence).")
             if ready
-            else (reason or self.tr("Select an input volume or sequence."))
+            else self.tr("Select an input volume or sequence.")
         )
 
     def _update_buttons(self) -> None:

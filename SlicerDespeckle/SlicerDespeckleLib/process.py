@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar
 
 _PROGRESS = re.compile(r"^\s*progress:\s*(\d+)\s*/\s*(\d+)\s*$")
 
@@ -112,7 +112,8 @@ def library_module(name: str, module_dir: str | os.PathLike = MODULE_DIR) -> Mod
 
 #: Raised when a despeckling job is cancelled; the scene is left unchanged (the library's exception).
 DespeckleCancelled = library_module("errors").DespeckleCancelled
-_DEFAULT_PASSES: int = library_module("options").DEFAULT_PASSES
+#: ``usdespeckle run --passes`` default: mirrorings of each slice the denoiser averages.
+DEFAULT_PASSES: int = library_module("options").DEFAULT_PASSES
 
 
 def despeckle_command(
@@ -126,7 +127,7 @@ def despeckle_command(
     backend: str,
     device: str,
     server_url: str = "",
-    passes: int = _DEFAULT_PASSES,
+    passes: int = DEFAULT_PASSES,
 ) -> list[str]:
     """Return the ``usdespeckle run`` command line (progress as ``progress: i/n`` lines on stdout).
 
@@ -246,16 +247,6 @@ def signal_process_tree(process: subprocess.Popen) -> None:
             os.killpg(process.pid, signal.SIGKILL)
 
 
-def kill_process_tree(process: subprocess.Popen, timeout: float = 10.0) -> None:
-    """Kill the process tree and wait (at most ``timeout`` seconds) until the process is gone."""
-    signal_process_tree(process)
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=timeout)
-
-
 class _LineReader:
     """Reads the complete lines appended to a file since the last call."""
 
@@ -305,13 +296,13 @@ class DespeckleJob:
         self._stdout = _LineReader(self.stdout_path)
         self._stderr = _LineReader(self.stderr_path)
 
-    @property
-    def input_path(self) -> Path:
-        return self.temp_dir / "input.nrrd"
+    #: The files the process reads and writes in ``temp_dir``.
+    INPUT_NAME: ClassVar[str] = "input.nrrd"
+    OUTPUT_NAME: ClassVar[str] = "output.nrrd"
 
     @property
     def output_path(self) -> Path:
-        return self.temp_dir / "output.nrrd"
+        return self.temp_dir / self.OUTPUT_NAME
 
     @property
     def stdout_path(self) -> Path:
@@ -325,11 +316,6 @@ class DespeckleJob:
     def fraction(self) -> float:
         """Progress in [0, 1] from the last ``progress: i/n`` line (0 before the first)."""
         return self.done / self.total if self.total else 0.0
-
-    @property
-    def started_work(self) -> bool:
-        """True once the first slice is done (before that the process reads and loads the model)."""
-        return self.done > 0
 
     def poll(self) -> bool:
         """Read new output (progress, log lines); returns True once the process has exited."""

@@ -183,11 +183,6 @@ class SourceFrames:
     def is_sequence(self) -> bool:
         return self.sequence_id is not None
 
-    @property
-    def slices(self) -> int:
-        """Slices the process despeckles (the length of ``axis``)."""
-        return int(self.array.shape[self.axis])
-
 
 def sequence_frames(sequence_node, axis: int) -> tuple[np.ndarray, list[str], list[np.ndarray], list[int]]:
     """Concatenate a sequence's volume frames along ``axis``.
