@@ -131,3 +131,22 @@ def test_training_learns_checkpoints_and_resumes(tmp_path):
     resumed = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert resumed["counters"]["iteration"] > iterations
     assert len((tmp_path / "run" / "log.jsonl").read_text(encoding="utf-8").splitlines()) == 2
+
+
+def test_bundle_config_builds_the_network_and_the_training_settings():
+    from monai.bundle import ConfigParser
+
+    from usdespeckle.bundle_utils import default_bundle_root
+    from usdespeckle.denoiser_training import TrainSettings
+    from usdespeckle.pair_stream import PairMix
+
+    parser = ConfigParser()
+    parser.read_config(str(default_bundle_root() / "configs" / "train_denoiser.json"))
+    network = parser.get_parsed_content("network_def")
+    assert isinstance(network, ResidualUNetDenoiser)
+    settings = parser.get_parsed_content("settings")
+    assert isinstance(settings, TrainSettings)
+    assert settings.run_dir.endswith("runs/denoiser")
+    mix = parser.get_parsed_content("pair_mix")
+    assert isinstance(mix, PairMix)
+    assert set(mix.speckle) == set(SPECKLES)
