@@ -331,13 +331,8 @@ class SlicerDespeckleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         missing = self.logic.missing_requirements(p.method, p.backend, p.serverUrl)
         if not missing:
             return True
-        names = "\n".join(f"- {r.name}" for r in missing)
         if not slicer.util.confirmOkCancelDisplay(
-            _(
-                "The '{method}' method needs Python packages that are not installed yet:\n{names}\n\n"
-                "Install them now? This can take a few minutes."
-            ).format(method=p.method, names=names),
-            _("Install dependencies"),
+            dependencies.consent_text(p.method, missing), _("Install dependencies")
         ):
             return False
         self.ui.statusLabel.text = _("Installing {names}...").format(names=", ".join(r.name for r in missing))

@@ -94,6 +94,8 @@ DEFAULT_BACKEND = "onnx"
 #: Mirrorings of each slice the denoiser averages (``usdespeckle run --passes``); time grows with
 #: passes. Either runtime.
 PASSES: tuple[int, ...] = _OPTIONS.PASSES
+#: Licence restrictions named in the consent dialog before a package is installed.
+PACKAGE_LICENCES: dict[str, str] = {"bm3d": _OPTIONS.BM3D_LICENCE}
 OUTPUT_SUFFIX = " despeckled"
 PREVIEW_SUFFIX = " despeckle preview"
 
@@ -245,6 +247,7 @@ class DespeckleLogic:
             backend,
             server=bool(validate_server_url(server_url)),
             requirements_file=MODULE_DIR / "Resources" / "requirements.txt",
+            licences=PACKAGE_LICENCES,
         )
 
     def start(

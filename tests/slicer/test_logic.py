@@ -368,6 +368,26 @@ def test_missing_checks_the_module_not_the_distribution(tmp_path):
     assert missing_for("median", "onnx", server=False, requirements_file=requirements) == []
 
 
+def test_consent_names_bm3ds_licence_before_installing(monkeypatch):
+    """bm3d is licensed for non-commercial use only: the question asked before installing says so."""
+    from SlicerDespeckleLib import dependencies
+
+    monkeypatch.setattr(dependencies, "is_installed", lambda requirement: False)  # a fresh Slicer
+    logic = DespeckleLogic(python_executable=sys.executable)
+    for method in ("bm3d", "mulog"):
+        missing = logic.missing_requirements(method, "onnx")
+        assert [r.name for r in missing] == ["bm3d"]
+        text = dependencies.consent_text(method, missing)
+        assert "non-commercial" in text
+        assert "Licence:" in text
+        assert f"'{method}'" in text
+    onnx = logic.missing_requirements("denoiser", "onnx")
+    assert [r.licence for r in onnx] == [""]
+    text = dependencies.consent_text("denoiser", onnx)
+    assert "Licence" not in text
+    assert "onnxruntime" in text
+
+
 def test_pip_keeps_slicers_numpy():
     found = requirements_for(
         "denoiser",
