@@ -186,3 +186,76 @@ def install(requirements: list[Requirement]) -> None:
         logger.info("Despeckle: pip install %s", " ".join(arguments))
         slicer.util.pip_install(arguments)
     importlib.invalidate_caches()
+
+
+def installed_version(distribution: str) -> str | None:
+    """The installed version of a pip distribution, or None."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def model_information(runtime: str | os.PathLike | None) -> str:
+    """``"denoiser 1.0.0, model.onnx sha256 a120b637..."`` from the runtime's bundle metadata.
+
+    Returns:
+        The line, or a line saying the metadata could not be read.
+    """
+    import json
+
+    if runtime is None:
+        return "denoiser: no runtime found"
+    path = Path(runtime) / "monai_bundle" / "configs" / "metadata.json"
+    try:
+        metadata = json.loads(path.read_text("utf-8"))
+        checksum = metadata["weights_sha256"]["models/model.onnx"]
+        return f"denoiser {metadata['version']}, model.onnx sha256 {checksum[:12]}..."
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"denoiser: cannot read {path} ({type(err).__name__})"
+
+
+def package_information(requirements_file: str | os.PathLike, runtime: str | os.PathLike | None) -> str:
+    """One line for the panel: each runtime package's installed version (or "not installed") and the model's."""
+    names = list(read_requirements(requirements_file))
+    packages = ", ".join(f"{name} {installed_version(name) or 'not installed'}" for name in names)
+    return f"Packages: {packages}. Model: {model_information(runtime)}."
+
+
+def update_arguments(
+    requirements_file: str | os.PathLike, numpy_version: str | None, version=installed_version
+) -> list[str]:
+    """``pip install`` arguments that upgrade the runtime packages that are installed (never installs new ones).
+
+    Args:
+        requirements_file: the module's ``Resources/requirements.txt``.
+        numpy_version: Slicer's numpy, pinned so that pip keeps it.
+        version: how an installed version is found (replaced by the tests).
+
+    Returns:
+        ``["--upgrade", <requirement lines of the installed packages>, "numpy==<version>"]``, or
+        ``[]`` when none is installed.
+    """
+    lines = [line for name, line in read_requirements(requirements_file).items() if version(name)]
+    if not lines:
+        return []
+    return ["--upgrade", *lines, *([f"numpy=={numpy_version}"] if numpy_version else [])]
+
+
+def update(requirements_file: str | os.PathLike) -> list[str]:
+    """Upgrade the installed runtime packages in Slicer's Python (call inside Slicer, after asking).
+
+    Returns:
+        The pip arguments used (empty: nothing to update).
+    """
+    import numpy
+    import slicer.util
+
+    arguments = update_arguments(requirements_file, numpy.__version__)
+    if arguments:
+        logger.info("Despeckle: pip install %s", " ".join(arguments))
+        slicer.util.pip_install(arguments)
+        importlib.invalidate_caches()
+    return arguments
