@@ -509,7 +509,7 @@ class DespeckleLogic:
             job.cleanup()
         output = self._store(job, cast_result(array, context.dtype))
         if spread is not None:
-            name = self.scene.GenerateUniqueName(f"{context.source.name}{UNCERTAINTY_SUFFIX}")
+            name = f"{context.source.name}{UNCERTAINTY_SUFFIX}"  # made unique by store_volume
             context.uncertainty_node = store_volume(
                 self.scene, None, name, spread, context.ijk_to_ras, context.source
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -25,6 +26,7 @@ from SlicerDespeckleLib.logic import (
     OUTPUT_SUFFIX,
     PREVIEW_SUFFIX,
     SOURCE_ATTRIBUTE,
+    UNCERTAINTY_SUFFIX,
     DespeckleCancelled,
     DespeckleLogic,
     DespeckleProcessError,
@@ -211,6 +213,51 @@ def test_denoiser_passes_reach_the_network(scene, volume, project_python, tmp_pa
     assert np.isfinite(one).all()
     assert np.abs(every - one).mean() > 1e-3 * (before.max() - before.min())
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(volume), before)
+
+
+def test_uncertainty_map_is_a_second_output(scene, volume, project_python, sequences_logic):
+    """The denoiser's spread over its 8 mirrored passes, as '<input> uncertainty', beside the result."""
+    logic = DespeckleLogic(project_python, sequences_logic=sequences_logic)
+    job = logic.start(volume, method="denoiser", backend="onnx", uncertainty=True)
+    assert "--uncertainty" in job.command
+    while not job.poll():
+        time.sleep(0.05)
+    output = logic.finish(job)
+    spread_node = job.context.uncertainty_node
+    assert spread_node is not None
+    assert spread_node.GetName() == "phantom" + UNCERTAINTY_SUFFIX
+    spread = slicer.util.arrayFromVolume(spread_node)
+    assert spread.shape == slicer.util.arrayFromVolume(output).shape
+    assert (spread >= 0).all()
+    assert spread.max() > 0  # the mirrored passes disagree somewhere
+    np.testing.assert_allclose(ijk_to_ras_array(spread_node), ijk_to_ras_array(volume), atol=1e-9)
+    with pytest.raises(ValueError, match="denoiser"):
+        logic.start(volume, method="median", uncertainty=True)
+    assert "--uncertainty" not in logic.start(volume, method="denoiser", backend="onnx").command
+
+
+def test_package_line_and_update_arguments(tmp_path):
+    from SlicerDespeckleLib import dependencies
+
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("onnxruntime>=1.18\nscikit-image>=0.22\nbm3d>=4.0.3\n")
+    installed = {"onnxruntime": "1.20.1", "bm3d": "4.0.3"}
+    arguments = dependencies.update_arguments(requirements, "2.0.2", version=installed.get)
+    assert arguments == [
+        "--upgrade",
+        "onnxruntime>=1.18",
+        "bm3d>=4.0.3",
+        "numpy==2.0.2",
+    ]  # never installs new ones
+    assert dependencies.update_arguments(requirements, "2.0.2", version=lambda name: None) == []
+    runtime = runtime_folder(REPO / "SlicerDespeckle")
+    line = dependencies.package_information(requirements, runtime)
+    metadata = json.loads((runtime / "monai_bundle" / "configs" / "metadata.json").read_text())
+    assert f"denoiser {metadata['version']}" in line
+    assert metadata["weights_sha256"]["models/model.onnx"][:12] in line
+    for name in ("onnxruntime", "scikit-image", "bm3d"):
+        assert name in line
+    assert "cannot read" in dependencies.model_information(tmp_path)
 
 
 def test_strength_zero_and_chosen_output_node(scene, volume, project_python):

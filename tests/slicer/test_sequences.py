@@ -305,3 +305,26 @@ def test_300_frame_colour_cine_in_bounded_memory(project_python):
     assert numbers["module_peak_above_scene_bytes"] < numbers["output_bytes"] + 6 * block_bytes
     assert numbers["module_peak_above_scene_bytes"] < 2 * numbers["output_bytes"]  # the whole loop twice
     assert 0 < numbers["process_peak_bytes"] < 256 * 2**20 + 4 * block_bytes
+
+
+@pytest.mark.slow
+def test_uncertainty_of_a_sequence_in_blocks(scene, sequences_logic, cine, project_python):
+    """The spread comes as a second sequence with the same frame times, in the same browser."""
+    sequence, browser, proxy = cine
+    logic = DespeckleLogic(project_python, sequences_logic=sequences_logic)
+    job = logic.start(proxy, method="denoiser", backend="onnx", uncertainty=True, block_values=2 * 480 * 640)
+    deadline = time.monotonic() + 900
+    while not job.poll():
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    output = logic.finish(job)
+    spread = job.context.uncertainty_node
+    assert spread.IsA("vtkMRMLSequenceNode")
+    assert spread.GetName() == "cine uncertainty"
+    assert _index_values(spread) == _index_values(output) == _index_values(sequence)
+    assert browser.IsSynchronizedSequenceNodeID(spread.GetID(), False)
+    for item in range(sequence.GetNumberOfDataNodes()):
+        values = slicer.util.arrayFromVolume(spread.GetNthDataNode(item))
+        assert values.shape == (1, 480, 640)
+        assert (values >= 0).all()
+        assert values.max() > 0
