@@ -12,16 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from train_denoiser import real_validation_frames, validation_pairs
-
 from usdespeckle.atomic import atomic_write
+from usdespeckle.denoiser_training import real_validation_frames, validation_pairs
 from usdespeckle.metrics import psnr, psnr_affine
 from usdespeckle.metrics_real import echogenicity_fidelity
 from usdespeckle.pair_stream import SPECKLES
