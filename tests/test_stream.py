@@ -467,3 +467,20 @@ def test_despeckle_frame_matches_the_library_on_each_slice(rng):
     result = despeckle_frame(frame, MEDIAN)
     assert result.shape == (2, 24, 30)
     assert np.array_equal(result, despeckle_array(grey_frame(frame), "median", axis=0))
+
+
+def test_readme_stream_commands_parse():
+    import shlex
+
+    from usdespeckle.cli import build_parser
+
+    lines = [
+        line.split("#")[0]
+        for line in (REPO / "README.md").read_text(encoding="utf-8").splitlines()
+        if line.startswith("usdespeckle stream")
+    ]
+    assert len(lines) >= 4
+    parser = build_parser("stream")
+    for line in lines:
+        args = parser.parse_args(shlex.split(line)[1:])
+        assert args.source or args.replay
