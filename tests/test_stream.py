@@ -285,7 +285,9 @@ def test_damaged_and_oversized_messages_are_refused_and_the_stream_goes_on(rng, 
             wait_until(lambda: relay.server.clients == 1, what="the client")
             conn, _ = listener.accept()
             with conn:
-                conn.sendall(b"".join(damaged) + good)
+                conn.sendall(b"".join(damaged))  # the small frame last: refused when despeckled
+                wait_until(lambda: "at least 8" in caplog.text, what="the small frame to be refused")
+                conn.sendall(good)
                 wait_until(lambda: len(out.images()) == 1, what="the good frame after damaged ones")
                 conn.sendall(oversized)  # the relay closes this connection and opens another
                 second, _ = listener.accept()
@@ -484,3 +486,11 @@ def test_readme_stream_commands_parse():
     for line in lines:
         args = parser.parse_args(shlex.split(line)[1:])
         assert args.source or args.replay
+
+
+def test_without_pyigtl_the_command_says_how_to_install_it(monkeypatch, capsys):
+    from usdespeckle.cli import main
+
+    monkeypatch.setitem(sys.modules, "pyigtl", None)  # as if not installed: importing it fails
+    assert main(["stream", "--from", "127.0.0.1:18944", "--method", "median"]) == 1
+    assert "pip install 'usdespeckle[stream]'" in capsys.readouterr().err

@@ -200,16 +200,16 @@ def _terminate_as_interrupt(signum, frame) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run the relay (or the replay) until Ctrl-C, SIGTERM or ``--seconds``; returns 0."""
-    logging.basicConfig(level=logging.INFO, format="usdespeckle stream: %(message)s", stream=sys.stderr)
-    if args.progress == "none":
-        logging.getLogger("usdespeckle.stream").setLevel(logging.WARNING)
-    previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt)  # Slicer's Stop: a clean exit
     try:
         import pyigtl  # noqa: F401
     except ImportError:
         raise UserError(
             "usdespeckle stream needs pyigtl: pip install 'usdespeckle[stream]' (or pip install pyigtl)"
         ) from None
+    logging.basicConfig(level=logging.INFO, format="usdespeckle stream: %(message)s", stream=sys.stderr)
+    if args.progress == "none":
+        logging.getLogger("usdespeckle.stream").setLevel(logging.WARNING)
+    previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt)  # Slicer's Stop: a clean exit
     try:
         if args.replay:
             return _replay(args)
