@@ -30,6 +30,7 @@ import platform
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -61,6 +62,36 @@ def cine_frames(size: int | None) -> np.ndarray:
 
         grey = np.stack([resize(f, (size, size), preserve_range=True, anti_aliasing=True) for f in grey])
     return np.clip(np.rint(grey), 0, 255).astype(np.uint8)
+
+
+_COMPUTE = """
+import sys, time, numpy as np
+from usdespeckle.stream import StreamSettings, despeckle_frame
+frames = np.load(sys.argv[1])
+settings = StreamSettings(method=sys.argv[2])
+settings.prepare()
+despeckle_frame(frames[:1], settings)
+times = []
+for frame in frames[1:21]:
+    start = time.perf_counter()
+    despeckle_frame(frame[np.newaxis], settings)
+    times.append(time.perf_counter() - start)
+print(1000 * float(np.median(times)))
+"""
+
+
+def compute_ms(frames: np.ndarray, method: str, work: Path) -> float:
+    """Median milliseconds ``despeckle_frame`` takes per frame on 2 threads, without any network."""
+    path = work / f"frames_{frames.shape[1]}.npy"
+    np.save(path, frames[:21])
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="2",
+        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    )
+    result = subprocess.run([sys.executable, "-c", _COMPUTE, str(path), method], env=env, capture_output=True,
+                            text=True, check=True, timeout=600)  # fmt: skip
+    return float(result.stdout.split()[-1])
 
 
 def rss(pid: int) -> int:
@@ -194,9 +225,12 @@ def summarise(
 
 
 def _row(r: dict) -> str:
+    compute = f"{r['compute_ms']:.0f}" if "compute_ms" in r else "-"
+    load = f"{r['load']:.1f}" if "load" in r else "-"
     return (
         f"| {r['method']} | {r['size']} | {r['seconds']:.0f} | {r['sent_fps']:.1f} | {r['received_fps']:.1f} | "
-        f"{r['median_ms']:.0f} | {r['p95_ms']:.0f} | {r['dropped']} | {r['rss_mb_first']:.0f} -> {r['rss_mb_last']:.0f} |"
+        f"{r['median_ms']:.0f} | {r['p95_ms']:.0f} | {r['dropped']} | "
+        f"{r['rss_mb_first']:.0f} -> {r['rss_mb_last']:.0f} | {compute} | {load} |"
     )
 
 
@@ -213,19 +247,24 @@ def report(results: list[dict], long: dict | None, args: argparse.Namespace, loa
         f"{args.fps:g} frames/s, each stamped when sent; receiver: a pyigtl client. Latency is from that stamp to "
         "the despeckled frame's arrival (pyigtl's two ends add up to about 20 ms of polling). `dropped` "
         "counts frames the relay skipped to stay on the newest one; memory is the relay process's RSS at the "
-        "first and last second. The denoiser is the shipped one, one pass, in ONNX Runtime; `median` is the "
-        "5x5 median filter, for scale.",
+        "first and last second. *Despeckling alone* is `despeckle_frame` on one frame in a process of its own "
+        "(2 threads, no network), measured right after the run: the relay cannot beat 1000 / that many frames "
+        "per second. *load* is the 1-minute load average at the end of the run (2 cores: above 2, other "
+        "programs took CPU time from the relay). The denoiser is the shipped one, one pass, in ONNX Runtime; "
+        "`median` is the 5x5 median filter, for scale.",
         "",
-        "| method | frame | s | sent/s | received/s | latency median ms | p95 ms | dropped | relay RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | frame | s | sent/s | received/s | latency median ms | p95 ms | dropped | relay RSS MB | despeckling alone, ms/frame | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         *(_row(r) for r in results),
     ]
     if long is not None:
         lines += [
             "",
-            f"## {long['seconds'] / 60:g}-minute run ({long['method']}, {long['size']})",
+            f"## A {long['seconds']:.0f}-second run ({long['method']}, {long['size']}): latency and memory over time",
             "",
-            _row(long).replace("| ", "| ", 1),
+            "| method | frame | s | sent/s | received/s | latency median ms | p95 ms | dropped | relay RSS MB | despeckling alone, ms/frame | load |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+            _row(long),
             "",
             "| from s | received/s | latency median ms | p95 ms | relay RSS MB |",
             "|---|---|---|---|---|",
@@ -251,15 +290,19 @@ def main() -> None:
     load = os.getloadavg()
     sizes = {"480x640": cine_frames(None), "256x256": cine_frames(256)}
     results = []
-    for method in args.methods:
-        for frames in sizes.values():
-            results.append(run_once(frames, method, args.seconds, args.fps, window=args.seconds))
-            print(json.dumps({k: v for k, v in results[-1].items() if k != "windows"}), flush=True)
+    with tempfile.TemporaryDirectory() as work:
+        for method in args.methods:
+            for frames in sizes.values():
+                results.append(run_once(frames, method, args.seconds, args.fps, window=args.seconds))
+                results[-1]["load"] = os.getloadavg()[0]
+                results[-1]["compute_ms"] = compute_ms(frames, method, Path(work))
+                print(json.dumps({k: v for k, v in results[-1].items() if k != "windows"}), flush=True)
     long = None
     if args.long > 0:
         long = run_once(
             sizes["256x256"], args.methods[0], args.long, args.fps, window=min(30.0, args.long / 5)
         )
+        long["load"] = os.getloadavg()[0]
         print(json.dumps(long), flush=True)
     from usdespeckle.atomic import atomic_write
 
