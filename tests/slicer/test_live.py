@@ -127,6 +127,10 @@ def _free_port() -> int:
 @pytest.fixture
 def source(project_python, tmp_path):
     """A replayed 6-frame cine (the project's interpreter) on a free port; yields the port."""
+    found = subprocess.run([project_python, "-c", "import pyigtl"], capture_output=True, timeout=120)
+    assert found.returncode == 0, (
+        "pyigtl is not installed in the project's interpreter: pip install -e '.[stream]'"
+    )
     path = tmp_path / "cine.npy"
     rng = np.random.default_rng(3)
     np.save(path, (40 + 60 * rng.rayleigh(1.0, (6, 48, 64))).clip(0, 255).astype(np.uint8))
