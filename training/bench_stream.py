@@ -122,10 +122,12 @@ def run_once(frames: np.ndarray, method: str, seconds: float, fps: float, window
     relay = subprocess.Popen(
         [sys.executable, "-m", "usdespeckle", "stream", "--from", f"127.0.0.1:{source_port}",
          "--serve", str(relay_port), "--method", method, "--progress", "lines"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     last_stats: list[str] = []
+    log: list[str] = []
     threading.Thread(target=lambda: last_stats.extend(relay.stdout), daemon=True).start()
+    threading.Thread(target=lambda: log.extend(relay.stderr), daemon=True).start()
     client = pyigtl.OpenIGTLinkClient("127.0.0.1", relay_port)
     stop = threading.Event()
     sent = [0]
@@ -137,6 +139,10 @@ def run_once(frames: np.ndarray, method: str, seconds: float, fps: float, window
                 message = pyigtl.ImageMessage(
                     frames[n % len(frames)][np.newaxis], timestamp=time.time(), device_name=STREAM_DEVICE
                 )
+                # a scanner sends its newest frame: pyigtl's server would queue up to 100 while a
+                # send is slow (seconds of stale frames), so anything still queued is replaced
+                with server.lock_outgoing_messages:
+                    server.outgoing_messages.clear()
                 server.send_message(message, wait=False)
                 sent[0] += 1
             n += 1
@@ -173,8 +179,12 @@ def run_once(frames: np.ndarray, method: str, seconds: float, fps: float, window
         relay.terminate()
         relay.wait(30)
         server.stop()
-    return summarise(records, memory, last_stats, method=method, frames=frames, seconds=seconds,
+    result = summarise(records, memory, last_stats, method=method, frames=frames, seconds=seconds,
                      sent_fps=sent[0] / seconds, window=window)  # fmt: skip
+    # pyigtl's server drops a connection when one send takes over 10 ms (its socket timeout); the
+    # relay then connects again: count those
+    result["reconnects"] = max(0, sum("connected to the source" in line for line in log) - 1)
+    return result
 
 
 def summarise(
@@ -226,10 +236,11 @@ def summarise(
 
 def _row(r: dict) -> str:
     compute = f"{r['compute_ms']:.0f}" if "compute_ms" in r else "-"
+    reconnects = r.get("reconnects", "-")
     load = f"{r['load']:.1f}" if "load" in r else "-"
     return (
         f"| {r['method']} | {r['size']} | {r['seconds']:.0f} | {r['sent_fps']:.1f} | {r['received_fps']:.1f} | "
-        f"{r['median_ms']:.0f} | {r['p95_ms']:.0f} | {r['dropped']} | "
+        f"{r['median_ms']:.0f} | {r['p95_ms']:.0f} | {r['dropped']} | {reconnects} | "
         f"{r['rss_mb_first']:.0f} -> {r['rss_mb_last']:.0f} | {compute} | {load} |"
     )
 
@@ -246,15 +257,17 @@ def report(results: list[dict], long: dict | None, args: argparse.Namespace, loa
         f"Source: a pyigtl server sending the pydicom-data cardiac cine (120 frames, grey uint8) in a loop at "
         f"{args.fps:g} frames/s, each stamped when sent; receiver: a pyigtl client. Latency is from that stamp to "
         "the despeckled frame's arrival (pyigtl's two ends add up to about 20 ms of polling). `dropped` "
-        "counts frames the relay skipped to stay on the newest one; memory is the relay process's RSS at the "
+        "counts frames the relay skipped to stay on the newest one; `reconnects` counts the times pyigtl's server "
+        "dropped the relay's connection (it gives up on a send that takes over 10 ms, which happens when the "
+        "relay's receiving thread gets no CPU time) and the relay connected again; memory is the relay process's RSS at the "
         "first and last second. *Despeckling alone* is `despeckle_frame` on one frame in a process of its own "
         "(2 threads, no network), measured right after the run: the relay cannot beat 1000 / that many frames "
         "per second. *load* is the 1-minute load average at the end of the run (2 cores: above 2, other "
         "programs took CPU time from the relay). The denoiser is the shipped one, one pass, in ONNX Runtime; "
         "`median` is the 5x5 median filter, for scale.",
         "",
-        "| method | frame | s | sent/s | received/s | latency median ms | p95 ms | dropped | relay RSS MB | despeckling alone, ms/frame | load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| method | frame | s | sent/s | received/s | latency median ms | p95 ms | dropped | reconnects | relay RSS MB | despeckling alone, ms/frame | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
         *(_row(r) for r in results),
     ]
     if long is not None:
@@ -262,8 +275,8 @@ def report(results: list[dict], long: dict | None, args: argparse.Namespace, loa
             "",
             f"## A {long['seconds']:.0f}-second run ({long['method']}, {long['size']}): latency and memory over time",
             "",
-            "| method | frame | s | sent/s | received/s | latency median ms | p95 ms | dropped | relay RSS MB | despeckling alone, ms/frame | load |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| method | frame | s | sent/s | received/s | latency median ms | p95 ms | dropped | reconnects | relay RSS MB | despeckling alone, ms/frame | load |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
             _row(long),
             "",
             "| from s | received/s | latency median ms | p95 ms | relay RSS MB |",
