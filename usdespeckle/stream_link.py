@@ -47,6 +47,10 @@ HEADER = struct.Struct("> H 12s 20s I I Q Q")
 READ_TYPES = ("IMAGE", "TRANSFORM")
 #: Seconds a message body may stall before the connection is considered broken.
 BODY_TIMEOUT = 5.0
+#: Bytes of kernel receive buffer asked for: a few frames, so that a source with a short send timeout
+#: (pyigtl's server gives up after 10 ms) keeps its connection while the relay's receiving thread
+#: waits for the CPU; the thread then reads them all and keeps the newest.
+RECEIVE_BUFFER = 8 * 2**20
 #: Seconds a client may take to accept one message before it is disconnected.
 SEND_TIMEOUT = 10.0
 #: Seconds between checks of the stop flag while a socket waits.
@@ -194,6 +198,8 @@ class StreamReceiver:
                 pause = min(pause * 2, self.backoff[1])
                 continue
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with contextlib.suppress(OSError):  # the system may cap it (Linux: net.core.rmem_max)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
             sock.settimeout(TICK)
             self.connections += 1
             logger.info("connected to the source at %s:%d", self.host, self.port)
