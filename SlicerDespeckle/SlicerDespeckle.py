@@ -250,12 +250,14 @@ class SlicerDespeckleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.setInterval(200)  # ms between progress polls
         self._timer.connect("timeout()", self._onPoll)
 
+        self._setupLive()
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
         """Called when the application closes: stop any running process."""
         if self.panel is not None and self.panel.running:
             self.panel.cancel()
+        self.onStopLiveButton()
         if self._logHandler is not None:
             logging.getLogger("Despeckle").removeHandler(self._logHandler)
             self._logHandler = None
@@ -343,6 +345,7 @@ class SlicerDespeckleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event) -> None:
         if self.panel is not None and self.panel.running:
             self.onCancelButton()
+        self.onStopLiveButton()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -534,6 +537,77 @@ class SlicerDespeckleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Kill the process tree (without waiting); nothing is added to the scene."""
         self._timer.stop()
         self.panel.cancel()
+
+    # --- live mode: usdespeckle stream on an OpenIGTLink input (SlicerDespeckleLib/live.py) ------------
+
+    def _setupLive(self) -> None:
+        from SlicerDespeckleLib.live import LiveLogic
+
+        self.liveLogic = LiveLogic()
+        self.liveSession = None
+        self._liveTimer = qt.QTimer()
+        self._liveTimer.setInterval(500)  # ms between reads of the relay's stats
+        self._liveTimer.connect("timeout()", self._onLivePoll)
+        self.ui.startLiveButton.connect("clicked(bool)", self.onStartLiveButton)
+        self.ui.stopLiveButton.connect("clicked(bool)", self.onStopLiveButton)
+
+    def onStartLiveButton(self) -> None:
+        """Despeckle the input's OpenIGTLink stream in a background process until Stop live."""
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Live despeckling could not start."), waitCursor=True):
+            missing = self.liveLogic.missing_requirements(p.method, p.backend)
+            if missing:
+                names = ", ".join(r.name for r in missing)
+                if not slicer.util.confirmOkCancelDisplay(
+                    _("Live despeckling needs {names}. Install now?").format(names=names)
+                ):
+                    return
+                dependencies.install(missing)
+            self.liveSession = self.liveLogic.start(
+                p.inputVolume, method=p.method, passes=p.passes.value, strength=p.strength, backend=p.backend
+            )
+            self.ui.startLiveButton.enabled = False
+            self.ui.stopLiveButton.enabled = True
+            self.ui.statusLabel.text = _("Live: waiting for frames...")
+            self._liveTimer.start()
+
+    def _onLivePoll(self) -> None:
+        from SlicerDespeckleLib.live import LiveState
+
+        session = self.liveSession
+        if session is None:
+            return
+        wasRunning = session.state == LiveState.RUNNING
+        self.liveLogic.poll(session)
+        if session.state == LiveState.RUNNING and not wasRunning:
+            output = slicer.mrmlScene.GetNodeByID(session.output_node_id)
+            slicer.util.setSliceViewerLayers(foreground=output, foregroundOpacity=0.5, fit=False)
+        if session.active:
+            stats = session.stats
+            self.ui.statusLabel.text = _(
+                "Live: {fin} in, {fout} out, {dropped} dropped, latency {latency} ms"
+            ).format(
+                fin=stats.get("in", "-"),
+                fout=stats.get("out", "-"),
+                dropped=stats.get("dropped", "-"),
+                latency=stats.get("latency_ms", "-"),
+            )
+            return
+        failed = session.state == LiveState.FAILED
+        self.onStopLiveButton()
+        if failed:
+            slicer.util.errorDisplay(_("Live despeckling stopped: {error}").format(error=session.error))
+
+    def onStopLiveButton(self) -> None:
+        """End the live process and its connector (the last despeckled image stays)."""
+        if getattr(self, "liveSession", None) is None:
+            return
+        self._liveTimer.stop()
+        session, self.liveSession = self.liveSession, None
+        self.liveLogic.stop(session)
+        self.ui.startLiveButton.enabled = True
+        self.ui.stopLiveButton.enabled = False
+        self.ui.statusLabel.text = _("Live despeckling stopped.")
 
 
 #

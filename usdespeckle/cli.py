@@ -18,7 +18,7 @@ __all__ = ["UserError", "build_parser", "main"]
 def _shipped(name: str) -> bool:
     """Whether ``name``'s module is part of this copy of the package.
 
-    The Slicer extension ships only ``run``; a command whose module file is absent is not offered.
+    The Slicer extension ships only ``run`` and ``stream``; a command whose module file is absent is not offered.
     A module that is present but fails to import is an error, raised as it is.
     """
     return importlib.util.find_spec(f"usdespeckle.commands.{COMMANDS[name]}") is not None

@@ -18,6 +18,7 @@ __all__ = [
     "DEFAULT_METHOD",
     "DEFAULT_PASSES",
     "DEVICES",
+    "IGTL_DEVICE_NAME_BYTES",
     "MAX_VOXELS",
     "METHODS",
     "METHOD_DESCRIPTIONS",
@@ -28,6 +29,13 @@ __all__ = [
     "MODEL_FILES",
     "PASSES",
     "PERCENTILES",
+    "STREAM_BACKEND",
+    "STREAM_DEVICE",
+    "STREAM_MAX_MESSAGE_BYTES",
+    "STREAM_OUTPUT_DEVICE",
+    "STREAM_REPLAY_FPS",
+    "STREAM_SERVE_PORT",
+    "STREAM_SOURCE_PORT",
 ]
 
 #: Classical despecklers, each a ``despeckle_<name>`` function of ``usdespeckle.filters`` (its
@@ -126,3 +134,20 @@ PERCENTILES: tuple[float, float] = (0.5, 99.5)
 #: checked before reading: 2**28 is 1 GiB as float32. ``--max-voxels`` and the server's
 #: ``max_voxels`` change it.
 MAX_VOXELS = 2**28
+
+#: OpenIGTLink device names are at most this many bytes (UTF-8); a longer one arrives truncated.
+IGTL_DEVICE_NAME_BYTES = 20
+#: ``usdespeckle stream``: the image device it despeckles (PLUS names images ``<image>_<frame>``).
+STREAM_DEVICE = "Image_Reference"
+#: ... the device name its output is served under (within :data:`IGTL_DEVICE_NAME_BYTES`).
+STREAM_OUTPUT_DEVICE = "Despeckled_Reference"
+#: ... the port PLUS serves on by default (the source), and the port the output is served on.
+STREAM_SOURCE_PORT = 18944
+STREAM_SERVE_PORT = 18945
+#: ... the denoiser's runtime: ONNX Runtime (no torch in the relay's process).
+STREAM_BACKEND = "onnx"
+#: ... largest OpenIGTLink message body accepted, bytes: 128 MiB (a 512x512x128 float32 volume is
+#: 128 MiB); a bigger one is refused with one log line and the connection is opened again.
+STREAM_MAX_MESSAGE_BYTES = 2**27
+#: ... frames per second of ``--replay`` (a recorded file played as a source).
+STREAM_REPLAY_FPS = 30.0

@@ -13,7 +13,8 @@
 set(DESPECKLE_RUNTIME_SUBDIR "SlicerDespeckleLib/runtime")
 
 # Imported by `usdespeckle run` (numpy, SimpleITK; scipy for the classical filters; onnxruntime or
-# torch for the denoiser; the standard library for the MONAI Label client).
+# torch for the denoiser; the standard library for the MONAI Label client) and by `usdespeckle
+# stream`, the live mode (pyigtl, installed on first use).
 set(DESPECKLE_RUNTIME_LIBRARY_FILES
   usdespeckle/__init__.py
   usdespeckle/__main__.py
@@ -22,6 +23,9 @@ set(DESPECKLE_RUNTIME_LIBRARY_FILES
   usdespeckle/errors.py
   usdespeckle/commands/__init__.py
   usdespeckle/commands/run.py
+  usdespeckle/commands/stream.py
+  usdespeckle/stream.py
+  usdespeckle/stream_link.py
   usdespeckle/inference.py
   usdespeckle/denoiser.py
   usdespeckle/slicewise.py

@@ -448,7 +448,7 @@ def test_pip_keeps_slicers_numpy():
 
 def test_shipped_requirements_hold_only_well_known_packages():
     lines = read_requirements(REPO / "SlicerDespeckle" / "Resources" / "requirements.txt")
-    assert set(lines) == {"onnxruntime", "scikit-image", "bm3d"}
+    assert set(lines) == {"onnxruntime", "scikit-image", "bm3d", "pyigtl"}
     heavy = ("torch", "monai", "itk", "nilearn", "dipy", "pymust", "usdespeckle", "onnx")
     assert not set(lines) & set(heavy), "the module must run without these"
 

@@ -12,4 +12,5 @@ COMMANDS: dict[str, str] = {
     "benchmark": "benchmark",
     "run": "run",
     "demo": "demo",
+    "stream": "stream",
 }
