@@ -310,26 +310,29 @@ def _walk_to_pixel_data(
     """Walk the data set to its top-level pixel data: that element's tag, its length, and the values read."""
     path = walker.path
     values: dict[tuple[int, int], int | str | None] = {}
-    depth = 0  # inside sequences of undefined length
+    # one entry per open sequence or item of undefined length: the VR encoding to restore at its end
+    # (the content of an undefined-length UN element is implicit VR, whatever the transfer syntax)
+    open_: list[bool] = []
     for _ in range(_MAX_ELEMENTS):
         if walker.f.tell() >= walker.size:
             raise ValueError(f"{path}: a DICOM file without pixel data; it holds no image")
-        tag, _, length = walker.element()
+        tag, vr, length = walker.element()
         if tag[0] == 0xFFFE:  # item or delimiter
             if tag == (0xFFFE, 0xE000) and length != _UNDEFINED:
                 walker.skip(length)
             elif tag == (0xFFFE, 0xE000):
-                depth += 1
-            else:
-                depth = max(depth - 1, 0)
+                open_.append(walker.explicit)
+            elif open_:
+                walker.explicit = open_.pop()
             continue
-        if depth == 0 and tag in _PIXEL_DATA:
+        if not open_ and tag in _PIXEL_DATA:
             break
         if length == _UNDEFINED:
-            depth += 1
-        elif depth == 0 and tag in (_ROWS, _COLUMNS, _FRAMES, _SAMPLES, _BITS) and length <= 64:
+            open_.append(walker.explicit)
+            walker.explicit = walker.explicit and vr != b"UN"
+        elif not open_ and tag in (_ROWS, _COLUMNS, _FRAMES, _SAMPLES, _BITS) and length <= 64:
             values[tag] = walker.number(tag == _FRAMES, length)
-        elif depth == 0 and tag == _PHOTOMETRIC and length <= 64:
+        elif not open_ and tag == _PHOTOMETRIC and length <= 64:
             values[tag] = walker.read(length).decode("latin-1").strip("\0 ").upper()
         else:
             walker.skip(length)
