@@ -183,16 +183,19 @@ def _check_options(args: argparse.Namespace, dimension: int) -> None:
     """The option checks a local run and a ``--server`` run share, once the input's dimension is known.
 
     Raises:
-        ValueError: ``--uncertainty`` or ``--passes`` with a classical filter, ``--uncertainty``
+        ValueError: ``--uncertainty`` or ``--passes`` other than 1 with a classical filter, ``--uncertainty``
             with ``--server`` (the server answers with the despeckled image only), an uncertainty
             path that collides with OUTPUT or the input, or ``--axis`` other than 0 on a 2D image.
     """
     from usdespeckle.io import check_output_path
     from usdespeckle.io_checks import same_file
 
-    if args.method != "denoiser":
-        for option, value in (("--uncertainty", args.uncertainty), ("--passes", args.passes)):
-            if value is not None:
+    if (
+        args.method != "denoiser"
+    ):  # --passes 1 (the default; the Slicer module always sends it) changes nothing
+        extra = args.passes not in (None, DEFAULT_PASSES)
+        for option, given in (("--uncertainty", bool(args.uncertainty)), (f"--passes {args.passes}", extra)):
+            if given:
                 raise ValueError(
                     f"{option} needs the denoiser; --method {args.method} has no mirrored passes"
                 )
