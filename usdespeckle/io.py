@@ -5,11 +5,13 @@ folder holding a DICOM series, multi-frame ultrasound DICOM as a volume). Colour
 grey images (the usual ultrasound DICOM export) become grey; any other multi-component image
 (complex, vector fields) is refused.
 
-Reading checks the header first (a voxel limit, before any pixel memory is allocated) and reads
-NIfTI files a second time through nibabel, because SimpleITK's NIfTI reader turns NaN and
-infinite voxels into 0 and reads a truncated file as zero-filled without an error. Those checks,
-and the checks of output paths, live in :mod:`usdespeckle.io_checks` (their names are importable
-from here too).
+Reading first checks the file's header bytes (:mod:`usdespeckle.io_headers`: no NRRD or MetaImage
+header may name a data file outside its own folder, or any for an upload; DICOM pixel data must be
+as long as its header declares), then the header SimpleITK reads (a voxel limit, before any pixel
+memory is allocated), and reads NIfTI files a second time through nibabel, because SimpleITK's
+NIfTI reader turns NaN and infinite voxels into 0 and reads a truncated file as zero-filled
+without an error. Those checks, and the checks of output paths, live in
+:mod:`usdespeckle.io_checks` (their names are importable from here too).
 
 Writes go to a temporary folder beside the output (:func:`usdespeckle.atomic.temporary_folder`),
 are read back and compared with what was meant to be written (SimpleITK's NIfTI and PNG writers
