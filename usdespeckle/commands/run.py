@@ -95,7 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--passes",
         type=int,
         choices=PASSES,
-        default=None,
+        default=DEFAULT_PASSES,
         help=f"denoiser: mirrorings (flips, transposes) of each slice averaged, with either backend "
         f"(default {DEFAULT_PASSES}, the shipped setting); time grows with passes",
     )
@@ -193,7 +193,7 @@ def _check_options(args: argparse.Namespace, dimension: int) -> None:
     if (
         args.method != "denoiser"
     ):  # --passes 1 (the default; the Slicer module always sends it) changes nothing
-        extra = args.passes not in (None, DEFAULT_PASSES)
+        extra = args.passes != DEFAULT_PASSES
         for option, given in (("--uncertainty", bool(args.uncertainty)), (f"--passes {args.passes}", extra)):
             if given:
                 raise ValueError(
@@ -210,8 +210,6 @@ def _check_options(args: argparse.Namespace, dimension: int) -> None:
             raise ValueError("--uncertainty must name another file than OUTPUT")
     if dimension == 2 and args.axis != 0:
         raise ValueError(f"--axis {args.axis} needs a volume; {args.input} is a 2D image")
-    if args.passes is None:
-        args.passes = DEFAULT_PASSES
 
 
 def _checked_input(args: argparse.Namespace):
