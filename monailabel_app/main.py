@@ -15,6 +15,14 @@ Start it (no download at start; see README.md beside this file)::
 - ``max_upload_mb``: largest upload, MB (default 1024); ``max_voxels``: largest number of values
   an image's header may declare (default ``usdespeckle.io.MAX_VOXELS``, 2**28).
 - ``threads``: torch CPU threads (default: torch's choice).
+- ``body_timeout_s``: seconds a request's body may take to arrive before the request is cut with
+  HTTP 408 (default 300; a body that stalls 30 s is cut too).
+- ``allow_origins``: comma-separated ``Origin`` values (web pages) allowed to call the server;
+  default none: requests from browsers are refused.
+
+The server answers only ``GET /info/`` and ``POST /infer/{despeckle,simulate}`` (plus MONAI
+Label's ``/auth`` routes when its authentication is on): ``lib/guard.py`` removes every other stock
+route at start-up (datastore, training, logs, sessions ...). docs/SECURITY.md has the details.
 - ``sam2``: accepted and ignored; this app never adds MONAI Label's SAM2 task (which would download
   weights).
 """
@@ -25,7 +33,7 @@ import logging
 import os
 
 import monailabel
-from lib import endpoint
+from lib import endpoint, guard
 from lib.infers import DespeckleInferTask, SimulateInferTask
 from lib.infers.despeckle import SERVER_BACKEND
 from monailabel.interfaces.app import MONAILabelApp
@@ -70,6 +78,8 @@ class DespeckleApp(MONAILabelApp):
         self.simulator_bundle = conf.get("simulator_bundle") or self.bundle_root
         self.max_upload_bytes = _positive_int(conf, "max_upload_mb", 1024) * 1024 * 1024
         self.max_voxels = _positive_int(conf, "max_voxels", MAX_VOXELS)
+        self.body_timeout_s = _positive_int(conf, "body_timeout_s", 300)
+        self.allow_origins = [o.strip() for o in conf.get("allow_origins", "").split(",") if o.strip()]
         threads = conf.get("threads")
         if threads:
             import torch
@@ -104,11 +114,20 @@ class DespeckleApp(MONAILabelApp):
         }
 
     def on_init_complete(self) -> None:
-        """Once the server runs: swap in the app's checked ``/infer`` endpoint (``lib/endpoint.py``)."""
+        """Once the server runs: swap in the app's checked ``/infer`` endpoint (``lib/endpoint.py``),
+        drop every route not on the allow-list and guard the rest (``lib/guard.py``)."""
         super().on_init_complete()
         from monailabel.app import app  # the running FastAPI application
+        from monailabel.config import settings
 
         endpoint.install(app, self.max_upload_bytes)
+        guard.install(
+            app,
+            prefix=settings.MONAI_LABEL_API_STR,
+            auth=bool(settings.MONAI_LABEL_AUTH_ENABLE),
+            body_timeout_s=self.body_timeout_s,
+            allow_origins=self.allow_origins,
+        )
 
 
 def _positive_int(conf: dict[str, str], key: str, default: int) -> int:

@@ -34,6 +34,7 @@ START_TIMEOUT_S = int(os.environ.get("MONAILABEL_START_TIMEOUT_S", "180"))  # a 
 REQUEST_TIMEOUT_S = 120
 MAX_UPLOAD_MB = 1  # the test server's limits (--conf max_upload_mb, max_voxels)
 MAX_VOXELS = 1_000_000
+BODY_TIMEOUT_S = 5  # the test server's --conf body_timeout_s
 
 
 def _free_port() -> int:
@@ -98,6 +99,7 @@ def server(tmp_path_factory):
         "--app", str(app), "--studies", str(studies), "--host", "127.0.0.1", "--port", str(port),
         "--conf", "bundle", str(bundle), "--conf", "threads", "2", "--conf", "sam2", "false",
         "--conf", "max_upload_mb", str(MAX_UPLOAD_MB), "--conf", "max_voxels", str(MAX_VOXELS),
+        "--conf", "body_timeout_s", str(BODY_TIMEOUT_S),
     ]  # fmt: skip
     # cwd outside the checkout: `python -m` puts the cwd first on sys.path
     process = subprocess.Popen(
@@ -545,3 +547,234 @@ def test_run_server_writes_the_format_the_output_names(server, local, tmp_path, 
     integer = want.GetPixelID() in (sitk.sitkUInt8, sitk.sitkUInt16, sitk.sitkInt16)
     atol = 1.0 if integer else 1e-4 * float(np.ptp(want_values))  # rounding at .5 may differ by one
     np.testing.assert_allclose(got_values, want_values, atol=atol)
+
+
+# --- what the server exposes: the allow-list, and the attacks it refuses --------------------------
+
+ALLOWED_ROUTES = {("GET", "/info/"), ("POST", "/infer/{model}")}
+AUTH_ROUTES = {("GET", "/auth/"), ("POST", "/auth/token"), ("GET", "/auth/token/valid")}
+
+_ROUTE_TABLE = """
+import json, sys
+from monailabel.config import settings
+settings.MONAI_LABEL_APP_DIR, settings.MONAI_LABEL_STUDIES = sys.argv[1], sys.argv[2]
+settings.MONAI_LABEL_APP_CONF = {"bundle": sys.argv[3], "sam2": "false"}
+from fastapi.testclient import TestClient
+from monailabel.app import app
+with TestClient(app) as client:  # runs the start-up: the app's on_init_complete
+    routes = [[type(r).__name__, getattr(r, "path", None), sorted(getattr(r, "methods", None) or [])]
+              for r in app.router.routes]
+    answers = {path: client.get(path).status_code for path in ("/info/", "/datastore/", "/openapi.json")}
+print(json.dumps({"routes": routes, "answers": answers}))
+"""
+
+
+def _route_table(server, auth: bool) -> dict:
+    env = dict(os.environ, PYTHONPATH=f"{server['app']}:{ROOT}", OMP_NUM_THREADS="1",
+               MONAI_LABEL_AUTH_ENABLE="true" if auth else "false")  # fmt: skip
+    result = subprocess.run(
+        [str(VENV / "bin" / "python"), "-c", _ROUTE_TABLE, str(server["app"]), str(server["studies"]),
+         str(server["bundle"])],
+        cwd=server["work"], capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("auth", [False, True])
+def test_the_route_table_holds_only_the_allow_list(server, auth):
+    """Every route of the started app, walked: nothing beyond /info/ and the app's /infer (and /auth)."""
+    table = _route_table(server, auth)
+    found = set()
+    for kind, path, methods in table["routes"]:
+        assert kind == "APIRoute", (kind, path)  # no mounts, no included-router wrappers
+        found |= {(m, path) for m in methods if m != "HEAD"}
+    assert found == ALLOWED_ROUTES | (AUTH_ROUTES if auth else set())
+    assert table["answers"]["/datastore/"] == 404
+    assert table["answers"]["/openapi.json"] == 404
+    # with MONAI Label's authentication on, /info/ needs a token
+    assert table["answers"]["/info/"] == (401 if auth else 200)
+
+
+def _request(
+    server, method: str, path: str, body: bytes = b"", headers: dict | None = None
+) -> tuple[int, bytes]:
+    request = urllib.request.Request(
+        server["url"] + path, data=body or None, method=method, headers=headers or {}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def _attacks(server) -> list[tuple[str, str, bytes]]:
+    """The stock MONAI Label requests that read, wrote or deleted files, started processes or leaked."""
+    app_lib = f"../../{server['app'].name}/lib/evil"
+    py = b"import os\nos.system('touch /tmp/owned')\n"
+    return [
+        ("PUT", "/datastore/image?image=../victim", b"x"),
+        ("PUT", "/datastore/image?image=" + urllib.parse.quote(app_lib), py),
+        ("PUT", "/datastore/label?label=stored_volume&tag=../../x", b"x"),
+        ("DELETE", "/datastore/image?id=stored_volume", b""),
+        ("DELETE", "/datastore/image?id=../victim", b""),
+        ("GET", "/datastore/image/info?image=stored_volume", b""),
+        ("GET", "/datastore/?output=all", b""),
+        ("GET", "/activelearning/random", b""),
+        ("POST", "/activelearning/random", b"{}"),
+        ("PUT", "/session/", b"x"),
+        ("GET", "/logs/?text=true", b""),
+        ("GET", "/train/", b""),
+        ("POST", "/train/despeckle", b"{}"),
+        ("POST", "/scoring/dice", b"{}"),
+        ("GET", "/batch/infer", b""),
+        ("POST", "/batch/infer/despeckle", b"{}"),
+        ("POST", "/infer/wsi_v2/despeckle?image=/etc/hostname", b"{}"),
+        ("POST", "/infer/wsi_v2/despeckle?image=/no/such/file", b"{}"),
+        ("GET", "/model/despeckle", b""),
+        ("POST", "/reload", b""),
+        ("GET", "/", b""),
+        ("GET", "/docs", b""),
+        ("GET", "/openapi.json", b""),
+        ("GET", "/static/favicon.ico", b""),
+        ("GET", "/ohif/", b""),
+        ("GET", "/proxy/dicom/studies", b""),
+        ("GET", "/infer/despeckle", b""),
+    ]
+
+
+@pytest.mark.slow
+def test_stock_routes_are_refused_and_touch_nothing(server):
+    victim = server["work"] / "victim.nii.gz"
+    victim.write_bytes(b"keep me")
+    stored = server["studies"] / "stored_volume.nii.gz"
+    before_stored = stored.read_bytes()
+    app_files = sorted(
+        p.relative_to(server["app"]) for p in server["app"].rglob("*") if "logs" not in p.parts
+    )
+    answers = {}
+    for method, path, body in _attacks(server):
+        status, text = _request(server, method, path, body)
+        answers[(method, path)] = status
+        assert str(server["work"]) not in text.decode("utf-8", "replace"), (method, path)
+        assert b"Traceback" not in text, (method, path)
+    assert {k: v for k, v in answers.items() if v != 404} == {}
+    assert victim.read_bytes() == b"keep me"
+    assert stored.read_bytes() == before_stored
+    after = sorted(p.relative_to(server["app"]) for p in server["app"].rglob("*") if "logs" not in p.parts)
+    assert after == app_files  # no code written into the app's folder
+    assert _wait_for_empty(server["tmp"]) == []  # no temporary file left by any refused request
+    status, body = _get(server["url"] + "/info/")
+    assert status == 200
+    assert str(server["work"]) not in body.decode()  # /info/ names no server path
+
+
+@pytest.mark.slow
+def test_requests_from_web_pages_are_refused(server):
+    status, _ = _request(server, "GET", "/info/", headers={"Origin": "http://evil.example"})
+    assert status == 403
+    upload = {"file": ("in.nii.gz", _upload_bytes())}
+    body, content_type = client._multipart({"params": "{}"}, upload)
+    status, _ = _request(server, "POST", "/infer/despeckle?output=image", body,
+                         {"Content-Type": content_type, "Origin": "http://evil.example"})  # fmt: skip
+    assert status == 403
+
+
+@pytest.mark.slow
+def test_datastore_ids_are_strict(server):
+    """Only plain ids name stored images: no path, no '..', nothing hidden; all get the same 404."""
+    for bad in ("../studies/stored_volume", "..", ".hidden", "stored_volume/..", "a" * 200, "stored volume"):
+        status, body = _post(server["url"] + "/infer/despeckle?output=image&image=" + urllib.parse.quote(bad))
+        assert status == 404, (bad, body[:200])
+        assert "not in this server's datastore" in _detail(body)
+
+
+def _detached_nrrd(data_file: str) -> bytes:
+    return (
+        f"NRRD0004\ntype: uint8\ndimension: 2\nsizes: 32 32\nencoding: raw\ndata file: {data_file}\n".encode()
+    )
+
+
+def _detached_mha(data_file: str) -> bytes:
+    return (
+        "ObjectType = Image\nNDims = 2\nDimSize = 32 32\nElementType = MET_UCHAR\n"
+        f"ElementDataFile = {data_file}\n"
+    ).encode()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "make", "words"),
+    [
+        ("a.nrrd", lambda: _detached_nrrd("/etc/passwd"), "data file"),
+        ("a.nrrd", lambda: _detached_nrrd("LIST\n/etc/passwd"), "data file"),
+        ("a.nrrd", lambda: _detached_nrrd("/etc/pass%d 1 1 1"), "data file"),
+        ("a.mha", lambda: _detached_mha("/etc/passwd"), "ElementDataFile"),
+        ("a.mhd", lambda: _detached_mha("LOCAL"), "upload must be one file"),
+        ("a.nhdr", lambda: _detached_nrrd("a.raw"), "upload must be one file"),
+        ("a.nii.gz", lambda: _detached_nrrd("/etc/passwd"), "data file"),  # renamed NRRD
+        ("noext", lambda: _upload_bytes(), "upload must be one file"),
+    ],
+)
+def test_uploads_naming_a_server_file_are_refused(server, name, make, words):
+    got, body = _post(
+        server["url"] + "/infer/despeckle?output=image",
+        {"params": '{"strength": 0}'},
+        {"file": (name, make())},
+    )
+    assert got == 400, (got, body[:300])
+    detail = _detail(body)
+    assert words in detail
+    assert "root:" not in body.decode("latin-1")  # nothing of /etc/passwd
+    assert str(server["tmp"]) not in detail
+    assert _wait_for_empty(server["tmp"]) == []
+
+
+def _short_dicom() -> bytes:
+    import struct
+    import tempfile
+
+    array = np.random.default_rng(0).integers(0, 200, (4, 32, 40)).astype(np.uint8)
+    with tempfile.TemporaryDirectory() as folder:
+        sitk.WriteImage(sitk.GetImageFromArray(array), f"{folder}/v.dcm")
+        data = Path(f"{folder}/v.dcm").read_bytes()
+    tag = b"\xe0\x7f\x10\x00" + struct.pack("<I", array.size)
+    at = data.index(tag)
+    return (
+        data[:at] + b"\xe0\x7f\x10\x00" + struct.pack("<I", array.size - 18) + data[at + 8 : len(data) - 18]
+    )
+
+
+@pytest.mark.slow
+def test_short_dicom_upload_is_refused_not_filled_with_other_requests_memory(server):
+    got, body = _post(
+        server["url"] + "/infer/despeckle?output=image", {"params": '{"strength": 0}'},
+        {"file": ("short.dcm", _short_dicom())},
+    )  # fmt: skip
+    assert got == 400, (got, body[:300])
+    assert "pixel data holds 5,102 bytes where the header declares 5,120" in _detail(body)
+
+
+@pytest.mark.slow
+def test_slow_bodies_are_cut(server):
+    """Five connections that send headers and a sliver of body, then stall, get 408 and are closed."""
+    head = (
+        b"POST /infer/despeckle?output=image HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n--b\r\n"
+    )
+    port = int(server["url"].rsplit(":", 1)[1])
+    sockets = []
+    for _ in range(5):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10 * BODY_TIMEOUT_S + 60)
+        s.sendall(head)
+        sockets.append(s)
+    for s in sockets:
+        received = b""
+        while chunk := s.recv(65536):  # ends when the server closes the connection
+            received += chunk
+        s.close()
+        assert received.startswith(b"HTTP/1.1 408"), received[:200]
+    assert _wait_for_empty(server["tmp"]) == []
+    assert _get(server["url"] + "/info/")[0] == 200

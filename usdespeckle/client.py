@@ -14,6 +14,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from usdespeckle.atomic import atomic_write
+from usdespeckle.io_headers import SELF_CONTAINED_SUFFIXES
 
 __all__ = [
     "RESULT_SUFFIXES",
@@ -39,8 +41,6 @@ _SUFFIXES = (
 #: Result formats the server writes (float32 pixels); other outputs need a local conversion
 #: (``usdespeckle run --server`` does it).
 RESULT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
-# Formats whose pixels live in a second file: one upload cannot carry them.
-_TWO_FILE = (".mhd", ".hdr", ".img", ".nhdr")
 
 
 class ServerError(RuntimeError):
@@ -66,9 +66,22 @@ def _suffix(path: Path) -> str:
 
 
 def uploadable(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is one file that holds a whole image (not a folder, not .mhd/.raw or .hdr/.img)."""
+    """Whether ``path`` is one file of a format the server accepts as an upload (not a folder, not
+    .mhd/.raw or .hdr/.img, not a file without extension): see ``io_headers.SELF_CONTAINED_SUFFIXES``."""
     path = Path(path)
-    return path.is_file() and _suffix(path) not in _TWO_FILE
+    return path.is_file() and _suffix(path) in SELF_CONTAINED_SUFFIXES
+
+
+def _unreachable(url: str, err: BaseException, timeout: float) -> ServerError:
+    """The one-line error for a request that got no answer: busy (timed out) or not reachable."""
+    reason = getattr(err, "reason", err)
+    if isinstance(reason, (TimeoutError, socket.timeout)):
+        return ServerError(
+            0,
+            f"no answer from the MONAI Label server at {url} in {timeout:g} s: it may be busy; try "
+            "again later",
+        )
+    return ServerError(0, f"cannot reach MONAI Label server at {url}: {reason}")
 
 
 def _multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tuple[bytes, str]:
@@ -112,7 +125,7 @@ def server_info(url: str, *, timeout: float = 10.0) -> dict[str, Any]:
     except urllib.error.HTTPError as err:
         raise ServerError(err.code, _error_detail(err)) from None
     except (urllib.error.URLError, OSError) as err:
-        raise ServerError(0, f"cannot reach MONAI Label server at {url}: {err}") from None
+        raise _unreachable(url, err, timeout) from None
 
 
 def infer_via_server(
@@ -142,10 +155,12 @@ def infer_via_server(
 
     Raises:
         FileNotFoundError: ``image_path`` does not exist.
-        ValueError: ``image_path`` is a folder or a two-file format (.mhd, .hdr); ``out_path`` has
+        ValueError: ``image_path`` is a folder, a two-file format (.mhd, .hdr) or has an extension
+            the server does not accept as an upload; ``out_path`` has
             another extension than :data:`RESULT_SUFFIXES`, exists and ``force`` is False, its
             folder does not exist, or it cannot be written (full disk: nothing is replaced).
-        ServerError: the server is unreachable or answered with an error (its message included).
+        ServerError: the server is unreachable, gave no answer within ``timeout`` ("no answer in
+            N s": busy), or answered with an error (its message included).
     """
     image_path, out_path = Path(image_path), Path(out_path)
     if image_path.is_dir():
@@ -157,8 +172,9 @@ def infer_via_server(
         raise FileNotFoundError(f"{image_path}: no such file")
     if not uploadable(image_path):
         raise ValueError(
-            f"{image_path} keeps its pixels in a second file, which one upload cannot carry; convert it "
-            "to .nrrd or .nii.gz first (usdespeckle run --server does that)"
+            f"{image_path} is not one self-contained file of a format the server reads "
+            f"({', '.join(SELF_CONTAINED_SUFFIXES)}); convert it to .nrrd or .nii.gz first "
+            "(usdespeckle run --server does that)"
         )
     out_suffix = _suffix(out_path)
     if out_suffix not in RESULT_SUFFIXES:
@@ -187,7 +203,7 @@ def infer_via_server(
     except http.client.IncompleteRead as err:
         raise ServerError(0, f"the answer from {url} was cut off ({len(err.partial)} bytes)") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
-        raise ServerError(0, f"cannot reach MONAI Label server at {url}: {err}") from None
+        raise _unreachable(url, err, timeout) from None
     if not data:
         raise ServerError(0, f"the server at {url} answered with an empty file")
     try:

@@ -5,11 +5,13 @@ folder holding a DICOM series, multi-frame ultrasound DICOM as a volume). Colour
 grey images (the usual ultrasound DICOM export) become grey; any other multi-component image
 (complex, vector fields) is refused.
 
-Reading checks the header first (a voxel limit, before any pixel memory is allocated) and reads
-NIfTI files a second time through nibabel, because SimpleITK's NIfTI reader turns NaN and
-infinite voxels into 0 and reads a truncated file as zero-filled without an error. Those checks,
-and the checks of output paths, live in :mod:`usdespeckle.io_checks` (their names are importable
-from here too).
+Reading first checks the file's header bytes (:mod:`usdespeckle.io_headers`: no NRRD or MetaImage
+header may name a data file outside its own folder, or any for an upload; DICOM pixel data must be
+as long as its header declares), then the header SimpleITK reads (a voxel limit, before any pixel
+memory is allocated), and reads NIfTI files a second time through nibabel, because SimpleITK's
+NIfTI reader turns NaN and infinite voxels into 0 and reads a truncated file as zero-filled
+without an error. Those checks, and the checks of output paths, live in
+:mod:`usdespeckle.io_checks` (their names are importable from here too).
 
 Writes go to a temporary folder beside the output (:func:`usdespeckle.atomic.temporary_folder`),
 are read back and compared with what was meant to be written (SimpleITK's NIfTI and PNG writers
@@ -20,7 +22,9 @@ output behind.
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +46,7 @@ from usdespeckle.io_checks import (
     image_files,
     validate_image,
 )
+from usdespeckle.io_headers import SELF_CONTAINED_SUFFIXES, check_input_file
 
 __all__ = [
     "MAX_ABS_VALUE",
@@ -56,6 +61,8 @@ __all__ = [
     "validate_image",
     "write_image",
 ]
+
+logger = logging.getLogger(__name__)
 
 # ITU-R BT.601 luma weights, the usual RGB -> grey conversion for video frames.
 _LUMA = (0.299, 0.587, 0.114)
@@ -131,10 +138,11 @@ def _dicom_series_files(folder: Path) -> list[str]:
     return list(max((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s) for s in series), key=len))
 
 
-def _header(path: Path) -> tuple[tuple[int, ...], int]:
+def _header(path: Path, image_io: str = "") -> tuple[tuple[int, ...], int]:
     """Size and components per pixel from the file's header, without reading the pixels."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
+    reader.SetImageIO(image_io)
     reader.ReadImageInformation()
     return tuple(reader.GetSize()), reader.GetNumberOfComponents()
 
@@ -143,7 +151,11 @@ def _read_with_pillow(path: Path, max_voxels: int) -> sitk.Image:
     """Read a raster image SimpleITK's readers refuse (grey + alpha PNG); alpha is dropped."""
     from PIL import Image
 
-    with Image.open(path) as picture:
+    try:
+        opened = Image.open(path)
+    except Image.DecompressionBombError as err:  # the size Pillow read from the header
+        raise ValueError(f"{path}: declares too many pixels ({_first_line(err)})") from None
+    with opened as picture:
         _check_voxels(str(path), picture.size, len(picture.getbands()), max_voxels)
         if picture.mode in ("LA", "La", "PA", "P"):
             picture = picture.convert("LA").getchannel("L")
@@ -153,7 +165,11 @@ def _read_with_pillow(path: Path, max_voxels: int) -> sitk.Image:
 
 
 def read_image(
-    path: str | os.PathLike, *, min_size: int = MIN_SIZE, max_voxels: int = MAX_VOXELS
+    path: str | os.PathLike,
+    *,
+    min_size: int = MIN_SIZE,
+    max_voxels: int = MAX_VOXELS,
+    self_contained: bool = False,
 ) -> sitk.Image:
     """Read and validate a grey 2D image or 3D volume.
 
@@ -163,6 +179,11 @@ def read_image(
         min_size: smallest accepted image side, pixels (see :func:`validate_image`).
         max_voxels: largest accepted number of values (voxels x components) the header declares,
             checked before the pixels are read; default :data:`MAX_VOXELS`.
+        self_contained: True for a file from an untrusted sender (an upload to the server): one
+            file whose extension is one of :data:`SELF_CONTAINED_SUFFIXES`, read by that format's
+            reader only, whose header names no other file. False (a local input): a two-file
+            format's header may name a data file in its own folder only. Either way the header
+            bytes are checked before any reader opens the file (:mod:`usdespeckle.io_headers`).
 
     Returns:
         A scalar SimpleITK image (2D or 3D) with the file's geometry and metadata. Colour frames
@@ -177,9 +198,14 @@ def read_image(
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
     suffix = _suffix(path)
+    image_io = SELF_CONTAINED_SUFFIXES.get(suffix, "") if self_contained else ""
     try:
         if path.is_dir():
+            if self_contained:
+                raise ValueError(f"{path}: is a folder; an upload must be one image file")
             files = _dicom_series_files(path)
+            for file in files:
+                check_input_file(file)
             size, components = _header(Path(files[0]))
             _check_voxels(str(path), (*size[:2], len(files) * (size[2] if len(size) > 2 else 1)),
                           components, max_voxels)  # fmt: skip
@@ -187,8 +213,9 @@ def read_image(
             reader.SetFileNames(files)
             image = reader.Execute()
         else:
+            check_input_file(path, self_contained=self_contained)
             try:
-                size, components = _header(path)
+                size, components = _header(path, image_io)
             except RuntimeError:
                 if suffix != ".png":
                     raise
@@ -197,7 +224,7 @@ def read_image(
                 _check_voxels(str(path), size, components, max_voxels)
                 if suffix in _NIFTI:
                     _check_nifti(path, max_voxels)
-                image = sitk.ReadImage(str(path))
+                image = sitk.ReadImage(str(path), imageIO=image_io)
     except (RuntimeError, OSError) as err:
         raise ValueError(
             f"{path}: cannot be read as an image (corrupt file or unknown format): {_first_line(err)}"
@@ -214,8 +241,8 @@ def read_image(
     return image
 
 
-def _cast_for_format(image: sitk.Image, suffix: str) -> sitk.Image:
-    """Cast to an integer pixel type the format can hold (PNG/JPEG/BMP/DICOM)."""
+def _cast_for_format(image: sitk.Image, suffix: str, notice: Callable[[str], None]) -> sitk.Image:
+    """Cast to an integer pixel type the format can hold (PNG/JPEG/BMP/DICOM); say when values are scaled."""
     if suffix in _DICOM:
         # GDCM writes int16 only for 2D images; volumes take unsigned types
         allowed: tuple[type, ...] = (np.uint8, np.uint16, np.int16)
@@ -229,19 +256,47 @@ def _cast_for_format(image: sitk.Image, suffix: str) -> sitk.Image:
     if array.dtype in allowed:
         return image
     lo, hi = float(array.min()), float(array.max())
-    for dtype in allowed:
-        info = np.iinfo(dtype)
-        # Values already in the type's range (a despeckled uint8 image, say) are rounded and kept.
-        if lo >= info.min - 0.5 and hi <= info.max + 0.5:
-            out = np.clip(np.rint(array), info.min, info.max).astype(dtype)
-            break
-    else:  # out of range: stretch min..max onto the largest allowed unsigned type
-        dtype = allowed[-1] if suffix not in _DICOM else np.uint16
-        scale = (np.iinfo(dtype).max / (hi - lo)) if hi > lo else 0.0
-        out = np.rint((array.astype(np.float64) - lo) * scale).astype(dtype)
+    fractional = np.issubdtype(array.dtype, np.floating) and not np.array_equal(array, np.rint(array))
+    widest = allowed[-1] if suffix not in _DICOM else np.uint16
+    if fractional and lo >= 0.0 and hi <= 1.0:  # the library's [0, 1] convention: scale, never round to 0/1
+        top = np.iinfo(allowed[0]).max
+        out = np.rint(array.astype(np.float64) * top).astype(allowed[0])
+        notice(f"values in [0, 1] written as 0-{top} ({np.dtype(allowed[0]).name}): {suffix} holds integers")
+    else:
+        for dtype in allowed:
+            info = np.iinfo(dtype)
+            # Values already in the type's range (a despeckled uint8 image, say) are rounded and kept,
+            # unless rounding would leave fewer than 16 grey levels of fractional values.
+            if lo >= info.min - 0.5 and hi <= info.max + 0.5 and not (fractional and hi - lo < 16):
+                out = np.clip(np.rint(array), info.min, info.max).astype(dtype)
+                break
+        else:  # out of range or too narrow: stretch min..max onto the widest allowed unsigned type
+            top = np.iinfo(widest).max
+            scale = (top / (hi - lo)) if hi > lo else 0.0
+            out = np.rint((array.astype(np.float64) - lo) * scale).astype(widest)
+            notice(f"values {lo:.4g}..{hi:.4g} stretched onto 0-{top} ({np.dtype(widest).name}): "
+                   f"{suffix} holds integers")  # fmt: skip
     result = sitk.GetImageFromArray(out)
     result.CopyInformation(image)
     return result
+
+
+#: Metadata entries copied into an output: at most this many, each value at most this long.
+MAX_METADATA_ENTRIES, MAX_METADATA_VALUE = 256, 1024
+
+
+def _trimmed_metadata(image: sitk.Image) -> sitk.Image:
+    """``image`` without metadata entries over the limits (an input's huge header text is not copied)."""
+    keys = image.GetMetaDataKeys()
+    drop = [k for i, k in enumerate(keys) if i >= MAX_METADATA_ENTRIES or len(k) > 128
+            or len(image.GetMetaData(k)) > MAX_METADATA_VALUE]  # fmt: skip
+    if not drop:
+        return image
+    kept = sitk.Cast(image, image.GetPixelID())  # same pixels and geometry, no metadata (the input's stays)
+    for key in keys:
+        if key not in drop:
+            kept.SetMetaData(key, image.GetMetaData(key))
+    return kept
 
 
 def _verify(written: Path, expected: sitk.Image, suffix: str) -> None:
@@ -258,10 +313,15 @@ def _verify(written: Path, expected: sitk.Image, suffix: str) -> None:
         raise ValueError(f"the written file cannot be read back: {_first_line(err)}") from None
     if back.GetDimension() == 3 and expected.GetDimension() == 2 and back.GetSize()[2] == 1:
         back = back[:, :, 0]  # GDCM reads a 2D DICOM as a volume of one slice
+    if suffix == ".bmp" and back.GetNumberOfComponentsPerPixel() == 3:
+        back = to_grey(back)  # ITK reads a grey BMP (8-bit palette) back as RGB with equal channels
     if back.GetSize() != expected.GetSize() or (
         back.GetNumberOfComponentsPerPixel() != expected.GetNumberOfComponentsPerPixel()
     ):
-        raise ValueError(f"the written file holds size {back.GetSize()}, expected {expected.GetSize()}")
+        raise ValueError(
+            f"the written file holds size {back.GetSize()} x {back.GetNumberOfComponentsPerPixel()} "
+            f"components, expected {expected.GetSize()} x {expected.GetNumberOfComponentsPerPixel()}"
+        )
     if suffix in _LOSSY:
         return
     got, want = sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(expected)
@@ -275,6 +335,7 @@ def write_image(
     *,
     force: bool = False,
     source: str | os.PathLike | None = None,
+    notice: Callable[[str], None] | None = None,
 ) -> Path:
     """Write an image atomically in the format its extension names, and verify it.
 
@@ -286,8 +347,12 @@ def write_image(
     Temporary folders that killed runs left beside ``path`` are removed first.
 
     PNG keeps values in [0, 255] as uint8 and in [0, 65535] as uint16; JPEG and BMP take uint8;
-    DICOM takes uint8, uint16 or (2D) int16. Float values in range are rounded; values outside every
-    allowed range are stretched from min..max onto the full range of the widest allowed type.
+    DICOM takes uint8, uint16 or (2D) int16. Integer-valued floats in range are kept; fractional
+    values in [0, 1] (the library's convention) are scaled to 0-255; other fractional values
+    spanning fewer than 16 grey levels, and values outside every allowed range, are stretched from
+    min..max onto the full range of the widest allowed type. Scaling is announced through
+    ``notice``. Metadata entries over :data:`MAX_METADATA_VALUE` characters (or beyond the first
+    :data:`MAX_METADATA_ENTRIES`) are not copied into the output.
 
     Args:
         image: scalar SimpleITK image, 2D or 3D.
@@ -295,6 +360,8 @@ def write_image(
             ``.mhd``, ``.tif``, ``.png``, ...).
         force: overwrite an existing output.
         source: the input path, refused as output (see :func:`check_output_path`).
+        notice: called with one line when values are scaled to fit the format; default: this
+            module's logger (a warning).
 
     Returns:
         ``path`` as a Path.
@@ -305,7 +372,8 @@ def write_image(
     """
     path = check_output_path(path, force=force, source=source, dimension=image.GetDimension())
     suffix = _suffix(path)
-    image = _cast_for_format(image, suffix)
+    say = notice or logger.warning
+    image = _trimmed_metadata(_cast_for_format(image, suffix, lambda text: say(f"{path}: {text}")))
     # only this output's own leftovers: the folder may hold other programs' .tmp files
     remove_stale_temporaries(path.parent, destination=lambda name: name == path.name)
     try:

@@ -183,6 +183,8 @@ def _check_nifti(path: Path, max_voxels: int) -> None:
         raise ValueError(f"{path}: is truncated or corrupt: {_first_line(err)}") from None
     except (OSError, EOFError, MemoryError) as err:
         raise ValueError(f"{path}: is truncated or corrupt: {_first_line(err)}") from None
+    except (nib.spatialimages.HeaderDataError, nib.filebasedimages.ImageFileError) as err:
+        raise ValueError(f"{path}: has a malformed header: {_first_line(err)}") from None
     if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
         bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
         raise ValueError(f"{path}: holds {bad} NaN or infinite values; fix or mask them before despeckling")
@@ -246,10 +248,16 @@ def check_output_path(
 
     Raises:
         ValueError: if ``path`` or one of the files it would write is the input or one of its
-            files, exists and ``force`` is false, is a folder, has an extension no writer knows (or
+            files, exists and ``force`` is false, is a folder (or ends with a separator), has an extension no writer knows (or
             an upper-case .MHA, .MHD, .NII, .NII.GZ, .HDR, which ITK mishandles), is a 2D-only
             format for a volume, or its folder does not exist or is not writable.
     """
+    text = os.fspath(path)
+    if text.endswith(("/", os.sep)) or os.path.basename(text) in ("", ".", ".."):
+        raise ValueError(
+            f"output {text} names a folder (it ends with a path separator); give a file name such "
+            f"as {Path(text) / 'output.nii.gz'}"
+        )
     path = Path(path)
     suffix = _suffix(path)
     if suffix not in OUTPUT_SUFFIXES:

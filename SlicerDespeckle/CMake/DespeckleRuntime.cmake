@@ -31,6 +31,7 @@ set(DESPECKLE_RUNTIME_LIBRARY_FILES
   usdespeckle/slicewise.py
   usdespeckle/io.py
   usdespeckle/io_checks.py
+  usdespeckle/io_headers.py
   usdespeckle/atomic.py
   usdespeckle/bundle_utils.py
   usdespeckle/filters.py

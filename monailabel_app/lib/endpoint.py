@@ -50,6 +50,8 @@ RESERVED_PARAMS = frozenset(
 OUTPUTS = ("image", "json", "all")
 _CHUNK = 1 << 20
 _SAFE_SUFFIX = re.compile(r"^(\.[A-Za-z0-9]{1,8}){1,2}$")
+#: A datastore image id: letters, digits, ``_``, ``-`` and ``.`` (never ``..``); no path.
+IMAGE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 _UPLOADS: set[str] = set()
 _UPLOADS_LOCK = threading.Lock()
@@ -199,7 +201,9 @@ def _stored_image(instance, image: str) -> str:
             status_code=400,
             detail="no image: upload a file as 'file' or give ?image=<id of a stored image>",
         )
-    path = instance.datastore().get_image_uri(image) if "/" not in image and "\\" not in image else ""
+    path = (
+        instance.datastore().get_image_uri(image) if IMAGE_ID.fullmatch(image) and ".." not in image else ""
+    )
     if not path or not os.path.isfile(path):
         raise not_found(image)
     return path

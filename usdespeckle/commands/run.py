@@ -198,12 +198,45 @@ def _intensity_range(args: argparse.Namespace) -> tuple[float, float] | None:
     return low, high
 
 
+def _check_options(args: argparse.Namespace, dimension: int) -> None:
+    """The option checks a local run and a ``--server`` run share, once the input's dimension is known.
+
+    Raises:
+        ValueError: ``--uncertainty`` or ``--passes`` other than 1 with a classical filter, ``--uncertainty``
+            with ``--server`` (the server answers with the despeckled image only), an uncertainty
+            path that collides with OUTPUT or the input, or ``--axis`` other than 0 on a 2D image.
+    """
+    from usdespeckle.io import check_output_path
+    from usdespeckle.io_checks import same_file
+
+    if (
+        args.method != "denoiser"
+    ):  # --passes 1 (the default; the Slicer module always sends it) changes nothing
+        extra = args.passes != DEFAULT_PASSES
+        for option, given in (("--uncertainty", bool(args.uncertainty)), (f"--passes {args.passes}", extra)):
+            if given:
+                raise ValueError(
+                    f"{option} needs the denoiser; --method {args.method} has no mirrored passes"
+                )
+    if args.uncertainty:
+        if args.server:
+            raise ValueError(
+                "--uncertainty is not available with --server: the server answers with the despeckled "
+                "image only; run without --server to write the spread"
+            )
+        check_output_path(args.uncertainty, force=args.force, source=args.input, dimension=dimension)
+        if same_file(Path(args.uncertainty), Path(args.output)):  # also in another case or via a link
+            raise ValueError("--uncertainty must name another file than OUTPUT")
+    if dimension == 2 and args.axis != 0:
+        raise ValueError(f"--axis {args.axis} needs a volume; {args.input} is a 2D image")
+
+
 def _checked_input(args: argparse.Namespace):
     """Read INPUT and check, before any computation, everything about the run that can be checked.
 
     That is: the output's format, folder and collisions (with the input and existing files), the
-    format against the image's dimension, the uncertainty output, the axis, and the denoiser's
-    weights (missing, bad checksum, or a file its runtime cannot load).
+    format against the image's dimension, the options (:func:`_check_options`), and the
+    denoiser's weights (missing, bad checksum, or a file its runtime cannot load).
 
     Returns:
         The input as a SimpleITK image.
@@ -214,24 +247,12 @@ def _checked_input(args: argparse.Namespace):
     """
     from usdespeckle.inference import load_denoiser
     from usdespeckle.io import check_output_path, read_image
-    from usdespeckle.io_checks import same_file
 
     check_output_path(args.output, force=args.force, source=args.input)
     image = read_image(args.input, max_voxels=args.max_voxels)
     check_output_path(args.output, force=args.force, source=args.input, dimension=image.GetDimension())
-    if args.uncertainty:
-        if args.method != "denoiser":
-            raise ValueError(
-                f"--uncertainty needs the denoiser; --method {args.method} has no mirrored passes"
-            )
-        check_output_path(
-            args.uncertainty, force=args.force, source=args.input, dimension=image.GetDimension()
-        )
-        if same_file(Path(args.uncertainty), Path(args.output)):  # also in another case or via a link
-            raise ValueError("--uncertainty must name another file than OUTPUT")
-    if image.GetDimension() == 2 and args.axis != 0:
-        raise ValueError(f"--axis {args.axis} needs a volume; {args.input} is a 2D image")
-    if args.method == "denoiser":  # fail on missing or bad weights before any work
+    _check_options(args, image.GetDimension())
+    if args.method == "denoiser" and not args.server:  # fail on missing or bad weights before any work
         try:
             load_denoiser(backend=args.backend, device=args.device, passes=args.passes)
         except RuntimeError as err:  # TorchScript or ONNX Runtime cannot load the file
@@ -241,6 +262,10 @@ def _checked_input(args: argparse.Namespace):
                 "bundle's models/ folder"
             ) from None
     return image
+
+
+def _notice(text: str) -> None:
+    print(f"usdespeckle run: note: {text}", file=sys.stderr)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -280,9 +305,9 @@ def main(args: argparse.Namespace) -> int:
         spread = None
         if isinstance(result, tuple):
             result, spread = result
-        write_image(result, args.output, force=args.force, source=args.input)
+        write_image(result, args.output, force=args.force, source=args.input, notice=_notice)
         if spread is not None:
-            write_image(spread, args.uncertainty, force=args.force, source=args.input)
+            write_image(spread, args.uncertainty, force=args.force, source=args.input, notice=_notice)
     except (ValueError, OSError) as err:  # FileNotFoundError is an OSError
         raise UserError(" ".join(str(err).split())) from None  # one line
     except ImportError as err:  # a package only some methods need (scipy, scikit-image, bm3d)
@@ -296,8 +321,10 @@ def main(args: argparse.Namespace) -> int:
 def _main_via_server(args: argparse.Namespace) -> int:
     """Send INPUT to a MONAI Label server's ``despeckle`` task and write its answer to OUTPUT.
 
-    The server takes one file and answers in a float format (NRRD here). An input that is not one
-    file (a DICOM folder, .mhd/.raw, .hdr/.img) is read and validated here and uploaded as NRRD;
+    The input is read and checked here first, with every option, as for a local run (the server
+    cannot honour ``--uncertainty``: refused). The server takes one file and answers in a float
+    format (NRRD here). An input that is not one self-contained file of a format the server reads
+    (a DICOM folder, .mhd/.raw, .hdr/.img, a file without extension) is uploaded as NRRD;
     the answer is read back, checked and written to OUTPUT in the format its extension names,
     through the same verified atomic write as a local run.
     """
@@ -308,17 +335,15 @@ def _main_via_server(args: argparse.Namespace) -> int:
     import SimpleITK as sitk
 
     from usdespeckle.client import ServerError, despeckle_via_server, uploadable
-    from usdespeckle.io import check_output_path, read_image, write_image
+    from usdespeckle.io import write_image
+    from usdespeckle.io_headers import check_input_file
 
     try:
-        check_output_path(args.output, force=args.force, source=args.input)
-        source = Path(args.input)  # a missing one is not uploadable: read_image below says so
+        image = _checked_input(args)  # the local run's checks: output, voxel limit, headers, options
+        source = Path(args.input)
         with tempfile.TemporaryDirectory(prefix="usdespeckle-server-") as work:
             upload = source
             if not uploadable(source):
-                image = read_image(source, max_voxels=args.max_voxels)
-                dims = image.GetDimension()
-                check_output_path(args.output, force=args.force, source=args.input, dimension=dims)
                 upload = Path(work) / "input.nrrd"
                 sitk.WriteImage(image, str(upload), useCompression=True)
             answer = Path(work) / "result.nrrd"
@@ -335,16 +360,17 @@ def _main_via_server(args: argparse.Namespace) -> int:
                 # auto: the server's own default runtime (its --conf backend)
                 **({} if args.backend == "auto" else {"backend": args.backend}),
             )
-            try:
-                result = sitk.ReadImage(str(answer))
-            except RuntimeError:
+            try:  # the answer is untrusted too: a NRRD that names no other file
+                check_input_file(answer, self_contained=True)
+                result = sitk.ReadImage(str(answer), imageIO="NrrdImageIO")
+            except (RuntimeError, ValueError):
                 raise ValueError(
                     f"the server at {args.server} answered with a file that is not an image"
                 ) from None
             values = sitk.GetArrayViewFromImage(result)
             if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
                 raise ValueError(f"the server at {args.server} answered with NaN or infinite values")
-            write_image(result, args.output, force=args.force, source=args.input)
+            write_image(result, args.output, force=args.force, source=args.input, notice=_notice)
     except (ValueError, OSError, ServerError) as err:
         raise UserError(" ".join(str(err).split())) from None
     if args.progress != "none":

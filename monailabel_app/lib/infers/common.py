@@ -125,7 +125,8 @@ def read_request_image(
 
     Raises:
         HTTPException: 400 when there is no image, it cannot be read, or it fails validation
-            (4D, NaN, truncated, constant, too small, over ``max_voxels`` ...); 404 when the path
+            (4D, NaN, truncated, constant, too small, over ``max_voxels``, an upload whose header
+            names another file or whose extension is not an upload format ...); 404 when the path
             is neither an upload nor in the datastore.
     """
     from lib.endpoint import is_upload, not_found
@@ -136,10 +137,11 @@ def read_request_image(
     real = os.path.realpath(path)
     root = os.path.realpath(datastore_root) if datastore_root else None
     in_datastore = root is not None and os.path.commonpath([real, root]) == root and real != root
-    if not (is_upload(real) or in_datastore) or not os.path.exists(real):
+    upload = is_upload(real)
+    if not (upload or in_datastore) or not os.path.exists(real):
         raise not_found(os.path.basename(path))
-    with http_errors(task, hide=path):
-        return read_image(path, max_voxels=max_voxels)
+    with http_errors(task, hide=path):  # an upload must hold its own pixels, in a format named by its suffix
+        return read_image(path, max_voxels=max_voxels, self_contained=upload)
 
 
 def write_result(image: sitk.Image, extension: str) -> str:
