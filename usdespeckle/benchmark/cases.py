@@ -39,7 +39,7 @@ class Case:
         masks: for phantoms, boolean masks: ``background`` and one per cyst.
         contrasts_db: for phantoms, the contrast of each cyst mask in dB (same keys as the cyst masks).
         field: for real scans, the valid imaging-field mask (H, W), bool.
-        regions: for real frames, the stored boxes ``{"dark", "bright", "homogeneous"}``.
+        regions: for real frames, the boxes ``{"dark", "bright", "homogeneous"}`` (gCNR pair chosen on the frame).
         grain_px: for real scans, the speckle grain (autocorrelation FWHM, pixels), axial and
             lateral, measured on the input; None when no homogeneous box allowed it.
     """

@@ -156,7 +156,7 @@ def markdown(result: dict[str, Any]) -> str:
         "`a*output + b` to the reference (removes gain/offset differences); EPI: edge preservation "
         "index (1 = edges as in the reference); ENL: equivalent number of looks in the background "
         "or homogeneous boxes (higher = smoother); CNR, gCNR: contrast of each cyst against the background, "
-        "or of the dark box against the bright box of a real frame (gCNR in [0, 1], 1 = separable). "
+        "or of a dark against a bright tissue box of a real frame, two similar echogenicities chosen on the input so that its gCNR is about 0.5 (gCNR in [0, 1], 1 = separable). "
         "Real frames have no reference: *fidelity* is the correlation (and PSNR) of the output's "
         "low-pass with the input's after the best monotonic grey-level map (1 = echogenicity kept; "
         "erasing or inventing tissue lowers it); *M* the ratio-image estimator of Gomez, Ospina and "
