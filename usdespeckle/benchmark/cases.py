@@ -90,14 +90,21 @@ class SetSpec:
         description: one line for the report.
         kind: one of ``reference``, ``phantom``, ``real``, ``cine``.
         load: ``load(data_dir, limit, seed, size) -> LoadedSet``; may return no cases with a note.
+            Sets of kind ``reference`` and ``phantom`` also take ``split="validation"``: the same
+            set made of other images, on which ``training/tune_filters.py`` tunes settings.
         default_limit: images (frames for a cine) per set when no limit is given; None = all.
     """
 
     name: str
     description: str
     kind: str
-    load: Callable[[Path | None, int | None, int, int], LoadedSet]
+    load: Callable[..., LoadedSet]
     default_limit: int | None = None
+
+    @property
+    def tunable(self) -> bool:
+        """Whether settings can be tuned on this set: it has a reference and a validation split."""
+        return self.kind in ("reference", "phantom")
 
 
 def case_rng(seed: int, set_name: str, index: int) -> np.random.Generator:
