@@ -221,7 +221,7 @@ def run_benchmark(
     image_size: int = 256,
     time_repeats: int = 3,
     figure_rows: int = 3,
-    tuned_settings: str | os.PathLike | None = None,
+    tuned_settings: str | os.PathLike | TunedSettings | None = None,
 ) -> dict[str, Any]:
     """Run every method on every test set, write ``benchmark.md``, ``benchmark.json`` and figures.
 
@@ -242,8 +242,9 @@ def run_benchmark(
         time_repeats: timed runs per method (median reported) after one warm-up.
         figure_rows: images per set shown in the figure grids (real frames: at most 2 figures).
         tuned_settings: the JSON of tuned settings (default
-            ``usdespeckle/benchmark/tuned_settings.json``); filters and peers run per set at the
-            stored setting, plus ``name@1`` rows at the one setting for all sets.
+            ``usdespeckle/benchmark/tuned_settings.json``), or the settings themselves; filters and
+            peers run per set at the stored setting, plus ``name@1`` rows at the one setting for all
+            sets; ``TunedSettings()`` runs every method at its defaults.
 
     Returns:
         dict with ``meta`` (command, seed, date, versions, limits, elapsed_s, ...), ``sets`` (per set:
@@ -275,7 +276,10 @@ def run_benchmark(
     chosen, skipped = resolve_methods(methods)
     set_names = resolve_sets(sets)
     skipped = dict(skipped)
-    tuned = load_tuned_settings(TUNED_SETTINGS_FILE if tuned_settings is None else Path(tuned_settings))
+    if isinstance(tuned_settings, TunedSettings):
+        tuned = tuned_settings
+    else:
+        tuned = load_tuned_settings(TUNED_SETTINGS_FILE if tuned_settings is None else Path(tuned_settings))
 
     def identity(image: np.ndarray) -> np.ndarray:
         return np.asarray(image, dtype=np.float32)
