@@ -14,8 +14,9 @@ Two choices per method are stored in ``usdespeckle/benchmark/tuned_settings.json
 
 - per set, the best setting on that set (the benchmark's row ``name``);
 - one setting for all sets, the best mean over the sets, each set weighted equally (the row
-  ``name@1``): what a user without a clean reference would run. The filters' defaults in their
-  signatures were copied by hand from this choice.
+  ``name@1``): what a user without a clean reference would run. The defaults in the filters'
+  signatures were copied by hand from an earlier run of this choice (four sets); copy again to
+  make the shipped defaults follow it.
 
 Also measured: CPU ms per 256x256 slice. Results are checkpointed per method in ``--checkpoint``
 (JSON) so an interrupted run resumes.
@@ -212,8 +213,8 @@ def _report(
         "parameters (BM3D, MuLoG: one run); every filter runs on one thread, so this is about the wall "
         "time on an idle core (the shared machine's wall time was several times longer).",
         "",
-        "## One setting for all sets (the filters' defaults in `usdespeckle/filters.py`, `filters_nlm.py` and "
-        "`filters_bm3d.py` were copied from this table)",
+        "## One setting for all sets (the benchmark's `name@1` rows; the defaults in the filters' signatures "
+        "came from an earlier run on four sets and may differ)",
         "",
         "Mean over the sets; per-set numbers below.",
         "",
