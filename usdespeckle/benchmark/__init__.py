@@ -16,7 +16,7 @@ the trained ``denoiser``) runs on the same seeded test inputs, built from test s
 - ``phantom``: cyst phantoms of graded contrast through the fast physics simulator; speckle
   statistics (ENL, CNR, gCNR) in the known regions and fidelity against the echogenicity map.
 - ``real_bmode``: held-out real B-mode frames (``datalist_real_bmode.json`` test split), no
-  reference: echogenicity fidelity, the ratio-image estimator M, gCNR/CNR/ENL on stored boxes.
+  reference: echogenicity fidelity, the ratio-image estimator M, gCNR/CNR of two tissue boxes chosen on the frame, ENL on stored boxes.
 - ``cine``: the held-out block of the real cardiac cine (``cine_test``): temporal flicker.
 
 The speckled input itself is the ``input`` row of every table, the baseline a method must beat.

@@ -39,7 +39,7 @@ class Case:
         masks: for phantoms, boolean masks: ``background`` and one per cyst.
         contrasts_db: for phantoms, the contrast of each cyst mask in dB (same keys as the cyst masks).
         field: for real scans, the valid imaging-field mask (H, W), bool.
-        regions: for real frames, the stored boxes ``{"dark", "bright", "homogeneous"}``.
+        regions: for real frames, the boxes ``{"dark", "bright", "homogeneous"}`` (gCNR pair chosen on the frame).
         grain_px: for real scans, the speckle grain (autocorrelation FWHM, pixels), axial and
             lateral, measured on the input; None when no homogeneous box allowed it.
     """
@@ -90,14 +90,21 @@ class SetSpec:
         description: one line for the report.
         kind: one of ``reference``, ``phantom``, ``real``, ``cine``.
         load: ``load(data_dir, limit, seed, size) -> LoadedSet``; may return no cases with a note.
+            Sets of kind ``reference`` and ``phantom`` also take ``split="validation"``: the same
+            set made of other images, on which ``training/tune_filters.py`` tunes settings.
         default_limit: images (frames for a cine) per set when no limit is given; None = all.
     """
 
     name: str
     description: str
     kind: str
-    load: Callable[[Path | None, int | None, int, int], LoadedSet]
+    load: Callable[..., LoadedSet]
     default_limit: int | None = None
+
+    @property
+    def tunable(self) -> bool:
+        """Whether settings can be tuned on this set: it has a reference and a validation split."""
+        return self.kind in ("reference", "phantom")
 
 
 def case_rng(seed: int, set_name: str, index: int) -> np.random.Generator:

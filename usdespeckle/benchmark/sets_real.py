@@ -1,6 +1,6 @@
 """The benchmark's real test sets: held-out real B-mode frames and the held-out cine block.
 
-No reference: each case carries its imaging-field mask, the stored regions and the speckle grain
+No reference: each case carries its imaging-field mask, the regions (the stored homogeneous boxes, the gCNR pair chosen on the frame) and the speckle grain
 measured on the input (which sets the fidelity's low-pass and the estimator M's offsets). Loaders
 have the signature ``load(data_dir, limit, seed, size) -> LoadedSet``.
 """
@@ -23,6 +23,7 @@ from usdespeckle.benchmark.cases import (
     _read_grey,
     _spread,
 )
+from usdespeckle.real_bmode import contrast_boxes
 
 REAL_DATALIST = "datalist_real_bmode.json"
 CINE_CROP = (256, 256)  # the cine is cut to at most this window (rows, columns) around the field's centre
@@ -92,7 +93,9 @@ def load_real(data_dir: Path | None, limit: int | None, seed: int, size: int) ->
     cases = []
     for entry in _by_source(entries, limit):
         image, field_mask = _read_real(Path(data_dir), entry)
-        regions = dict(entry["regions"])
+        # The gCNR pair is chosen here from the frame (two tissues of similar echogenicity), not read
+        # from the datalist, whose older darkest/brightest boxes were separable in every output.
+        regions = {**entry["regions"], **contrast_boxes(image, field_mask)}
         grain = speckle_grain(image, field_mask, regions)
         cases.append(
             Case(Path(entry["image"]).stem, image, None, field=field_mask, regions=regions, grain_px=grain)
@@ -111,7 +114,8 @@ def load_real(data_dir: Path | None, limit: int | None, seed: int, size: int) ->
         "no reference: every score is inside the imaging field; fidelity = echogenicity fidelity against "
         f"the input (Gaussian low-pass, sigma = {SIGMA_PER_GRAIN:g} x the speckle grain's FWHM measured in "
         f"the largest homogeneous box, {SIGMA_RANGE[0]:g}-{SIGMA_RANGE[1]:g} px; isotonic fit); gCNR and CNR "
-        "of the stored dark box against the bright box, ENL mean over the homogeneous boxes; M = ratio-image "
+        "of a dark against a bright tissue box chosen on the input by real_bmode.contrast_boxes (similar "
+        "echogenicities, input gCNR near 0.5, so smoothing can raise it), ENL mean over the homogeneous boxes; M = ratio-image "
         "estimator on the residual input - output (0 = pure speckle removed; infinite for the input itself), "
         f"its co-occurrences {GLCM_PER_GRAIN:g} grains apart",
         measured,

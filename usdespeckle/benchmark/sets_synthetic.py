@@ -1,7 +1,9 @@
 """The benchmark's synthetic test sets: photographs with a speckle model, MRI through the simulator, phantoms.
 
-Each loader has the signature ``load(data_dir, limit, seed, size) -> LoadedSet`` of
-:class:`usdespeckle.benchmark.cases.SetSpec`; every case knows its clean reference.
+Each loader has the signature ``load(data_dir, limit, seed, size, split="test") -> LoadedSet`` of
+:class:`usdespeckle.benchmark.cases.SetSpec`; every case knows its clean reference. The benchmark
+reads the ``test`` split; ``training/tune_filters.py`` tunes the methods' settings on the same sets
+made from the ``validation`` split (other images, other phantoms).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from usdespeckle.benchmark.cases import (
 # --------------------------------------------------------------------------------------------------
 # Photographs that scikit-image ships (no download), the fallback natural test set.
 _SKIMAGE_PHOTOS = ("camera", "astronaut", "coffee", "chelsea", "brick", "gravel", "moon", "clock", "rocket")
+# Other scikit-image photographs, the fallback tuning (validation) set: none of the test fallback's.
+_SKIMAGE_TUNING_PHOTOS = ("coins", "page", "text", "grass", "hubble_deep_field", "immunohistochemistry")
 
 
 def skimage_photo(name: str) -> np.ndarray:
@@ -40,34 +44,39 @@ def skimage_photo(name: str) -> np.ndarray:
     return img_as_float(img).astype(np.float32)
 
 
-def _natural_references(data_dir: Path | None, limit: int | None, size: int) -> tuple[list, list[str]]:
-    """(name, clean image) pairs of the natural test set, and notes."""
+def _natural_references(
+    data_dir: Path | None, limit: int | None, size: int, split: str = "test"
+) -> tuple[list, list[str]]:
+    """(name, clean image) pairs of the natural photographs of ``split``, and notes."""
     notes: list[str] = []
-    entries = _datalist_split(data_dir, "datalist_natural.json", "test")
+    entries = _datalist_split(data_dir, "datalist_natural.json", split)
     refs = []
     if entries is not None:
         for entry in _spread(entries, limit):
             path = Path(data_dir) / entry["label"]
             refs.append((path.stem, to_size(_read_grey(path), size)))
-        notes.append(f"clean photographs: test split of {Path(data_dir) / 'datalist_natural.json'}")
+        notes.append(f"clean photographs: {split} split of {Path(data_dir) / 'datalist_natural.json'}")
     else:
         where = (
             "no --data given" if data_dir is None else f"{Path(data_dir) / 'datalist_natural.json'} missing"
         )
+        photos = _SKIMAGE_PHOTOS if split == "test" else _SKIMAGE_TUNING_PHOTOS
         notes.append(
-            f"FALLBACK ({where}): clean photographs are scikit-image's {', '.join(_SKIMAGE_PHOTOS)}, "
+            f"FALLBACK ({where}): clean photographs are scikit-image's {', '.join(photos[:limit])}, "
             f"grey, shorter side scaled to {size} and centre-cropped"
         )
-        for name in _SKIMAGE_PHOTOS[:limit]:
+        for name in photos[:limit]:
             refs.append((name, to_size(skimage_photo(name), size)))
     return refs, notes
 
 
 def _rayleigh_loader(set_name: str, **speckle_kwargs: Any) -> Callable[..., LoadedSet]:
-    def load(data_dir: Path | None, limit: int | None, seed: int, size: int) -> LoadedSet:
+    def load(
+        data_dir: Path | None, limit: int | None, seed: int, size: int, split: str = "test"
+    ) -> LoadedSet:
         from usdespeckle.speckle import rayleigh_speckle
 
-        refs, notes = _natural_references(data_dir, limit, size)
+        refs, notes = _natural_references(data_dir, limit, size, split)
         cases = []
         for index, (name, clean) in enumerate(refs):
             # The gain a and offset b are drawn inside from this per-image generator: fixed by the seed.
@@ -81,10 +90,12 @@ def _rayleigh_loader(set_name: str, **speckle_kwargs: Any) -> Callable[..., Load
 
 
 def _gamma_loader(set_name: str, looks: float) -> Callable[..., LoadedSet]:
-    def load(data_dir: Path | None, limit: int | None, seed: int, size: int) -> LoadedSet:
+    def load(
+        data_dir: Path | None, limit: int | None, seed: int, size: int, split: str = "test"
+    ) -> LoadedSet:
         from usdespeckle.speckle import gamma_speckle
 
-        refs, notes = _natural_references(data_dir, limit, size)
+        refs, notes = _natural_references(data_dir, limit, size, split)
         cases = [
             Case(name, gamma_speckle(clean, looks, case_rng(seed, set_name, index)), clean)
             for index, (name, clean) in enumerate(refs)
@@ -105,10 +116,12 @@ _CORRELATED_RANGE_DB = 50.0
 _CORRELATED_HEADROOM_DB = 6.0
 
 
-def _load_correlated(data_dir: Path | None, limit: int | None, seed: int, size: int) -> LoadedSet:
+def _load_correlated(
+    data_dir: Path | None, limit: int | None, seed: int, size: int, split: str = "test"
+) -> LoadedSet:
     from usdespeckle.simulate import FastBModeSimulator, log_compress
 
-    refs, notes = _natural_references(data_dir, limit, size)
+    refs, notes = _natural_references(data_dir, limit, size, split)
     simulator = FastBModeSimulator(
         probe=_CORRELATED_PROBE,
         shape=(size, size),
@@ -144,10 +157,17 @@ def _load_correlated(data_dir: Path | None, limit: int | None, seed: int, size: 
 # MRI through the simulator, phantoms
 # --------------------------------------------------------------------------------------------------
 def _pairs_loader(filenames: Sequence[tuple[str, str]]) -> Callable[..., LoadedSet]:
-    """Loader of (simulated B-mode ``image``, MRI ``label``) pairs from the first datalist found."""
+    """Loader of (simulated B-mode ``image``, MRI ``label``) pairs from the first datalist found.
 
-    def load(data_dir: Path | None, limit: int | None, seed: int, size: int) -> LoadedSet:
-        for filename, split in filenames:
+    ``filenames`` are the (datalist, split) pairs the benchmark reads; another ``split`` (tuning)
+    reads that split of the datalists listed with ``test``.
+    """
+
+    def load(
+        data_dir: Path | None, limit: int | None, seed: int, size: int, split: str = "test"
+    ) -> LoadedSet:
+        chosen = filenames if split == "test" else [(f, split) for f, s in filenames if s == "test"]
+        for filename, split in chosen:
             entries = _datalist_split(data_dir, filename, split)
             if entries is None:
                 continue
@@ -157,7 +177,7 @@ def _pairs_loader(filenames: Sequence[tuple[str, str]]) -> Callable[..., LoadedS
                 label = to_size(_read_grey(Path(data_dir) / entry["label"]), size)
                 cases.append(Case(Path(entry["image"]).stem, image, label))
             return LoadedSet(cases, [f"pairs: {split!r} split of {Path(data_dir) / filename}"])
-        looked = " or ".join(f"{name} [{split!r}]" for name, split in filenames)
+        looked = " or ".join(f"{name} [{split!r}]" for name, split in chosen)
         where = "no --data given" if data_dir is None else f"no {looked} in {data_dir}"
         return LoadedSet([], [f"SKIPPED: {where}; the training recipe makes these pairs with the simulator"])
 
@@ -169,14 +189,16 @@ _PHANTOM_COUNT = 8  # phantoms when no limit at all is given
 _PHANTOM_PROBE = "L11-5v"
 
 
-def _load_phantoms(data_dir: Path | None, limit: int | None, seed: int, size: int) -> LoadedSet:
+def _load_phantoms(
+    data_dir: Path | None, limit: int | None, seed: int, size: int, split: str = "test"
+) -> LoadedSet:
     from usdespeckle.simulate import FastBModeSimulator, log_compress, make_cyst_phantom
 
     simulator = FastBModeSimulator(probe=_PHANTOM_PROBE, shape=(size, size))
     count = _PHANTOM_COUNT if limit is None else limit
     cases = []
     for index in range(count):
-        rng = case_rng(seed, "phantom", index)
+        rng = case_rng(seed, "phantom" if split == "test" else f"phantom_{split}", index)
         echogenicity, masks = make_cyst_phantom((size, size), rng, contrasts_db=_PHANTOM_CONTRASTS_DB)
         image = np.asarray(simulator.simulate(echogenicity, rng), dtype=np.float32)
         # make_cyst_phantom names one "cyst_<c>dB" mask per contrast, in the order of contrasts_db.
