@@ -40,7 +40,13 @@ from monai.utils import convert_to_numpy
 
 from usdespeckle.simulate import echogenicity_to_amplitude, log_compress
 
-__all__ = ["AcquisitionRanges", "RandAcquisitiond", "simulate_acquisition"]
+__all__ = [
+    "SPECKLE_INTENSITY_QUANTILES",
+    "AcquisitionRanges",
+    "RandAcquisitiond",
+    "expected_display",
+    "simulate_acquisition",
+]
 
 
 @dataclass(frozen=True)
@@ -123,8 +129,36 @@ def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
     return np.asarray(Image.open(buffer), dtype=np.float32) / 255.0
 
 
+#: Quantiles of Exp(1): the intensity of fully developed speckle over its mean, at 32 evenly spaced
+#: probabilities. Averaging a display mapping over them gives its expected value under speckle.
+SPECKLE_INTENSITY_QUANTILES = -np.log1p(-(np.arange(32) + 0.5) / 32)
+
+
+def expected_display(unclipped: np.ndarray, dynamic_range_db: float) -> np.ndarray:
+    """The expected displayed grey level of fully developed speckle around a mean level.
+
+    A B-mode pixel shows ``clip(t + 10 log10(E) / DR, 0, 1)`` where ``t`` is the unclipped display of
+    the local mean intensity and ``E ~ Exp(1)`` the speckle. Its expectation is the grey level a
+    perfect local average of the display would show: near the display floor it stays above 0 (the
+    speckle peaks that rise above the floor), where ``clip(t, 0, 1)`` would be black.
+
+    Args:
+        unclipped: ``t``, the display of the mean intensity before clipping, (H, W).
+        dynamic_range_db: the displayed dynamic range DR, dB.
+
+    Returns:
+        float64 (H, W) in [0, 1].
+    """
+    shifts = 10.0 * np.log10(SPECKLE_INTENSITY_QUANTILES) / dynamic_range_db
+    return np.clip(np.asarray(unclipped, dtype=np.float64)[..., None] + shifts, 0.0, 1.0).mean(axis=-1)
+
+
 def simulate_acquisition(
-    echogenicity: np.ndarray, rng: np.random.Generator, ranges: AcquisitionRanges | None = None
+    echogenicity: np.ndarray,
+    rng: np.random.Generator,
+    ranges: AcquisitionRanges | None = None,
+    *,
+    target: str = "mean_level",
 ) -> tuple[np.ndarray, np.ndarray]:
     """One randomised acquisition of an echogenicity map.
 
@@ -132,6 +166,10 @@ def simulate_acquisition(
         echogenicity: (H, W) grey-level map in [0, 1] (0 is anechoic).
         rng: random generator for every setting and the scatterers.
         ranges: the settings' ranges (defaults of :class:`AcquisitionRanges`).
+        target: the clean image: ``"mean_level"``, the display of the mean echo level (black where
+            that level is below the dynamic range), or ``"expected_display"``, the expected display
+            of the speckled image (:func:`expected_display`: what a perfect local average of the
+            B-mode shows, so dim tissue near the floor stays dim instead of black).
 
     Returns:
         (speckled B-mode, clean B-mode), both float32 (H, W) in [0, 1].
@@ -176,7 +214,14 @@ def simulate_acquisition(
         return log_compress(linear * gain, dynamic_range_db=dynamic_range, headroom_db=6.0)
 
     bmode = compress(envelope)
-    clean = compress(np.sqrt(amplitude**2 + noise**2))  # the mean level, without speckle
+    mean_intensity = amplitude**2 + noise**2  # unit-energy PSF: the speckle's mean intensity
+    if target == "mean_level":
+        clean = compress(np.sqrt(mean_intensity))  # the mean level, without speckle
+    elif target == "expected_display":
+        level_db = 10.0 * np.log10(np.maximum(mean_intensity * gain**2, 1e-24))
+        clean = expected_display((level_db - 6.0 + dynamic_range) / dynamic_range, dynamic_range)
+    else:
+        raise ValueError(f"target must be 'mean_level' or 'expected_display'; got {target!r}.")
     if rng.random() < ranges.sector_prob:
         fan = _fan((h, w), math.radians(draw(ranges.sector_half_angle_deg)), rng)
         bmode, clean = bmode * fan, clean * fan

@@ -10,12 +10,12 @@ pair twice:
   the method's Rayleigh model with log compression (:func:`usdespeckle.speckle.rayleigh_envelope`)
   and multiplicative Gamma speckle with L = 1..16 looks on the amplitude.
 
-One target for every pair: the speckle-free image *in the input's own grey levels* (the same chain
-without speckle). For the acquisition chain that is the compressed echogenicity; for the Rayleigh
-model the log-compressed mean envelope with the same gain and offset; for Gamma speckle, which is
-applied to the amplitude without compression, the clean amplitude itself. A denoiser trained so
-keeps the input's echogenicity, instead of re-mapping log-compressed grey levels onto a linear
-photograph (which paints dark tissue black).
+One target for every pair: the expected speckled image given the speckle-free one, i.e. the local
+mean grey level the input itself shows, in its own display (:func:`expected_display` for the
+acquisition chain; the same expectation over Rayleigh or Gamma quantiles for the other models). A
+denoiser trained so keeps the input's echogenicity as displayed: it neither re-maps log-compressed
+grey levels onto a linear photograph nor sends dim tissue near the display floor to black (both
+paint dark holes into real scans).
 
 Validation and test content (photographs of :data:`usdespeckle.sources.NATURAL_VALIDATION` and
 ``NATURAL_TEST``, the validation and test MRI slabs) never appears in the ``training`` split.
@@ -28,8 +28,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.stats
 
-from usdespeckle.acquisition import AcquisitionRanges, simulate_acquisition
+from usdespeckle.acquisition import SPECKLE_INTENSITY_QUANTILES, AcquisitionRanges, simulate_acquisition
 from usdespeckle.deadleaves import dead_leaves
 from usdespeckle.sources import (
     load_mri_volume,
@@ -47,7 +48,6 @@ __all__ = ["CONTENTS", "SPECKLES", "PairMix", "PairStream", "speckle_pair"]
 
 CONTENTS = ("photo", "mri", "dead_leaves", "shapes")
 SPECKLES = ("acquisition", "rayleigh", "gamma")
-RAYLEIGH_MEAN = math.sqrt(math.pi / 2.0)  # mean of a unit-scale Rayleigh variable
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,9 @@ def _rayleigh_pair(
     def compress(linear: np.ndarray) -> np.ndarray:
         return np.clip(gain * np.log1p(linear) + offset, 0.0, 255.0) / 255.0
 
-    return compress(envelope), compress(sigma * RAYLEIGH_MEAN)
+    # the expected display: a unit-scale Rayleigh variable is sqrt(2 E), E ~ Exp(1)
+    rayleigh = np.sqrt(2.0 * SPECKLE_INTENSITY_QUANTILES)
+    return compress(envelope), compress(sigma[..., None] * rayleigh).mean(axis=-1)
 
 
 def speckle_pair(
@@ -130,14 +132,16 @@ def speckle_pair(
     mix = mix or PairMix()
     clean = np.clip(np.asarray(clean, dtype=np.float64), 0.0, 1.0)
     if kind == "acquisition":
-        speckled, target = simulate_acquisition(clean, rng, AcquisitionRanges())
+        speckled, target = simulate_acquisition(clean, rng, AcquisitionRanges(), target="expected_display")
     elif kind == "rayleigh":
         speckled, target = _rayleigh_pair(clean, rng, mix)
     elif kind == "gamma":
         looks = math.exp(rng.uniform(math.log(mix.looks[0]), math.log(mix.looks[1])))
         level = rng.uniform(0.5, 1.0)  # amplitude images rarely fill the whole range
-        target = clean * level
-        speckled = np.clip(target * np.sqrt(rng.gamma(looks, 1.0 / looks, size=clean.shape)), 0.0, 1.0)
+        amplitude = clean * level
+        speckled = np.clip(amplitude * np.sqrt(rng.gamma(looks, 1.0 / looks, size=clean.shape)), 0.0, 1.0)
+        quantiles = scipy.stats.gamma.ppf((np.arange(32) + 0.5) / 32, looks, scale=1.0 / looks)
+        target = np.clip(amplitude[..., None] * np.sqrt(quantiles), 0.0, 1.0).mean(axis=-1)
     else:
         raise ValueError(f"unknown speckle kind {kind!r}; choose one of {SPECKLES}.")
     return speckled.astype(np.float32), np.asarray(target, dtype=np.float32)
