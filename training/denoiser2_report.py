@@ -110,18 +110,38 @@ def table(logs: dict[str, list[dict]], references: dict[str, dict[str, float]]) 
     return "\n".join(rows)
 
 
+#: The validation target each run was scored against (the pair stream's target changed between them:
+#: first the display of the mean echo level, then the expected display of the speckled image).
+TARGETS = {
+    "mean_level": ("ablation_basicunet", "ablation_basicunet_small", "ablation_pix2pix32", "main_basicunet"),
+    "expected_display": ("main2_basicunet",),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=Path("runs/denoiser2"))
     parser.add_argument("--out", type=Path, default=Path("reports/ablation_denoiser2.md"))
-    parser.add_argument("--figure", type=Path, default=Path("reports/figures/denoiser2_learning_curve.png"))
+    parser.add_argument("--figures", type=Path, default=Path("reports/figures"))
     args = parser.parse_args()
-    references = reference_scores(args.runs / "reference_scores.json")
     logs = read_logs(args.runs)
-    figure(logs, references, args.figure)
-    text = table(logs, references)
+    sections = []
+    for target, names in TARGETS.items():
+        cache = args.runs / f"reference_scores_{target}.json"
+        if target != "expected_display" and not cache.is_file():
+            continue  # references of an earlier target can no longer be recomputed
+        references = reference_scores(cache)
+        group = {name: logs[name] for name in names if name in logs}
+        figure_path = args.figures / f"denoiser2_learning_curve_{target}.png"
+        figure(group, references, figure_path)
+        sections.append(
+            f"### Validation target: {target}\n\n"
+            + table(group, references)
+            + f"\n\n![learning curves](figures/{figure_path.name})\n"
+        )
+    text = "\n".join(sections)
     print(text)
-    atomic_write(args.out, text + "\n")
+    atomic_write(args.out, text)
 
 
 if __name__ == "__main__":
