@@ -42,6 +42,10 @@ def test_run_command_offers_the_options():
     assert run["device"].default == options.DEFAULT_DEVICE
     assert tuple(run["passes"].choices) == options.PASSES
     assert run["passes"].default == options.DEFAULT_PASSES
+    assert tuple(run["axis"].choices) == options.AXES
+    assert run["axis"].default == options.DEFAULT_AXIS
+    assert run["batch"].default == options.DEFAULT_BATCH_SIZE
+    assert run["strength"].default == options.DEFAULT_STRENGTH
 
 
 def test_demo_command_offers_the_options():
@@ -69,18 +73,129 @@ def test_a_method_added_to_the_options_without_its_filter_stops_the_import(monke
         filters._registry()
 
 
-def test_library_reexports_the_options():
-    assert inference.METHODS is options.METHODS
-    assert inference.CLASSICAL_METHODS is options.CLASSICAL_METHODS
-    assert inference.PASSES is options.PASSES
-    assert inference.MIRRORINGS is options.MIRRORINGS
-    assert inference.MODEL_FILES is options.MODEL_FILES
-    assert inference.PERCENTILES is options.PERCENTILES
+def test_option_tables_agree():
     assert set(options.MODEL_FILES) == set(options.MODEL_BACKENDS) == set(options.BACKEND_NAMES)
     assert tuple(2**k for k in range(len(options.PASSES))) == options.PASSES
     assert options.PASSES[-1] == len(options.MIRRORINGS)
-    assert options.DEFAULT_PASSES in options.PASSES
-    assert inspect.signature(inference.load_denoiser).parameters["passes"].default == options.DEFAULT_PASSES
+    assert len(set(options.MIRRORINGS)) == len(options.MIRRORINGS)
+    for name in ("METHOD", "BACKEND", "DEVICE", "PASSES", "AXIS"):
+        choices = getattr(options, {"AXIS": "AXES", "PASSES": "PASSES"}.get(name, name + "S"))
+        assert getattr(options, f"DEFAULT_{name}") in choices, name
+    assert 1 <= options.DEFAULT_BATCH_SIZE <= options.MAX_BATCH_SIZE
+    assert 0.0 <= options.DEFAULT_STRENGTH <= 1.0
+
+
+#: A door's parameter or request key -> the option that holds its default.
+DEFAULT_OF = {
+    "method": "DEFAULT_METHOD",
+    "axis": "DEFAULT_AXIS",
+    "batch_size": "DEFAULT_BATCH_SIZE",
+    "strength": "DEFAULT_STRENGTH",
+    "device": "DEFAULT_DEVICE",
+    "backend": "DEFAULT_BACKEND",
+    "passes": "DEFAULT_PASSES",
+}
+#: Defaults a door overrides by name, each with a comment saying why: (file, name) -> option key.
+OVERRIDES = {
+    ("SlicerDespeckle/SlicerDespeckleLib/logic.py", "DEFAULT_BACKEND"): "backend",
+    ("monailabel_app/lib/infers/despeckle.py", "SERVER_BACKEND"): "backend",
+}
+#: Where defaults are declared: the library's entry points and every door outside the parser.
+DEFAULT_HOLDERS = [
+    "usdespeckle/inference.py",
+    "usdespeckle/slicewise.py",
+    "usdespeckle/simulator.py",
+    "SlicerDespeckle/SlicerDespeckle.py",
+    *(
+        f"SlicerDespeckle/SlicerDespeckleLib/{p.name}"
+        for p in (SLICER_MODULE / "SlicerDespeckleLib").glob("*.py")
+    ),
+    *(str(p.relative_to(REPO)) for p in (REPO / "monailabel_app").rglob("*.py")),
+]
+
+
+def _declared_defaults(tree: ast.AST) -> list[tuple[str, ast.expr]]:
+    """(key, default expression) of every parameter default, task ``config`` entry, class field and
+    ``get_*(params, key, default, ...)`` call in ``tree`` whose key is one of :data:`DEFAULT_OF`."""
+    found: list[tuple[str, ast.expr]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef):
+            args = node.args
+            positional = [*args.posonlyargs, *args.args]
+            pairs = [*zip(positional[len(positional) - len(args.defaults) :], args.defaults, strict=False)]
+            pairs += [
+                (a, d) for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=False) if d is not None
+            ]
+            found += [(a.arg, d) for a, d in pairs if a.arg in DEFAULT_OF]
+        elif isinstance(node, ast.keyword) and node.arg == "config" and isinstance(node.value, ast.Dict):
+            found += [
+                (k.value, v)
+                for k, v in zip(node.value.keys, node.value.values, strict=False)
+                if isinstance(k, ast.Constant) and k.value in DEFAULT_OF
+            ]
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value:
+            if node.target.id in DEFAULT_OF:
+                found.append((node.target.id, node.value))
+        elif (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "id", "").startswith("get_")
+            and len(node.args) >= 3
+        ):
+            key = node.args[1]
+            if isinstance(key, ast.Constant) and key.value in DEFAULT_OF:
+                found.append((key.value, node.args[2]))
+    return found
+
+
+def _default_is_the_option(path: str, key: str, value: ast.expr) -> str | None:
+    """None when ``value`` names the option holding ``key``'s default (or a declared override)."""
+    if isinstance(value, ast.Name):
+        override = OVERRIDES.get((path, value.id))
+        if override is None and path.startswith("SlicerDespeckle/"):
+            override = OVERRIDES.get(("SlicerDespeckle/SlicerDespeckleLib/logic.py", value.id))
+        if override == key:
+            return None
+        if value.id in (DEFAULT_OF[key], key):  # the option, or the parameter that declares it
+            return None
+    elif isinstance(value, ast.Attribute) and isinstance(value.value, ast.Name):
+        if value.value.id == "self" or value.attr == "DEFAULT":  # self._config[...], Passes.DEFAULT
+            return None
+        if key == "axis" and value.value.id == "SliceAxis":
+            axes = _class_values(SLICER_MODULE / "SlicerDespeckle.py", "SliceAxis")
+            return None if axes[value.attr] == options.DEFAULT_AXIS else f"{value.attr} is not DEFAULT_AXIS"
+    elif isinstance(value, ast.Subscript):  # self._config["backend"]: the constructor's default
+        return None
+    return f"{ast.unparse(value)} (use options.{DEFAULT_OF[key]} or a declared override)"
+
+
+@pytest.mark.parametrize("path", DEFAULT_HOLDERS)
+def test_every_door_default_is_the_options_by_name(path):
+    """One home for every default: a door or entry point names the option, never repeats its value."""
+    tree = ast.parse((REPO / path).read_text(encoding="utf-8"))
+    wrong = [
+        f"{key}: {problem}"
+        for key, value in _declared_defaults(tree)
+        if (problem := _default_is_the_option(path, key, value)) is not None
+    ]
+    assert wrong == []
+
+
+def test_overrides_say_why_and_are_valid_choices():
+    for (path, name), key in OVERRIDES.items():
+        lines = (REPO / path).read_text(encoding="utf-8").splitlines()
+        index = next(i for i, line in enumerate(lines) if line.startswith(f"{name} ="))
+        comment = " ".join(line for line in lines[max(0, index - 4) : index] if line.startswith("#"))
+        assert f"options.{DEFAULT_OF[key]}" in comment, f"{path}: say why {name} overrides the option"
+        assert _module_value(REPO / path, name) in options.MODEL_BACKENDS
+
+
+def test_library_entry_points_default_to_the_options():
+    array = inspect.signature(inference.despeckle_array).parameters
+    for key in ("method", "axis", "batch_size", "strength", "device", "backend"):
+        assert array[key].default == getattr(options, DEFAULT_OF[key]), key
+    loader = inspect.signature(inference.load_denoiser).parameters
+    assert loader["backend"].default == options.DEFAULT_BACKEND
+    assert loader["passes"].default == options.DEFAULT_PASSES
 
 
 def test_auto_backend_is_resolved_by_the_library(tmp_path):

@@ -177,7 +177,9 @@ def test_sha256_mismatch_is_refused(tmp_path):
 
 def test_loaded_model_is_cached(bundle):
     assert load_denoiser(bundle) is load_denoiser(bundle)
-    assert load_denoiser(bundle, backend="onnx") is not load_denoiser(bundle)
+    assert load_denoiser(bundle).backend == "onnx"  # auto, the default: the bundle has model.onnx
+    assert load_denoiser(bundle, backend="torch") is not load_denoiser(bundle)
+    assert load_denoiser(bundle, backend="torch") is load_denoiser(bundle, backend="torch")
     assert load_denoiser(bundle).divisor == DIVISOR
 
 

@@ -40,8 +40,13 @@ from usdespeckle.errors import DespeckleCancelled
 from usdespeckle.options import (
     BACKENDS,
     CLASSICAL_METHODS,
+    DEFAULT_AXIS,
+    DEFAULT_BACKEND,
+    DEFAULT_BATCH_SIZE,
     DEFAULT_DEVICE,
+    DEFAULT_METHOD,
     DEFAULT_PASSES,
+    DEFAULT_STRENGTH,
     DEVICES,
     METHODS,
     MIRRORINGS,
@@ -188,7 +193,7 @@ def _open_torchscript(path: Path, device: str) -> Any:
 
 def load_denoiser(
     bundle_root: str | os.PathLike | None = None,
-    backend: str = "torch",
+    backend: str = DEFAULT_BACKEND,
     device: str = DEFAULT_DEVICE,
     passes: int = DEFAULT_PASSES,
 ) -> Denoiser:
@@ -255,18 +260,18 @@ def _classical(method: str) -> Callable[[np.ndarray], np.ndarray]:
 
 def despeckle_array(
     array: np.ndarray,
-    method: str = "denoiser",
+    method: str = DEFAULT_METHOD,
     *,
-    axis: int = 0,
-    batch_size: int = 8,
-    strength: float = 1.0,
+    axis: int = DEFAULT_AXIS,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    strength: float = DEFAULT_STRENGTH,
     device: str = DEFAULT_DEVICE,
-    backend: str = "torch",
+    backend: str = DEFAULT_BACKEND,
     bundle_root: str | os.PathLike | None = None,
     intensity_range: tuple[float, float] | None = None,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
-    passes: int | None = None,
+    passes: int = DEFAULT_PASSES,
     return_uncertainty: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Despeckle a 2D image or a 3D volume slice by slice.
@@ -284,13 +289,13 @@ def despeckle_array(
         batch_size: slices per model call, >= 1.
         strength: blend factor in [0, 1]; 0 returns the input values exactly (as float32).
         device: ``"cpu"`` or ``"cuda"`` (denoiser only).
-        backend: ``"torch"`` or ``"onnx"`` (denoiser only).
+        backend: ``"auto"``, ``"torch"`` or ``"onnx"`` (denoiser only; see :func:`resolve_backend`).
         bundle_root: the bundle folder; default :func:`default_bundle_root`.
         intensity_range: ``(low, high)`` mapped to [0, 1] instead of the robust range (use it to
             process parts of a volume with one mapping).
         progress: called as ``progress(done, total)`` in slices, after each batch.
         cancel: a callable returning True, or a ``threading.Event`` that is set, to stop.
-        passes: denoiser only: mirrorings of each slice averaged (1, 2, 4 or 8; ``None``: 1, the
+        passes: denoiser only: mirrorings of each slice averaged (1, 2, 4 or 8; default 1, the
             shipped setting). Time grows with passes. See :func:`load_denoiser`.
         return_uncertainty: denoiser only: also return the per-pixel spread (standard deviation)
             of the outputs of all 8 mirrorings, in the input's intensity units (times ``strength``).
@@ -373,7 +378,7 @@ def _denoise(denoiser: Denoiser, mapped: np.ndarray, spread: bool) -> tuple[np.n
 
 
 def despeckle_image(
-    image: sitk.Image, method: str = "denoiser", **kwargs: Any
+    image: sitk.Image, method: str = DEFAULT_METHOD, **kwargs: Any
 ) -> sitk.Image | tuple[sitk.Image, sitk.Image]:
     """Despeckle a SimpleITK image; see :func:`despeckle_array` for the keyword arguments.
 

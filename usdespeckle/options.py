@@ -9,14 +9,19 @@ file before it knows which packages are installed.
 from __future__ import annotations
 
 __all__ = [
+    "AXES",
     "BACKENDS",
     "BACKEND_NAMES",
     "CLASSICAL_METHODS",
+    "DEFAULT_AXIS",
     "DEFAULT_BACKEND",
+    "DEFAULT_BATCH_SIZE",
     "DEFAULT_DEVICE",
     "DEFAULT_METHOD",
     "DEFAULT_PASSES",
+    "DEFAULT_STRENGTH",
     "DEVICES",
+    "MAX_BATCH_SIZE",
     "MAX_VOXELS",
     "METHODS",
     "MIRRORINGS",
@@ -65,6 +70,17 @@ BACKEND_NAMES: dict[str, str] = {"torch": "TorchScript", "onnx": "ONNX Runtime"}
 
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
 DEFAULT_DEVICE = "cpu"
+
+#: Numpy axes of SimpleITK's ``GetArrayFromImage`` array, ordered ``(k, j, i)``, that a volume may be
+#: sliced along; 0 gives the frames of a cine loop (axial slices of a usual volume).
+AXES: tuple[int, ...] = (0, 1, 2)
+DEFAULT_AXIS = 0
+#: Slices per model call: memory grows with it (one batch of float32 slices), speed barely does.
+DEFAULT_BATCH_SIZE = 8
+#: Largest batch a server request may ask for.
+MAX_BATCH_SIZE = 256
+#: Blend in [0, 1] between the input (0) and the despeckled result (1).
+DEFAULT_STRENGTH = 1.0
 
 #: Low and high percentiles of the robust min-max mapping of intensities to [0, 1].
 PERCENTILES: tuple[float, float] = (0.5, 99.5)

@@ -25,7 +25,7 @@ import torch
 
 from usdespeckle.bundle_utils import check_weights, default_bundle_root
 from usdespeckle.lowlevel import low_level_map
-from usdespeckle.options import DEFAULT_DEVICE
+from usdespeckle.options import DEFAULT_AXIS, DEFAULT_BATCH_SIZE, DEFAULT_DEVICE
 from usdespeckle.slicewise import Cancel, Progress, check_volume, pad_to_multiple, run_slicewise
 
 __all__ = [
@@ -158,8 +158,8 @@ def simulate_bmode_from_mri(
 def simulate_array(
     array: np.ndarray,
     *,
-    axis: int = 0,
-    batch_size: int = 8,
+    axis: int = DEFAULT_AXIS,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     bundle_root: str | os.PathLike | None = None,
     device: str = DEFAULT_DEVICE,
     progress: Progress | None = None,

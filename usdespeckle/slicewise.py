@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from usdespeckle.errors import DespeckleCancelled
-from usdespeckle.options import PERCENTILES
+from usdespeckle.options import DEFAULT_AXIS, DEFAULT_BATCH_SIZE, PERCENTILES
 
 __all__ = [
     "MIN_SLICE_SIZE",
@@ -50,7 +50,9 @@ Cancel = Callable[[], bool] | threading.Event
 BatchFunction = Callable[[np.ndarray], np.ndarray | tuple[np.ndarray, ...]]
 
 
-def check_volume(array: np.ndarray, *, axis: int = 0, batch_size: int = 8) -> np.ndarray:
+def check_volume(
+    array: np.ndarray, *, axis: int = DEFAULT_AXIS, batch_size: int = DEFAULT_BATCH_SIZE
+) -> np.ndarray:
     """Check an input of the runner and return it as an array (never a copy when it is one).
 
     Args:
@@ -87,7 +89,7 @@ def check_volume(array: np.ndarray, *, axis: int = 0, batch_size: int = 8) -> np
     return array
 
 
-def slices_along(array: np.ndarray, axis: int = 0) -> np.ndarray:
+def slices_along(array: np.ndarray, axis: int = DEFAULT_AXIS) -> np.ndarray:
     """The slices of a 2D or 3D array as a ``(n, H, W)`` view (n = 1 for 2D; ``axis`` ignored there).
 
     Writing into the view writes into ``array``; for a SimpleITK array ``(k, j, i)``, axis 0 gives
@@ -109,8 +111,8 @@ def run_slicewise(
     array: np.ndarray,
     process: BatchFunction,
     *,
-    axis: int = 0,
-    batch_size: int = 8,
+    axis: int = DEFAULT_AXIS,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     outputs: int = 1,
     progress: Progress | None = None,
     cancel: Cancel | None = None,

@@ -57,10 +57,12 @@ from SlicerDespeckleLib.volumes import (
 __all__ = [
     "AXIS_LABELS",
     "BACKENDS",
+    "DEFAULT_AXIS",
     "DEFAULT_BACKEND",
     "DEFAULT_DEVICE",
     "DEFAULT_METHOD",
     "DEFAULT_PASSES",
+    "DEFAULT_STRENGTH",
     "DEVICES",
     "METHODS",
     "OUTPUT_SUFFIX",
@@ -85,11 +87,14 @@ _OPTIONS = library_module("options")
 #: ``--method`` choices: the shipped pix2pix denoiser, then the classical filters.
 METHODS: tuple[str, ...] = _OPTIONS.METHODS
 DEFAULT_METHOD: str = _OPTIONS.DEFAULT_METHOD
+DEFAULT_AXIS: int = _OPTIONS.DEFAULT_AXIS
+DEFAULT_STRENGTH: float = _OPTIONS.DEFAULT_STRENGTH
 DEVICES: tuple[str, ...] = _OPTIONS.DEVICES
 DEFAULT_DEVICE: str = _OPTIONS.DEFAULT_DEVICE
 #: Denoiser runtimes (the command's "auto" is not offered: the panel installs what the chosen one needs).
 BACKENDS: tuple[str, ...] = _OPTIONS.MODEL_BACKENDS
-#: ONNX Runtime: one pip package inside Slicer, where TorchScript needs the PyTorch extension.
+#: Overrides options.DEFAULT_BACKEND ("auto"), which the panel does not offer: ONNX Runtime is one
+#: pip package inside Slicer, where TorchScript needs the PyTorch extension.
 DEFAULT_BACKEND = "onnx"
 #: Mirrorings of each slice the denoiser averages (``usdespeckle run --passes``); time grows with
 #: passes. Either runtime.
@@ -253,8 +258,8 @@ class DespeckleLogic:
         output_volume=None,
         *,
         method: str = DEFAULT_METHOD,
-        axis: int = 0,
-        strength: float = 1.0,
+        axis: int = DEFAULT_AXIS,
+        strength: float = DEFAULT_STRENGTH,
         backend: str = DEFAULT_BACKEND,
         device: str = DEFAULT_DEVICE,
         slice_index: int | None = None,

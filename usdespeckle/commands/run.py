@@ -9,12 +9,16 @@ from pathlib import Path
 
 from usdespeckle.errors import UserError
 from usdespeckle.options import (
+    AXES,
     BACKEND_NAMES,
     BACKENDS,
+    DEFAULT_AXIS,
     DEFAULT_BACKEND,
+    DEFAULT_BATCH_SIZE,
     DEFAULT_DEVICE,
     DEFAULT_METHOD,
     DEFAULT_PASSES,
+    DEFAULT_STRENGTH,
     DEVICES,
     MAX_VOXELS,
     METHODS,
@@ -60,11 +64,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--axis",
         type=int,
-        choices=(0, 1, 2),
-        default=0,
+        choices=AXES,
+        default=DEFAULT_AXIS,
         help="volumes are processed slice by slice along this numpy axis of SimpleITK's "
         "GetArrayFromImage, ordered (k, j, i): 0 = slices of constant k (frames of a cine loop or "
-        "multi-frame DICOM; axial for a usual volume), 1 = constant j, 2 = constant i (default 0)",
+        "multi-frame DICOM; axial for a usual volume), 1 = constant j, 2 = constant i "
+        f"(default {DEFAULT_AXIS})",
     )
     parser.add_argument(
         "--backend",
@@ -76,7 +81,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--server, 'auto' leaves the choice to the server",
     )
     parser.add_argument(
-        "--batch", type=_positive, default=8, metavar="N", help="slices per model call (default 8)"
+        "--batch",
+        type=_positive,
+        default=DEFAULT_BATCH_SIZE,
+        metavar="N",
+        help=f"slices per model call (default {DEFAULT_BATCH_SIZE})",
     )
     parser.add_argument(
         "--device",
@@ -87,9 +96,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--strength",
         type=_strength,
-        default=1.0,
+        default=DEFAULT_STRENGTH,
         metavar="S",
-        help="blend in [0, 1]: output = (1 - S) * input + S * despeckled (default 1)",
+        help=f"blend in [0, 1]: output = (1 - S) * input + S * despeckled (default {DEFAULT_STRENGTH:g})",
     )
     parser.add_argument(
         "--passes",
