@@ -70,7 +70,7 @@ def _denoiser_method() -> tuple[Method | None, str]:
     from usdespeckle import inference
 
     try:
-        inference.load_denoiser()  # checks the weights exist and match the bundle's metadata
+        loaded = inference.load_denoiser()  # checks the weights exist and match the bundle's metadata
     except (FileNotFoundError, ValueError) as err:
         return None, str(err)
 
@@ -78,8 +78,7 @@ def _denoiser_method() -> tuple[Method | None, str]:
         # The test images are already in [0, 1]: map them as they are, not by robust percentiles.
         return inference.despeckle_array(image, method=DENOISER, intensity_range=(0.0, 1.0))
 
-    where = inference.default_bundle_root() / inference.MODEL_FILES["torch"]
-    return Method(DENOISER, run_denoiser, f"the shipped pix2pix denoiser ({where})"), ""
+    return Method(DENOISER, run_denoiser, f"the shipped pix2pix denoiser ({loaded.path})"), ""
 
 
 def available_methods() -> tuple[dict[str, Method], dict[str, str]]:
