@@ -271,6 +271,21 @@ def test_server_request_leaves_the_auto_backend_to_the_server(tmp_path, volume_p
     assert sent[1]["passes"] == 4
 
 
+def test_server_run_refuses_uncertainty_before_any_work(tmp_path, volume_path, capsys, monkeypatch):
+    """The server answers with one image: --uncertainty with --server is refused, nothing is sent."""
+    from usdespeckle import client
+
+    sent = []
+    monkeypatch.setattr(client, "despeckle_via_server", lambda *a, **k: sent.append(k))
+    out, spread = tmp_path / "out.nrrd", tmp_path / "spread.nrrd"
+    args = ["run", str(volume_path), str(out), "--server", "http://127.0.0.1:9", "--uncertainty", str(spread)]
+    assert main(args) == 1
+    assert "--uncertainty is computed on this machine only" in one_line_error(capsys)
+    assert sent == []
+    assert not out.exists()
+    assert not spread.exists()
+
+
 def test_a_missing_optional_package_is_a_one_line_error(tmp_path, volume_path, capsys, monkeypatch):
     """The Slicer runtime has no SciPy: a classical method then names the package to install."""
     for name in [m for m in sys.modules if m.startswith(("usdespeckle.filters", "usdespeckle._filter"))]:

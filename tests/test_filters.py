@@ -119,7 +119,7 @@ def test_parameter_errors() -> None:
     image = np.ones((16, 16))
     with pytest.raises(ValueError, match="valid names: median"):
         filters.despeckle(image, "wiener")
-    with pytest.raises(ValueError, match="valid parameters"):
+    with pytest.raises(ValueError, match="no parameter window; valid parameters: size, axis"):
         filters.despeckle(image, "median", window=3)
     with pytest.raises(ValueError, match="odd"):
         filters.despeckle_median(image, size=4)
@@ -141,6 +141,19 @@ def test_parameter_errors() -> None:
         filters.despeckle_mulog(image, domain="linear")
     with pytest.raises(ValueError, match="negative values"):
         filters.despeckle_mulog(image * np.linspace(-1.0, 1.0, 16), domain="amplitude")
+
+
+def test_parameters_are_checked_against_the_signature_not_an_error_text(monkeypatch) -> None:
+    """A TypeError raised inside a filter is a bug to see, not a user's bad keyword."""
+
+    def broken(image, size=5, *, axis=0):
+        raise TypeError("f() got an unexpected keyword argument 'q'")
+
+    monkeypatch.setitem(filters.FILTERS, "median", broken)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        filters.despeckle(np.ones((16, 16)), "median", size=3)
+    with pytest.raises(ValueError, match="no parameter q"):
+        filters.despeckle(np.ones((16, 16)), "median", q=3)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ here.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import numpy as np
@@ -344,23 +345,46 @@ def despeckle_tv(
 # --------------------------------------------------------------------------------------------------
 # registry
 # --------------------------------------------------------------------------------------------------
-def _registry() -> dict[str, Callable[..., np.ndarray]]:
-    """``FILTERS``: each name of :data:`usdespeckle.options.CLASSICAL_METHODS` to its ``despeckle_<name>``.
+def checked_registry(
+    table: dict[str, Callable[..., np.ndarray]], methods: tuple[str, ...] = CLASSICAL_METHODS
+) -> dict[str, Callable[..., np.ndarray]]:
+    """``table`` if it holds exactly the filters named by ``methods``, in their order.
 
-    A new filter is one function here (or in a ``filters_*`` module, imported above) and its name in
-    ``options.CLASSICAL_METHODS``; a name without its function stops the import.
+    Raises:
+        ImportError: a method without its filter, a filter without its method, or another order;
+            the message names what to add where.
     """
-    missing = [name for name in CLASSICAL_METHODS if f"despeckle_{name}" not in globals()]
-    if missing:
+    missing = [name for name in methods if name not in table]
+    extra = [name for name in table if name not in methods]
+    if missing or extra:
         raise ImportError(
-            f"usdespeckle.options.CLASSICAL_METHODS names {', '.join(missing)} but usdespeckle.filters "
-            f"has no {', '.join(f'despeckle_{name}' for name in missing)}"
+            "usdespeckle.filters.FILTERS and usdespeckle.options.CLASSICAL_METHODS differ: "
+            + "; ".join(
+                [f"FILTERS lacks {', '.join(missing)}"] * bool(missing)
+                + [f"CLASSICAL_METHODS lacks {', '.join(extra)}"] * bool(extra)
+            )
         )
-    return {name: globals()[f"despeckle_{name}"] for name in CLASSICAL_METHODS}
+    if tuple(table) != tuple(methods):
+        raise ImportError("usdespeckle.filters.FILTERS must list the filters in CLASSICAL_METHODS' order")
+    return table
 
 
-#: The classical filters by ``--method`` name, in the order of ``options.CLASSICAL_METHODS``.
-FILTERS: dict[str, Callable[..., np.ndarray]] = _registry()
+#: The classical filters by ``--method`` name, in the order of ``options.CLASSICAL_METHODS``. A new
+#: filter is one ``despeckle_<name>`` function and its line here and in ``options.CLASSICAL_METHODS``.
+FILTERS: dict[str, Callable[..., np.ndarray]] = checked_registry(
+    {
+        "median": despeckle_median,
+        "lee": despeckle_lee,
+        "frost": despeckle_frost,
+        "kuan": despeckle_kuan,
+        "srad": despeckle_srad,
+        "obnlm": despeckle_obnlm,
+        "bm3d": despeckle_bm3d,
+        "mulog": despeckle_mulog,
+        "nlm": despeckle_nlm,
+        "tv": despeckle_tv,
+    }
+)
 
 
 def despeckle(image: np.ndarray, method: str, **params: object) -> np.ndarray:
@@ -384,12 +408,11 @@ def despeckle(image: np.ndarray, method: str, **params: object) -> np.ndarray:
     """
     if method not in FILTERS:
         raise ValueError(f"unknown despeckling method {method!r}; valid names: {', '.join(FILTERS)}")
-    try:
-        return FILTERS[method](image, **params)
-    except TypeError as err:
-        if "unexpected keyword argument" in str(err):
-            import inspect
-
-            valid = [p for p in inspect.signature(FILTERS[method]).parameters if p != "image"]
-            raise ValueError(f"despeckle {method!r}: {err}; valid parameters: {', '.join(valid)}") from err
-        raise
+    function = FILTERS[method]
+    valid = [name for name in inspect.signature(function).parameters if name != "image"]
+    unknown = [name for name in params if name not in valid]
+    if unknown:
+        raise ValueError(
+            f"despeckle {method!r}: no parameter {', '.join(unknown)}; valid parameters: {', '.join(valid)}"
+        )
+    return function(image, **params)

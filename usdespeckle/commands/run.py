@@ -112,7 +112,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--uncertainty",
         metavar="PATH",
         help="denoiser: also write the per-pixel spread of its 8 mirrored passes (input units, the "
-        "input's geometry) to PATH: high where the network invents texture (costs 8 passes)",
+        "input's geometry) to PATH: high where the network invents texture (costs 8 passes; not "
+        "with --server)",
     )
     parser.add_argument(
         "--force",
@@ -240,6 +241,11 @@ def main(args: argparse.Namespace) -> int:
     collisions with the input and existing files, and the format against the image's dimension.
     """
     if args.server:
+        if args.uncertainty:  # the server's task answers with one image: refuse before any work
+            raise UserError(
+                "--uncertainty is computed on this machine only: drop --server to get it, or drop "
+                "--uncertainty to despeckle on the server"
+            )
         return _main_via_server(args)
     from usdespeckle.inference import despeckle_image, resolve_backend
     from usdespeckle.io import write_image
