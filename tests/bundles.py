@@ -107,6 +107,16 @@ def write_metadata(root: Path, files: list[str], divisor: int = DIVISOR) -> None
     (root / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2))
 
 
+def record_sha256(root: Path, rel: str, digest: str | None) -> None:
+    """Make ``root``'s metadata.json record ``digest`` as the sha256 of ``rel`` (None: record none)."""
+    meta_path = root / "configs" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["weights_sha256"].pop(rel, None)
+    if digest is not None:
+        meta["weights_sha256"][rel] = digest
+    meta_path.write_text(json.dumps(meta))
+
+
 def make_bundle(
     root: Path,
     *,

@@ -118,14 +118,14 @@ def test_licence_files() -> None:
 
 
 def test_every_data_source_has_its_licence_stated() -> None:
-    from usdespeckle import data
+    from usdespeckle import sources
 
     text = (REPO / "docs" / "data_license.txt").read_text()
     card = (BUNDLE / "docs" / "README.md").read_text()
-    for name in data.SKIMAGE_SOURCES:
+    for name in sources.SKIMAGE_SOURCES:
         assert re.search(rf"\b{name}\b", text), f"skimage.data.{name} has no licence statement"
     for needle in (
-        Path(data.MNI_T1).name,
+        Path(sources.MNI_T1).name,
         "t1_coronal_slice.npy",
         "S0_10slices.nii.gz",
         "anatomical.nii",

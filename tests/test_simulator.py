@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from bundles import DIVISOR, make_server_bundle
+from bundles import DIVISOR, make_server_bundle, record_sha256
 
 from usdespeckle.errors import DespeckleCancelled
 from usdespeckle.lowlevel import low_level_map
@@ -89,14 +88,10 @@ def test_bad_input_and_bad_bundles_are_clear_errors(bundle, tmp_path, rng):
     with pytest.raises(FileNotFoundError, match="no simulator weights"):
         simulate_array(_mri(rng, (16, 16)), bundle_root=tmp_path / "empty")
     changed = make_server_bundle(tmp_path / "changed")
-    meta_path = changed / "configs" / "metadata.json"
-    meta = json.loads(meta_path.read_text())
-    meta["weights_sha256"]["models/simulator.ts"] = "0" * 64
-    meta_path.write_text(json.dumps(meta))
+    record_sha256(changed, "models/simulator.ts", "0" * 64)
     with pytest.raises(ValueError, match="sha256"):
         load_simulator(changed)
-    del meta["weights_sha256"]["models/simulator.ts"]
-    meta_path.write_text(json.dumps(meta))
+    record_sha256(changed, "models/simulator.ts", None)
     with pytest.raises(ValueError, match="records no sha256"):
         load_simulator(changed)
 

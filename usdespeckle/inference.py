@@ -24,11 +24,14 @@ checks the bundle, loads it and runs the methods.
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import importlib.util
 import os
 import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -137,24 +140,38 @@ def resolve_backend(requested: str, bundle_root: str | os.PathLike | None = None
         raise ValueError(f"backend {requested!r} is not one of {', '.join(BACKENDS)}")
     if requested != "auto":
         return requested
-    import importlib.util
-
     root = Path(bundle_root) if bundle_root is not None else default_bundle_root()
     if (root / MODEL_FILES["onnx"]).is_file() and importlib.util.find_spec("onnxruntime") is not None:
         return "onnx"
     return "torch"
 
 
+#: The package each backend runs on, and what to do without it.
+_RUNTIME_PACKAGES: dict[str, tuple[str, str]] = {
+    "onnx": (
+        "onnxruntime",
+        "backend 'onnx' needs the onnxruntime package: pip install onnxruntime (or choose backend 'torch')",
+    ),
+    "torch": (
+        "torch",
+        "backend 'torch' needs PyTorch (in 3D Slicer: the PyTorch extension); "
+        "or choose backend 'onnx', which needs only onnxruntime",
+    ),
+}
+
+
+def _runtime_package(backend: str) -> ModuleType:
+    """The package that runs ``backend``, imported on first use; a one-line ValueError without it."""
+    name, missing = _RUNTIME_PACKAGES[backend]
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise ValueError(missing) from None
+
+
 def _open_onnx(path: Path, device: str) -> Any:
     """An ONNX Runtime session of ``path`` on ``device``; one-line errors for a missing runtime or GPU."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise ValueError(
-            "backend 'onnx' needs the onnxruntime package: pip install onnxruntime "
-            "(or choose backend 'torch')"
-        ) from None
-
+    ort = _runtime_package("onnx")
     providers = ["CPUExecutionProvider"]
     if device == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -169,14 +186,7 @@ def _open_onnx(path: Path, device: str) -> Any:
 
 def _open_torchscript(path: Path, device: str) -> Any:
     """The TorchScript module ``path`` on ``device`` in eval mode; refuses an export that mirrors itself."""
-    try:
-        import torch
-    except ImportError:
-        raise ValueError(
-            "backend 'torch' needs PyTorch (in 3D Slicer: the PyTorch extension); "
-            "or choose backend 'onnx', which needs only onnxruntime"
-        ) from None
-
+    torch = _runtime_package("torch")
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' asked for but torch sees no CUDA GPU; use --device cpu")
     with warnings.catch_warnings():  # TorchScript is what MONAI's ckpt_export writes
