@@ -20,7 +20,13 @@ from monai.networks.nets import PatchDiscriminator
 from monai.networks.utils import normal_init
 from torch import nn
 
-__all__ = ["UPSAMPLE_MODES", "Pix2PixUNetGenerator", "UNetSkipBlock", "patchgan_discriminator"]
+__all__ = [
+    "UPSAMPLE_MODES",
+    "Pix2PixUNetGenerator",
+    "ResidualUNetDenoiser",
+    "UNetSkipBlock",
+    "patchgan_discriminator",
+]
 
 UPSAMPLE_MODES = ("deconv", "resize")
 
@@ -241,3 +247,50 @@ def patchgan_discriminator(
         norm=norm,
         padding=1,
     )
+
+
+class ResidualUNetDenoiser(nn.Module):
+    """A U-Net built for denoising: MONAI's BasicUNet predicting the speckle, subtracted from the input.
+
+    Each level has two 3x3 convolutions (MONAI :class:`~monai.networks.nets.BasicUNet`), upsampling is
+    interpolation followed by convolution (no checkerboard), and the network learns the residual
+    ``output = input + body(input)`` (the global residual of DnCNN and DRUNet: a near-identity is the
+    easy starting point, and grey levels the body leaves alone pass through unchanged).
+
+    References:
+        Zhang et al., "Beyond a Gaussian Denoiser: Residual Learning of Deep CNN for Image
+        Denoising", IEEE TIP 2017, doi:10.1109/TIP.2017.2662206.
+
+    Args:
+        spatial_dims: number of spatial dimensions (2 for images).
+        features: channels of the five levels and of the last convolution, as BasicUNet's
+            ``features`` (six numbers).
+        norm: normalisation of every convolution, a MONAI name or (name, args); "batch" by default.
+
+    The input and output are (B, 1, H, W) in [0, 1] (the output is not clipped while training; the
+    library clips what it returns). H and W must be multiples of 16 (:attr:`divisor`).
+    """
+
+    divisor = 16
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        features: tuple[int, ...] = (32, 32, 64, 128, 256, 32),
+        norm: str | tuple = "batch",
+    ) -> None:
+        super().__init__()
+        from monai.networks.nets import BasicUNet
+
+        self.body = BasicUNet(
+            spatial_dims=spatial_dims,
+            in_channels=1,
+            out_channels=1,
+            features=tuple(features),
+            norm=norm,
+            upsample="nontrainable",
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Despeckle a batch: (B, 1, H, W) in [0, 1] -> (B, 1, H, W), H and W multiples of 16."""
+        return x + self.body(x)

@@ -1,0 +1,106 @@
+"""Training content and pairs of the denoiser: dead leaves, the on-the-fly pair stream, its targets."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage as ndi
+
+from usdespeckle.deadleaves import dead_leaves
+from usdespeckle.networks import ResidualUNetDenoiser
+from usdespeckle.pair_stream import CONTENTS, SPECKLES, PairMix, PairStream, speckle_pair
+
+
+def test_dead_leaves_range_and_occluding_flat_regions(rng):
+    image = dead_leaves(128, rng, gradient_prob=0.0, blur_px=(0.0, 0.0))
+    assert image.shape == (128, 128)
+    assert image.dtype == np.float32
+    assert image.min() >= 0.0
+    assert image.max() <= 1.0
+    # flat leaves: most pixels equal their right neighbour, yet there are many distinct grey levels
+    assert np.mean(image[:, 1:] == image[:, :-1]) > 0.7
+    assert len(np.unique(image)) > 30
+
+
+def test_dead_leaves_radii_follow_the_power_law(rng):
+    small = dead_leaves(128, np.random.default_rng(1), alpha=4.0, blur_px=(0.0, 0.0), gradient_prob=0.0)
+    large = dead_leaves(128, np.random.default_rng(1), alpha=2.0, blur_px=(0.0, 0.0), gradient_prob=0.0)
+
+    def edge_density(image: np.ndarray) -> float:
+        return float(np.mean(image[:, 1:] != image[:, :-1]))
+
+    assert edge_density(small) > 1.5 * edge_density(large)  # steeper law: smaller leaves, more edges
+
+
+def test_dead_leaves_refuses_bad_sizes(rng):
+    with pytest.raises(ValueError, match="at least 8"):
+        dead_leaves(4, rng)
+    with pytest.raises(ValueError, match="r_min < r_max"):
+        dead_leaves(64, rng, r_min=10, r_max=5)
+
+
+@pytest.mark.parametrize("kind", SPECKLES)
+def test_every_speckle_keeps_the_targets_grey_levels(kind, rng):
+    clean = np.full((128, 128), 0.3)
+    clean[:, 64:] = 0.8
+    speckled, target = speckle_pair(clean, kind, rng)
+    assert speckled.shape == target.shape == clean.shape
+    assert speckled.dtype == target.dtype == np.float32
+    assert float(speckled.min()) >= 0.0
+    assert float(speckled.max()) <= 1.0
+    left, right = (slice(16, -16), slice(8, 48)), (slice(16, -16), slice(80, 120))
+    # the target is speckle-free: flat inside each half (a depth-gain ramp at most), brighter on the right
+    assert target[left].std() < 0.03
+    assert target[right].mean() > target[left].mean() + 0.05
+    # and in the input's own grey levels: the low-passed input stays near the target (no re-mapping)
+    smooth = ndi.gaussian_filter(speckled, 6)
+    assert abs(float(np.median(smooth[right])) - float(np.median(target[right]))) < 0.12
+    assert speckled[right].std() > 0.03  # the input carries speckle
+
+
+def test_rayleigh_target_is_the_compressed_mean_envelope(rng):
+    clean = np.full((256, 256), 0.5)
+    speckled, target = speckle_pair(clean, "rayleigh", rng, PairMix(rayleigh_decimation=(1,)))
+    # log of the mean envelope lies above the mean of the log (Jensen): the target is brighter
+    inner = (slice(8, -8), slice(8, -8))
+    if 0.02 < target.mean() < 0.98:  # away from the clipping ends
+        assert target[inner].mean() > speckled[inner].mean()
+    # a constant image gives a constant target: gain * log1p(sigma * sqrt(pi / 2)) + offset
+    assert math.isclose(float(np.ptp(target[inner])), 0.0, abs_tol=1e-6)
+
+
+def test_unknown_kinds_and_bad_mixes_are_refused(rng):
+    with pytest.raises(ValueError, match="unknown speckle kind"):
+        speckle_pair(np.zeros((16, 16)), "poisson", rng)
+    with pytest.raises(ValueError, match="non-negative weights"):
+        PairMix(content={"video": 1.0})
+
+
+def test_stream_draws_every_kind_and_keeps_held_out_content_out():
+    stream = PairStream(size=64, seed=3)
+    kinds = {stream.draw(np.random.default_rng(i))[2] for i in range(120)}
+    assert {k.split("/")[0] for k in kinds} == set(CONTENTS)
+    assert {k.split("/")[1] for k in kinds} == set(SPECKLES)
+    validation = PairStream(size=64, seed=3, split="validation")
+    assert not {id(p) for p in stream.photos} & {id(p) for p in validation.photos}
+    assert not set(stream.mri) & set(validation.mri)
+    first = next(iter(stream))
+    assert first[0].shape == (1, 64, 64)
+    again = next(iter(PairStream(size=64, seed=3)))
+    np.testing.assert_array_equal(first[0], again[0])  # seeded
+
+
+def test_residual_denoiser_adds_its_body_to_the_input():
+    torch.manual_seed(0)
+    network = ResidualUNetDenoiser(features=(8, 8, 16, 16, 32, 8)).eval()
+    x = torch.rand(2, 1, 64, 48)
+    with torch.no_grad():
+        y = network(x)
+        assert y.shape == x.shape
+        assert not torch.allclose(y, x)
+        network.body.final_conv.weight.zero_()
+        network.body.final_conv.bias.zero_()
+        torch.testing.assert_close(network(x), x)  # a silent body passes the input through
