@@ -1,6 +1,6 @@
 """Tiny bundles for the tests: one place that writes a bundle folder the way the library reads it.
 
-A bundle here is what ``usdespeckle.inference.load_denoiser`` needs: ``models/model.ts``
+A bundle here is what ``usdespeckle.runtime.inference.load_denoiser`` needs: ``models/model.ts``
 (TorchScript), optionally ``models/model.onnx`` and ``models/simulator.ts``, and
 ``configs/metadata.json`` with the spatial divisor and the sha256 of every model file.
 
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from usdespeckle.bundle_utils import sha256_file
+from usdespeckle.runtime.bundle_utils import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "monai_bundle" / "configs"
@@ -177,7 +177,7 @@ def make_exported_bundle(
     inference.json and metadata.json, exports model.ts and model.onnx and records the checksums, as
     for a real bundle. Returns the folder and the generator (in eval mode).
     """
-    from usdespeckle.networks import Pix2PixUNetGenerator
+    from usdespeckle.gan.networks import Pix2PixUNetGenerator
 
     shutil.copytree(CONFIGS, root / "configs")
     train = json.loads((CONFIGS / "train.json").read_text())

@@ -384,7 +384,7 @@ def test_demo_real_writes_input_classical_and_method(real_data, tmp_path, capsys
 @pytest.mark.slow
 def test_demo_real_reads_the_held_out_cine_from_pydicom_data():
     from usdespeckle.commands.demo import held_out_cine_frames
-    from usdespeckle.real_bmode import CINE_BLOCKS
+    from usdespeckle.data.real_bmode import CINE_BLOCKS
 
     frames, field, origin = held_out_cine_frames(None, 2)
     assert frames.shape[0] == 2

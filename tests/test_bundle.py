@@ -18,9 +18,9 @@ from ignite.engine import Events
 from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
 
-from usdespeckle import bundle_utils
-from usdespeckle.ensemble import SelfEnsemble
-from usdespeckle.networks import Pix2PixUNetGenerator
+from usdespeckle.gan.ensemble import SelfEnsemble
+from usdespeckle.gan.networks import Pix2PixUNetGenerator
+from usdespeckle.runtime import bundle_utils
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "monai_bundle"
@@ -286,8 +286,8 @@ def test_bundle_inference_gives_the_library_output(tmp_path: Path) -> None:
     """inference.json (network_def + model.pt, and the TorchScript override) == usdespeckle run's mapping."""
     import SimpleITK as sitk
 
-    from usdespeckle.inference import despeckle_array
-    from usdespeckle.io import read_image, write_image
+    from usdespeckle.runtime.inference import despeckle_array
+    from usdespeckle.runtime.io import read_image, write_image
 
     bundle_root, _ = make_exported_bundle(tmp_path / "bundle")
     data, out, out_ts = tmp_path / "volumes", tmp_path / "out", tmp_path / "out_ts"
@@ -317,7 +317,7 @@ def test_bundle_inference_gives_the_library_output(tmp_path: Path) -> None:
             np.testing.assert_allclose(got, expected, atol=tolerance, rtol=0)
         assert float(np.abs(expected - source).max()) > 100 * tolerance  # it changed the image
 
-    # a 2D PNG: the output is in the input's grey levels, rounded to uint8 like usdespeckle.io
+    # a 2D PNG: the output is in the input's grey levels, rounded to uint8 like usdespeckle.runtime.io
     pngs, png_out = tmp_path / "pngs", tmp_path / "png_out"
     pngs.mkdir()
     grey = (rng.gamma(2.0, 40.0, (40, 52)).clip(0, 255)).astype(np.uint8)

@@ -252,7 +252,7 @@ def test_demo_with_the_shipped_bundle_renders_with_the_simulator(tmp_path, monke
 def test_server_request_leaves_the_auto_backend_to_the_server(tmp_path, volume_path, capsys, monkeypatch):
     """``--backend auto`` names no runtime, so the server uses its own ``--conf backend``; the
     request carries the passes as one int (the default: 1)."""
-    from usdespeckle import client
+    from usdespeckle.runtime import client
 
     sent = []
 
@@ -273,7 +273,7 @@ def test_server_request_leaves_the_auto_backend_to_the_server(tmp_path, volume_p
 
 def test_server_run_refuses_uncertainty_before_any_work(tmp_path, volume_path, capsys, monkeypatch):
     """The server answers with one image: --uncertainty with --server is refused, nothing is sent."""
-    from usdespeckle import client
+    from usdespeckle.runtime import client
 
     sent = []
     monkeypatch.setattr(client, "despeckle_via_server", lambda *a, **k: sent.append(k))
@@ -288,7 +288,9 @@ def test_server_run_refuses_uncertainty_before_any_work(tmp_path, volume_path, c
 
 def test_a_missing_optional_package_is_a_one_line_error(tmp_path, volume_path, capsys, monkeypatch):
     """The Slicer runtime has no SciPy: a classical method then names the package to install."""
-    for name in [m for m in sys.modules if m.startswith(("usdespeckle.filters", "usdespeckle._filter"))]:
+    for name in [
+        m for m in sys.modules if m.startswith(("usdespeckle.runtime.filters", "usdespeckle._filter"))
+    ]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "scipy", None)  # import scipy fails as if it were not installed
     out = tmp_path / "out.nrrd"

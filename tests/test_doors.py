@@ -1,4 +1,4 @@
-"""Every front door offers the options of ``usdespeckle.options``, so a new one cannot be forgotten.
+"""Every front door offers the options of ``usdespeckle.runtime.options``, so a new one cannot be forgotten.
 
 The command line is checked through its parser; the Slicer module and the MONAI Label app need
 their applications to import, so what they declare is read from their source (their choices must
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from usdespeckle import filters, inference, options
 from usdespeckle.cli import build_parser
+from usdespeckle.runtime import filters, inference, options
 
 REPO = Path(__file__).resolve().parents[1]
 SLICER_MODULE = REPO / "SlicerDespeckle"
@@ -106,9 +106,9 @@ OVERRIDES = {
 }
 #: Where defaults are declared: the library's entry points and every door outside the parser.
 DEFAULT_HOLDERS = [
-    "usdespeckle/inference.py",
-    "usdespeckle/slicewise.py",
-    "usdespeckle/simulator.py",
+    "usdespeckle/runtime/inference.py",
+    "usdespeckle/runtime/slicewise.py",
+    "usdespeckle/gan/simulator.py",
     "SlicerDespeckle/SlicerDespeckle.py",
     *(
         f"SlicerDespeckle/SlicerDespeckleLib/{p.name}"
@@ -229,7 +229,7 @@ def test_slicer_module_loads_the_runtime_options_with_the_standard_library_only(
         text=True,
         check=True,
     ).stdout.split("\n")
-    assert Path(out[0]) == REPO / "usdespeckle" / "options.py"
+    assert Path(out[0]) == REPO / "usdespeckle" / "runtime" / "options.py"
     assert out[1:3] == ["True", "[]"]
 
 
@@ -242,7 +242,8 @@ def test_slicer_module_reads_a_runtime_of_its_own(tmp_path):
     package = tmp_path / "SlicerDespeckle" / "SlicerDespeckleLib" / "runtime" / "usdespeckle"
     package.mkdir(parents=True)
     (package / "__main__.py").write_text("")
-    (package / "options.py").write_text('METHODS = ("denoiser", "wiener")\n')
+    (package / "runtime").mkdir()
+    (package / "runtime" / "options.py").write_text('METHODS = ("denoiser", "wiener")\n')
     assert library_module("options", tmp_path / "SlicerDespeckle").METHODS == ("denoiser", "wiener")
     command = despeckle_command(
         "py", "a", "b", method="median", axis=0, strength=1, backend="onnx", device="cpu"
@@ -265,9 +266,9 @@ def test_no_door_spells_out_an_option_list():
     doors = [
         *(REPO / "usdespeckle" / "commands").glob("*.py"),
         REPO / "usdespeckle" / "cli.py",
-        REPO / "usdespeckle" / "client.py",
-        REPO / "usdespeckle" / "inference.py",
-        REPO / "usdespeckle" / "filters.py",
+        REPO / "usdespeckle" / "runtime" / "client.py",
+        REPO / "usdespeckle" / "runtime" / "inference.py",
+        REPO / "usdespeckle" / "runtime" / "filters" / "__init__.py",
         *SLICER_MODULE.glob("*.py"),
         *(SLICER_MODULE / "SlicerDespeckleLib").glob("*.py"),
         *(REPO / "monailabel_app").rglob("*.py"),
@@ -319,7 +320,7 @@ def test_monailabel_app_takes_its_choices_from_the_options():
     imported = {
         alias.name
         for node in ast.walk(ast.parse(task.read_text()))
-        if isinstance(node, ast.ImportFrom) and node.module == "usdespeckle.options"
+        if isinstance(node, ast.ImportFrom) and node.module == "usdespeckle.runtime.options"
         for alias in node.names
     }
     assert {"METHODS", "MODEL_BACKENDS", "PASSES", "DEFAULT_PASSES"} <= imported

@@ -1,4 +1,4 @@
-"""Behaviour of the classical despecklers in usdespeckle.filters."""
+"""Behaviour of the classical despecklers in usdespeckle.runtime.filters."""
 
 from __future__ import annotations
 
@@ -6,13 +6,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from usdespeckle import filters, metrics
-from usdespeckle.filters_bm3d import (
-    _is_multiplicative,
-    _prox_fisher_tippett,
-    estimate_looks,
-    estimate_noise_psd,
-)
+from usdespeckle import metrics
+from usdespeckle.runtime import filters
+from usdespeckle.runtime.filters.bm3d import _is_multiplicative, _prox_fisher_tippett
+from usdespeckle.runtime.filters.noise import estimate_looks, estimate_noise_psd
 
 METHODS = sorted(filters.FILTERS)
 SLOW = ("bm3d", "mulog")  # BM3D inside: a few seconds per call on a shared machine

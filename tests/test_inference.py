@@ -11,12 +11,12 @@ import SimpleITK as sitk
 import torch
 from bundles import DIVISOR, make_bundle, record_sha256
 
-from usdespeckle.bundle_utils import default_bundle_root
-from usdespeckle.denoiser import mirror, unmirror
-from usdespeckle.errors import DespeckleCancelled
-from usdespeckle.inference import despeckle_array, despeckle_image, load_denoiser
-from usdespeckle.options import MIRRORINGS, PASSES
-from usdespeckle.slicewise import robust_range
+from usdespeckle.runtime.bundle_utils import default_bundle_root
+from usdespeckle.runtime.denoiser import mirror, unmirror
+from usdespeckle.runtime.errors import DespeckleCancelled
+from usdespeckle.runtime.inference import despeckle_array, despeckle_image, load_denoiser
+from usdespeckle.runtime.options import MIRRORINGS, PASSES
+from usdespeckle.runtime.slicewise import robust_range
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 
@@ -123,7 +123,7 @@ def test_despeckle_image_keeps_geometry_and_metadata(bundle, rng):
 
 
 def test_classical_method_or_clear_error(rng):
-    from usdespeckle.filters import despeckle_median
+    from usdespeckle.runtime.filters import despeckle_median
 
     image = rng.uniform(0, 1, size=(32, 32)).astype(np.float32)
     out = despeckle_array(image, "median")
@@ -188,8 +188,8 @@ def make_generator_bundle(
     Returns the bundle and the plain (one-pass) generator; ``mirrorings`` > 1 makes an export that
     averages mirrorings itself (as before 1.0.0). ``onnx`` also writes ``models/model.onnx``.
     """
-    from usdespeckle.ensemble import SelfEnsemble
-    from usdespeckle.networks import Pix2PixUNetGenerator
+    from usdespeckle.gan.ensemble import SelfEnsemble
+    from usdespeckle.gan.networks import Pix2PixUNetGenerator
 
     torch.manual_seed(0)
     generator = Pix2PixUNetGenerator(ngf=4, num_downs=4, norm="INSTANCE").eval()
@@ -199,7 +199,7 @@ def make_generator_bundle(
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
 def test_passes_are_the_self_ensemble_for_every_pass_count(tmp_path, rng, backend):
     """The library's numpy mirroring over the one-pass export equals the torch SelfEnsemble module."""
-    from usdespeckle.ensemble import SelfEnsemble
+    from usdespeckle.gan.ensemble import SelfEnsemble
 
     root, generator = make_generator_bundle(tmp_path / "b", onnx=True)
     assert load_denoiser(root, backend=backend).passes == 1  # the default: one pass

@@ -9,9 +9,9 @@ import pytest
 import torch
 from scipy import ndimage as ndi
 
-from usdespeckle.deadleaves import dead_leaves
-from usdespeckle.networks import ResidualUNetDenoiser
-from usdespeckle.pair_stream import CONTENTS, SPECKLES, PairMix, PairStream, speckle_pair
+from usdespeckle.data.pair_stream import CONTENTS, SPECKLES, PairMix, PairStream, speckle_pair
+from usdespeckle.gan.networks import ResidualUNetDenoiser
+from usdespeckle.simulation.deadleaves import dead_leaves
 
 
 def test_dead_leaves_range_and_occluding_flat_regions(rng):

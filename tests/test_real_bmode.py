@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from usdespeckle import real_bmode
-from usdespeckle.real_bmode import (
+from usdespeckle.data import real_bmode
+from usdespeckle.data.real_bmode import (
     CINE_BLOCKS,
     CINE_FILE,
     REAL_SCANS,

@@ -10,9 +10,14 @@ import pytest
 import torch
 from bundles import DIVISOR, make_server_bundle, record_sha256
 
-from usdespeckle.errors import DespeckleCancelled
-from usdespeckle.lowlevel import low_level_map
-from usdespeckle.simulator import load_simulator, simulate_array, simulate_bmode_from_mri, simulator_divisor
+from usdespeckle.gan.simulator import (
+    load_simulator,
+    simulate_array,
+    simulate_bmode_from_mri,
+    simulator_divisor,
+)
+from usdespeckle.runtime.errors import DespeckleCancelled
+from usdespeckle.simulation.lowlevel import low_level_map
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -101,7 +106,7 @@ def test_divisor_comes_from_the_model():
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x
 
-    from usdespeckle.networks import Pix2PixUNetGenerator
+    from usdespeckle.gan.networks import Pix2PixUNetGenerator
 
     assert simulator_divisor(Pix2PixUNetGenerator(num_downs=5, ngf=2)) == 32
     assert simulator_divisor(Plain()) == 1  # says nothing about sizes: no padding

@@ -10,8 +10,8 @@ from ignite.engine import Events
 from monai.data import DataLoader, Dataset
 from monai.networks.nets import PatchDiscriminator
 
-from usdespeckle.networks import Pix2PixUNetGenerator
-from usdespeckle.trainer import Pix2PixTrainer, constant_then_linear_decay, gan_loss
+from usdespeckle.gan.networks import Pix2PixUNetGenerator
+from usdespeckle.gan.trainer import Pix2PixTrainer, constant_then_linear_decay, gan_loss
 
 
 def test_gan_loss_known_values() -> None:

@@ -3,7 +3,7 @@
 python training/export_bundle.py --bundle_root monai_bundle
 
 The exports are MONAI's standard ``ckpt_export`` and ``onnx_export`` of ``inference.json``'s
-``network_def``: the generator wrapped in :class:`usdespeckle.ensemble.SelfEnsemble`, which averages
+``network_def``: the generator wrapped in :class:`usdespeckle.gan.ensemble.SelfEnsemble`, which averages
 it over ``mirrorings`` flips and transposes of each slice (training and validation run one pass). The
 same commands by hand (docs/README.md, *Commands*) therefore write the same files.
 
@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser, ckpt_export, onnx_export
 
-from usdespeckle.atomic import atomic_write
-from usdespeckle.bundle_utils import update_checksums
-from usdespeckle.simulator import SIMULATOR_CONFIGS
+from usdespeckle.gan.simulator import SIMULATOR_CONFIGS
+from usdespeckle.runtime.atomic import atomic_write
+from usdespeckle.runtime.bundle_utils import update_checksums
 
 #: Arguments of train.json's generator that inference.json does not copy (training-only settings).
 TRAINING_ONLY_ARGUMENTS = ("_desc_",)

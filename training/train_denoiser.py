@@ -10,7 +10,7 @@ the checkpoint; ``--init-from PATH`` starts a new run from another run's weights
 
 The budget is CPU time of this process (``time.process_time``), so runs compared at equal budget
 are compared fairly even when other work shares the machine. Pairs come from
-:class:`usdespeckle.pair_stream.PairStream` (content and speckle drawn per crop); validation pairs are
+:class:`usdespeckle.data.pair_stream.PairStream` (content and speckle drawn per crop); validation pairs are
 a fixed, seeded set drawn from the validation photographs and MRI slabs, and real validation frames
 are pydicom-data's cardiac cine frames 84 and 90 and the obstetric scan (never used for training).
 """
@@ -27,12 +27,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from usdespeckle.atomic import atomic_write
+from usdespeckle.data.pair_stream import SPECKLES, PairStream
+from usdespeckle.data.real_bmode import CINE_FILE, extract_frames
+from usdespeckle.gan.networks import Pix2PixUNetGenerator, ResidualUNetDenoiser
 from usdespeckle.metrics import psnr, psnr_affine
-from usdespeckle.metrics_real import echogenicity_fidelity
-from usdespeckle.networks import Pix2PixUNetGenerator, ResidualUNetDenoiser
-from usdespeckle.pair_stream import SPECKLES, PairStream
-from usdespeckle.real_bmode import CINE_FILE, extract_frames
+from usdespeckle.metrics.real import echogenicity_fidelity
+from usdespeckle.runtime.atomic import atomic_write
 
 NETWORKS = {
     "basicunet": lambda: ResidualUNetDenoiser(features=(32, 32, 64, 128, 256, 32)),

@@ -1,6 +1,6 @@
 """Tune the classical despecklers' parameters on validation images and write reports/filter_tuning.md.
 
-Each method in ``usdespeckle.filters.FILTERS`` is run over a small grid on a few speckled
+Each method in ``usdespeckle.runtime.filters.FILTERS`` is run over a small grid on a few speckled
 validation images of several speckle sets; the setting with the best mean affine-fitted PSNR over
 the sets (each set weighted equally) wins (the affine fit keeps a filter from being judged on a
 global gain/offset, e.g. BM3D's log-domain bias). The winners are the defaults in the filters'
@@ -11,13 +11,13 @@ validation split's ``label`` images, one per source photograph first (so that a 
 several photographs), centre-cropped to ``--size``. Without it, scikit-image's bundled photographs.
 Speckle sets (seeded):
 
-- ``rayleigh``: ``usdespeckle.speckle.rayleigh_speckle`` (the method's model: decimated Rayleigh
+- ``rayleigh``: ``usdespeckle.simulation.speckle.rayleigh_speckle`` (the method's model: decimated Rayleigh
   envelope, random log compression); reference the clean photograph.
 - ``gamma1``, ``gamma4``: multiplicative L-look speckle on amplitude, ``y = x sqrt(Gamma(L, 1/L))``
-  (``usdespeckle.speckle.gamma_speckle``); reference the clean photograph.
+  (``usdespeckle.simulation.speckle.gamma_speckle``); reference the clean photograph.
 - ``correlated``: a circular complex Gaussian field weighted by the photograph (as echogenicity),
   blurred by an anisotropic Gaussian PSF (std 1 px axial, 2.5 px lateral), envelope, log
-  compression to 50 dB (``usdespeckle.simulate.log_compress``, 6 dB headroom); reference the clean
+  compression to 50 dB (``usdespeckle.simulation.physics.log_compress``, 6 dB headroom); reference the clean
   photograph through the same log compression (the display a perfect despeckler would show).
 
 Results are checkpointed per method in ``--checkpoint`` (JSON) so an interrupted run resumes.
@@ -44,9 +44,11 @@ import numpy as np
 from scipy import ndimage
 from skimage import color, data, io, transform
 
-from usdespeckle import filters, metrics, speckle
-from usdespeckle.atomic import atomic_write
-from usdespeckle.simulate import log_compress
+from usdespeckle import metrics
+from usdespeckle.runtime import filters
+from usdespeckle.runtime.atomic import atomic_write
+from usdespeckle.simulation import speckle
+from usdespeckle.simulation.physics import log_compress
 
 # Small grids: a few values around each paper's recommendation. Lee and Kuan need small Cu on
 # log-compressed images (their local coefficient of variation is about 0.1-0.3 there).
@@ -264,7 +266,7 @@ def _report(
         "parameters (BM3D, MuLoG: one run); every filter runs on one thread, so this is about the wall "
         "time on an idle core (the shared machine's wall time was several times longer).",
         "",
-        "## Best parameters (the defaults in `usdespeckle/filters.py`, `filters_nlm.py` and `filters_bm3d.py`)",
+        "## Best parameters (the defaults of the filters in `usdespeckle/runtime/filters/`)",
         "",
         "Mean over the sets; per-set numbers below.",
         "",

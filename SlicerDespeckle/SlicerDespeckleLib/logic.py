@@ -82,7 +82,7 @@ __all__ = [
     "validate_server_url",
 ]
 
-# The panel offers what the runtime's `usdespeckle run` accepts: its usdespeckle/options.py.
+# The panel offers what the runtime's `usdespeckle run` accepts: its usdespeckle/runtime/options.py.
 _OPTIONS = library_module("options")
 #: ``--method`` choices: the shipped pix2pix denoiser, then the classical filters.
 METHODS: tuple[str, ...] = _OPTIONS.METHODS

@@ -10,7 +10,7 @@ loop goes through one process with progress over its slices, and one intensity m
 frame (no flicker). The result is split back into frames with their own geometry.
 
 Colour (vector) volumes are written as they are; ``usdespeckle run`` reads them as grey
-(``usdespeckle.io.to_grey``: the first channel when R = G = B, else BT.601 luminance), so the result
+(``usdespeckle.runtime.io.to_grey``: the first channel when R = G = B, else BT.601 luminance), so the result
 is a scalar volume.
 """
 

@@ -57,7 +57,7 @@ def register_method(name: str, fn: ArrayFn, description: str = "") -> None:
 
 
 def _classical_methods() -> dict[str, Method]:
-    from usdespeckle import filters
+    from usdespeckle.runtime import filters
 
     return {
         name: Method(name, fn, (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "")
@@ -67,7 +67,7 @@ def _classical_methods() -> dict[str, Method]:
 
 def _denoiser_method() -> tuple[Method | None, str]:
     """The shipped denoiser as a method, or ``(None, why it is skipped)``."""
-    from usdespeckle import inference
+    from usdespeckle.runtime import inference
 
     try:
         loaded = inference.load_denoiser()  # checks the weights exist and match the bundle's metadata

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from usdespeckle.atomic import atomic_write
 from usdespeckle.benchmark.cases import Case, case_rng, to_size
 from usdespeckle.benchmark.figures import compose_grid, compose_panels, display, save_png
 from usdespeckle.benchmark.methods import DENOISER, INPUT, resolve_methods
@@ -29,7 +28,8 @@ from usdespeckle.benchmark.report import (
 from usdespeckle.benchmark.scoring import score, strongest, summary
 from usdespeckle.benchmark.sets import SETS, resolve_sets
 from usdespeckle.benchmark.sets_synthetic import skimage_photo
-from usdespeckle.options import CLASSICAL_METHODS
+from usdespeckle.runtime.atomic import atomic_write
+from usdespeckle.runtime.options import CLASSICAL_METHODS
 
 __all__ = ["run_benchmark"]
 
@@ -94,7 +94,7 @@ class _Threads:
 
 def _timing_image(seed: int) -> np.ndarray:
     """A 256x256 speckled photograph (scikit-image's camera), the input every method is timed on."""
-    from usdespeckle.speckle import rayleigh_speckle
+    from usdespeckle.simulation.speckle import rayleigh_speckle
 
     clean = to_size(skimage_photo("camera"), TIMING_SHAPE[0])
     return np.asarray(rayleigh_speckle(clean, case_rng(seed, "timing", 0)), dtype=np.float32)

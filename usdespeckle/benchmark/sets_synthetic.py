@@ -15,10 +15,10 @@ import numpy as np
 from usdespeckle.benchmark.cases import (
     Case,
     LoadedSet,
-    _datalist_split,
-    _read_grey,
-    _spread,
     case_rng,
+    datalist_split,
+    read_grey,
+    spread,
     to_size,
 )
 
@@ -43,12 +43,12 @@ def skimage_photo(name: str) -> np.ndarray:
 def _natural_references(data_dir: Path | None, limit: int | None, size: int) -> tuple[list, list[str]]:
     """(name, clean image) pairs of the natural test set, and notes."""
     notes: list[str] = []
-    entries = _datalist_split(data_dir, "datalist_natural.json", "test")
+    entries = datalist_split(data_dir, "datalist_natural.json", "test")
     refs = []
     if entries is not None:
-        for entry in _spread(entries, limit):
+        for entry in spread(entries, limit):
             path = Path(data_dir) / entry["label"]
-            refs.append((path.stem, to_size(_read_grey(path), size)))
+            refs.append((path.stem, to_size(read_grey(path), size)))
         notes.append(f"clean photographs: test split of {Path(data_dir) / 'datalist_natural.json'}")
     else:
         where = (
@@ -63,9 +63,9 @@ def _natural_references(data_dir: Path | None, limit: int | None, size: int) -> 
     return refs, notes
 
 
-def _rayleigh_loader(set_name: str, **speckle_kwargs: Any) -> Callable[..., LoadedSet]:
+def rayleigh_loader(set_name: str, **speckle_kwargs: Any) -> Callable[..., LoadedSet]:
     def load(data_dir: Path | None, limit: int | None, seed: int, size: int) -> LoadedSet:
-        from usdespeckle.speckle import rayleigh_speckle
+        from usdespeckle.simulation.speckle import rayleigh_speckle
 
         refs, notes = _natural_references(data_dir, limit, size)
         cases = []
@@ -80,9 +80,9 @@ def _rayleigh_loader(set_name: str, **speckle_kwargs: Any) -> Callable[..., Load
     return load
 
 
-def _gamma_loader(set_name: str, looks: float) -> Callable[..., LoadedSet]:
+def gamma_loader(set_name: str, looks: float) -> Callable[..., LoadedSet]:
     def load(data_dir: Path | None, limit: int | None, seed: int, size: int) -> LoadedSet:
-        from usdespeckle.speckle import gamma_speckle
+        from usdespeckle.simulation.speckle import gamma_speckle
 
         refs, notes = _natural_references(data_dir, limit, size)
         cases = [
@@ -105,8 +105,8 @@ _CORRELATED_RANGE_DB = 50.0
 _CORRELATED_HEADROOM_DB = 6.0
 
 
-def _load_correlated(data_dir: Path | None, limit: int | None, seed: int, size: int) -> LoadedSet:
-    from usdespeckle.simulate import FastBModeSimulator, log_compress
+def load_correlated(data_dir: Path | None, limit: int | None, seed: int, size: int) -> LoadedSet:
+    from usdespeckle.simulation.physics import FastBModeSimulator, log_compress
 
     refs, notes = _natural_references(data_dir, limit, size)
     simulator = FastBModeSimulator(
@@ -143,18 +143,18 @@ def _load_correlated(data_dir: Path | None, limit: int | None, seed: int, size: 
 # --------------------------------------------------------------------------------------------------
 # MRI through the simulator, phantoms
 # --------------------------------------------------------------------------------------------------
-def _pairs_loader(filenames: Sequence[tuple[str, str]]) -> Callable[..., LoadedSet]:
+def pairs_loader(filenames: Sequence[tuple[str, str]]) -> Callable[..., LoadedSet]:
     """Loader of (simulated B-mode ``image``, MRI ``label``) pairs from the first datalist found."""
 
     def load(data_dir: Path | None, limit: int | None, seed: int, size: int) -> LoadedSet:
         for filename, split in filenames:
-            entries = _datalist_split(data_dir, filename, split)
+            entries = datalist_split(data_dir, filename, split)
             if entries is None:
                 continue
             cases = []
-            for entry in _spread(entries, limit):
-                image = to_size(_read_grey(Path(data_dir) / entry["image"]), size)
-                label = to_size(_read_grey(Path(data_dir) / entry["label"]), size)
+            for entry in spread(entries, limit):
+                image = to_size(read_grey(Path(data_dir) / entry["image"]), size)
+                label = to_size(read_grey(Path(data_dir) / entry["label"]), size)
                 cases.append(Case(Path(entry["image"]).stem, image, label))
             return LoadedSet(cases, [f"pairs: {split!r} split of {Path(data_dir) / filename}"])
         looked = " or ".join(f"{name} [{split!r}]" for name, split in filenames)
@@ -169,8 +169,9 @@ _PHANTOM_COUNT = 8  # phantoms when no limit at all is given
 _PHANTOM_PROBE = "L11-5v"
 
 
-def _load_phantoms(data_dir: Path | None, limit: int | None, seed: int, size: int) -> LoadedSet:
-    from usdespeckle.simulate import FastBModeSimulator, log_compress, make_cyst_phantom
+def load_phantoms(data_dir: Path | None, limit: int | None, seed: int, size: int) -> LoadedSet:
+    from usdespeckle.simulation.phantoms import make_cyst_phantom
+    from usdespeckle.simulation.physics import FastBModeSimulator, log_compress
 
     simulator = FastBModeSimulator(probe=_PHANTOM_PROBE, shape=(size, size))
     count = _PHANTOM_COUNT if limit is None else limit

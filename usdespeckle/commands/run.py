@@ -7,8 +7,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from usdespeckle.errors import UserError
-from usdespeckle.options import (
+from usdespeckle.runtime.errors import UserError
+from usdespeckle.runtime.options import (
     AXES,
     BACKEND_NAMES,
     BACKENDS,
@@ -203,9 +203,9 @@ def _checked_input(args: argparse.Namespace):
         ValueError, OSError: as the library's checks; a RuntimeError of the runtime becomes a
             ValueError saying the model file is corrupt.
     """
-    from usdespeckle.inference import load_denoiser
-    from usdespeckle.io import check_output_path, read_image
-    from usdespeckle.io_checks import same_file
+    from usdespeckle.runtime.inference import load_denoiser
+    from usdespeckle.runtime.io import read_image
+    from usdespeckle.runtime.io_checks import check_output_path, same_file
 
     check_output_path(args.output, force=args.force, source=args.input)
     image = read_image(args.input, max_voxels=args.max_voxels)
@@ -247,8 +247,8 @@ def main(args: argparse.Namespace) -> int:
                 "--uncertainty to despeckle on the server"
             )
         return _main_via_server(args)
-    from usdespeckle.inference import despeckle_image, resolve_backend
-    from usdespeckle.io import write_image
+    from usdespeckle.runtime.inference import despeckle_image, resolve_backend
+    from usdespeckle.runtime.io import write_image
 
     try:
         args.backend = resolve_backend(args.backend)
@@ -300,8 +300,9 @@ def _main_via_server(args: argparse.Namespace) -> int:
     import numpy as np
     import SimpleITK as sitk
 
-    from usdespeckle.client import ServerError, despeckle_via_server, uploadable
-    from usdespeckle.io import check_output_path, read_image, write_image
+    from usdespeckle.runtime.client import ServerError, despeckle_via_server, uploadable
+    from usdespeckle.runtime.io import read_image, write_image
+    from usdespeckle.runtime.io_checks import check_output_path
 
     try:
         check_output_path(args.output, force=args.force, source=args.input)

@@ -1,7 +1,7 @@
 """The ``despeckle`` infer task: the shipped denoiser (or a classical filter) on an ultrasound image.
 
 The result is a float32 image, not a label map, with the input's size, spacing, origin and
-direction; :func:`usdespeckle.inference.despeckle_image` does all the work.
+direction; :func:`usdespeckle.runtime.inference.despeckle_image` does all the work.
 """
 
 from __future__ import annotations
@@ -24,9 +24,8 @@ from lib.infers.common import (
     run_timed,
     write_result,
 )
-from usdespeckle.inference import despeckle_image
-from usdespeckle.io import MAX_VOXELS
-from usdespeckle.options import (
+from usdespeckle.runtime.inference import despeckle_image
+from usdespeckle.runtime.options import (
     AXES,
     DEFAULT_AXIS,
     DEFAULT_BATCH_SIZE,
@@ -36,6 +35,7 @@ from usdespeckle.options import (
     DEFAULT_STRENGTH,
     DEVICES,
     MAX_BATCH_SIZE,
+    MAX_VOXELS,
     METHODS,
     MODEL_BACKENDS,
     PASSES,
@@ -59,7 +59,7 @@ class DespeckleInferTask(InferTask):
     ``device`` (``"cpu"`` or ``"cuda"``), ``passes`` (mirrorings of each slice the denoiser
     averages: 1, the default and the shipped setting, 2, 4 or 8, with either backend; time grows
     with passes), ``result_extension`` (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``). The choices are
-    the library's (``usdespeckle.options``).
+    the library's (``usdespeckle.runtime.options``).
 
     Args:
         bundle_root: the MONAI bundle folder holding the denoiser; None uses the library's default

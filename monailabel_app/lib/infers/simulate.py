@@ -1,7 +1,7 @@
 """The ``simulate`` infer task: the trained simulator turns an MRI volume into a synthetic B-mode.
 
-The library does the work (:mod:`usdespeckle.simulator`): :func:`~usdespeckle.simulator.load_simulator`
-checks and loads the bundle's simulator, :func:`~usdespeckle.simulator.simulate_array` turns each
+The library does the work (:mod:`usdespeckle.gan.simulator`): :func:`~usdespeckle.gan.simulator.load_simulator`
+checks and loads the bundle's simulator, :func:`~usdespeckle.gan.simulator.simulate_array` turns each
 slice into its low-level map and the map into a B-mode image in [0, 1]. The result is a float32 image
 with the input's geometry.
 """
@@ -28,17 +28,17 @@ from lib.infers.common import (
     scrub_paths,
     write_result,
 )
-from usdespeckle.bundle_utils import default_bundle_root
-from usdespeckle.io import MAX_VOXELS
-from usdespeckle.options import (
+from usdespeckle.gan.simulator import SIMULATOR_FILES, load_simulator, simulate_array, simulator_file
+from usdespeckle.runtime.bundle_utils import default_bundle_root
+from usdespeckle.runtime.options import (
     AXES,
     DEFAULT_AXIS,
     DEFAULT_BATCH_SIZE,
     DEFAULT_DEVICE,
     DEVICES,
     MAX_BATCH_SIZE,
+    MAX_VOXELS,
 )
-from usdespeckle.simulator import SIMULATOR_FILES, load_simulator, simulate_array, simulator_file
 
 __all__ = ["SimulateInferTask", "load_simulator"]  # load_simulator: the library's, for the app's users
 

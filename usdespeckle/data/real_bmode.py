@@ -1,0 +1,352 @@
+"""Real B-mode frames from the clinical ultrasound DICOMs that the ``pydicom-data`` package ships.
+
+Scanner exports carry more than the image: text, rulers, icons, calipers, a colour Doppler overlay
+and black space around a fan or rectangle. :func:`extract_frames` keeps only the imaging field:
+
+1. grey = mean of the RGB channels; a pixel whose channels differ by more than
+   :data:`COLOUR_THRESHOLD` grey levels (of 255) is colour (Doppler, coloured icons) and is masked;
+2. the field is found from the image itself: the pixels above :data:`FIELD_THRESHOLD` in the
+   maximum over all frames, closed (speckle holes), opened with a disk wider than any text stroke
+   or ruler (text and thin lines vanish), the large connected components kept (one per pane), holes
+   filled after a closing that also fills dark areas reaching the pane's edge, and eroded by
+   :data:`FIELD_MARGIN` pixels (JPEG ringing at the edge);
+3. inside the field, straight bright lines (a region-of-interest box, a depth ruler) are masked:
+   pixels brighter than their 7x7 median by :data:`LINE_CONTRAST` that form runs of at least
+   :data:`LINE_LENGTH` pixels along a row or a column.
+
+Each pane (component) becomes one image, cropped to its bounding box at native resolution, with a
+valid-pixel mask. Splits are by scan, and inside the cardiac cine by contiguous blocks of frames
+with gaps between them (:data:`CINE_BLOCKS`), since neighbouring frames are nearly identical.
+Regions for gCNR, CNR and ENL are chosen once per image by :func:`choose_regions`.
+
+The scans and their splits are :data:`REAL_SCANS`; nothing is downloaded (the DICOMs are installed
+with ``pip install pydicom-data``).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.morphology import disk
+
+from usdespeckle.runtime.bundle_utils import sha256_file
+
+__all__ = [
+    "CINE_BLOCKS",
+    "CINE_FILE",
+    "REAL_SCANS",
+    "RealFrame",
+    "RealScan",
+    "choose_regions",
+    "dicom_path",
+    "extract_frames",
+    "field_masks",
+    "frame_split",
+    "real_bmode_items",
+]
+
+COLOUR_THRESHOLD = 12.0  # grey levels (of 255): max - min of RGB above this is colour, not B-mode
+FIELD_THRESHOLD = 10.0  # grey levels: brighter pixels (in the maximum over frames) are field candidates
+FIELD_OPEN_RADIUS = 7  # pixels: the opening removes text strokes and rulers narrower than 15 px
+FIELD_CLOSE_RADIUS = 2  # pixels: the closing fills small dark speckle holes before the opening
+FIELD_FILL_RADIUS = 20  # pixels: the closing of each pane that fills dark areas reaching its edge
+FIELD_MIN_FRACTION = 0.2  # a component at least this fraction of the largest one is a pane of its own
+FIELD_MARGIN = 3  # pixels eroded off the field's edge
+LINE_CONTRAST = 50.0  # grey levels above the 7x7 median that mark a drawn bright line
+LINE_LENGTH = 25  # pixels: the shortest straight run counted as a drawn line
+REGION_SIZE = 24  # pixels: side of the square regions chosen for gCNR, CNR and ENL
+REGION_STRIDE = 8  # pixels between candidate regions
+HOMOGENEOUS_REGIONS = 3  # homogeneous regions chosen per image (for ENL)
+
+CINE_FILE = "color3d_jpeg_baseline.dcm"
+# Frame blocks of the 120-frame cardiac cine, half-open [start, stop), with 8-frame gaps between
+# them: frames 8 apart correlate at most 0.91 pixel by pixel (neighbours 0.95-1.0; the loop repeats
+# some frames exactly). Later cardiac cycles still resemble earlier ones at the same phase.
+CINE_BLOCKS = {"training": (0, 72), "validation": (80, 92), "test": (100, 120)}
+
+
+@dataclass(frozen=True)
+class RealScan:
+    """One clinical ultrasound DICOM of ``pydicom-data`` and the split its frames go to.
+
+    Args:
+        file: file name under ``data_store/data/``.
+        split: "training", "validation" or "test"; "blocks" splits the frames by :data:`CINE_BLOCKS`.
+        description: what the scan shows.
+    """
+
+    file: str
+    split: str
+    description: str
+
+
+REAL_SCANS = (
+    RealScan(CINE_FILE, "blocks", "cardiac cine, parasternal long axis, 120 frames, YBR JPEG"),
+    RealScan("gdcm-US-ALOKA-16.dcm", "training", "pelvis, two panes side by side, 16-bit RGB"),
+    RealScan("OBXXXX1A_2frame.dcm", "validation", "obstetric curved sector, 2 frames"),
+    RealScan("US1_UNCR.dcm", "test", "lymph node, linear probe, colour power Doppler overlay"),
+)
+# OBXXXX1A.dcm is frame 0 of OBXXXX1A_2frame.dcm (identical pixels); only the 2-frame file is used.
+
+
+@dataclass
+class RealFrame:
+    """One real B-mode image: the imaging field of one pane of one frame.
+
+    Attributes:
+        image: (H, W) float32 in [0, 1], 0 outside the field.
+        mask: (H, W) bool, True on valid imaging-field pixels.
+        file: DICOM file name.
+        frame: frame index in the file.
+        pane: pane index (0 unless the export shows several panes side by side).
+        box: (r0, c0, r1, c1) of the crop in the exported frame, pixels.
+    """
+
+    image: np.ndarray
+    mask: np.ndarray
+    file: str
+    frame: int
+    pane: int
+    box: tuple[int, int, int, int]
+
+    @property
+    def stem(self) -> str:
+        """A file stem naming scan, frame and pane."""
+        name = Path(self.file).stem.replace(".", "_")
+        return f"{name}_f{self.frame:03d}" + (f"_p{self.pane}" if self.pane else "")
+
+
+def dicom_path(file: str) -> Path:
+    """Path of an ultrasound DICOM installed by ``pydicom-data``.
+
+    Raises:
+        FileNotFoundError: the package or the file is not installed.
+    """
+    try:
+        import data_store  # pydicom-data's package
+    except ImportError as err:
+        raise FileNotFoundError(
+            "the real ultrasound scans come from the pydicom-data package: pip install pydicom-data"
+        ) from err
+    path = Path(next(iter(data_store.__path__))) / "data" / file
+    if not path.is_file():
+        raise FileNotFoundError(f"{file} is not in the installed pydicom-data ({path.parent}).")
+    return path
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    """(frames, H, W, 3) float64 in 0-255 grey levels (16-bit exports rescaled)."""
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(str(path))
+    array = sitk.GetArrayFromImage(image).astype(np.float64)
+    if image.GetNumberOfComponentsPerPixel() == 1:
+        array = np.repeat(array[..., None], 3, axis=-1)
+    if array.ndim == 3:  # a single frame
+        array = array[None]
+    if array.max() > 255.0:  # 16 bits per channel
+        array = array / 257.0
+    return array
+
+
+def _colour(rgb: np.ndarray) -> np.ndarray:
+    """True where the RGB channels differ: a colour overlay, not B-mode grey."""
+    return (rgb.max(axis=-1) - rgb.min(axis=-1)) > COLOUR_THRESHOLD
+
+
+def field_masks(grey_max: np.ndarray) -> list[np.ndarray]:
+    """The imaging field(s) of an export, one bool mask per pane, left to right.
+
+    Args:
+        grey_max: (H, W) maximum over frames of the grey image with colour pixels set to 0.
+
+    Returns:
+        list of (H, W) bool masks, one per pane (eroded by :data:`FIELD_MARGIN`).
+
+    Raises:
+        ValueError: no imaging field is found.
+    """
+    candidates = grey_max > FIELD_THRESHOLD
+    candidates = ndi.binary_closing(candidates, structure=disk(FIELD_CLOSE_RADIUS))
+    candidates = ndi.binary_opening(candidates, structure=disk(FIELD_OPEN_RADIUS))
+    labels, count = ndi.label(candidates)
+    if count == 0:
+        raise ValueError("no imaging field found: the image is dark everywhere.")
+    areas = ndi.sum(candidates, labels, index=np.arange(1, count + 1))
+    keep = [k + 1 for k in np.argsort(areas)[::-1] if areas[k] >= FIELD_MIN_FRACTION * areas.max()]
+    masks = []
+    for label in keep:
+        pad = FIELD_FILL_RADIUS + 1
+        component = np.pad(labels == label, pad)
+        component = ndi.binary_closing(component, structure=disk(FIELD_FILL_RADIUS))[pad:-pad, pad:-pad]
+        component = ndi.binary_fill_holes(component)
+        masks.append(ndi.binary_erosion(component, iterations=FIELD_MARGIN))
+    masks.sort(key=lambda m: int(np.nonzero(m.any(axis=0))[0][0]))
+    return masks
+
+
+def _drawn_lines(grey: np.ndarray) -> np.ndarray:
+    """True on straight bright drawn lines (ROI boxes, rulers), dilated by 2 pixels."""
+    bright = (grey - ndi.median_filter(grey, size=7)) > LINE_CONTRAST
+    lines = ndi.binary_opening(bright, structure=np.ones((1, LINE_LENGTH), bool))
+    lines |= ndi.binary_opening(bright, structure=np.ones((LINE_LENGTH, 1), bool))
+    return ndi.binary_dilation(lines, iterations=2)
+
+
+@functools.lru_cache(maxsize=4)
+def _scan(file: str) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
+    """(grey frames, colour masks, pane fields) of one DICOM, cached: decoding a cine takes seconds."""
+    rgb = _read_rgb(dicom_path(file))
+    grey = rgb.mean(axis=-1)
+    colour = _colour(rgb)
+    panes = field_masks(np.where(colour, 0.0, grey).max(axis=0))
+    return grey, colour, tuple(panes)
+
+
+def extract_frames(file: str, frames: range | None = None) -> list[RealFrame]:
+    """The imaging field of every pane of the chosen frames of a ``pydicom-data`` ultrasound DICOM.
+
+    Args:
+        file: DICOM file name (see :data:`REAL_SCANS`).
+        frames: frame indices; None for all. The field is found from all frames of the file.
+
+    Returns:
+        one :class:`RealFrame` per frame and pane, in frame order.
+
+    Raises:
+        FileNotFoundError: pydicom-data or the file is not installed.
+        ValueError: a frame index out of range, or no imaging field.
+    """
+    grey, colour, panes = _scan(file)
+    chosen = range(len(grey)) if frames is None else frames
+    if len(chosen) and (min(chosen) < 0 or max(chosen) >= len(grey)):
+        raise ValueError(f"{file} has {len(grey)} frames; frames {chosen} are out of range.")
+    out = []
+    for index in chosen:
+        invalid = ndi.binary_dilation(colour[index], iterations=2) | _drawn_lines(grey[index])
+        for pane, field in enumerate(panes):
+            rows, cols = np.nonzero(field)
+            r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+            mask = (field & ~invalid)[r0:r1, c0:c1]
+            image = np.where(mask, grey[index, r0:r1, c0:c1] / 255.0, 0.0).astype(np.float32)
+            out.append(RealFrame(image, mask, file, int(index), pane, (int(r0), int(c0), int(r1), int(c1))))
+    return out
+
+
+def frame_split(scan: RealScan, frame: int) -> str | None:
+    """The split of one frame of a scan (None for frames in the gaps between cine blocks)."""
+    if scan.split != "blocks":
+        return scan.split
+    for split, (start, stop) in CINE_BLOCKS.items():
+        if start <= frame < stop:
+            return split
+    return None
+
+
+def choose_regions(image: np.ndarray, mask: np.ndarray) -> dict[str, list]:
+    """Regions for gCNR, CNR and ENL, chosen by a rule on the input image.
+
+    Candidate squares of :data:`REGION_SIZE` pixels lie wholly inside the mask, every
+    :data:`REGION_STRIDE` pixels. On the image low-passed at 4 pixels (speckle averaged out),
+    ``dark`` is the darkest candidate and ``bright`` the brightest; ``homogeneous`` are the
+    :data:`HOMOGENEOUS_REGIONS` non-overlapping candidates of mid grey level (between the 25th and
+    90th percentile of candidate means) whose low-passed image varies least relative to its mean:
+    areas of uniform tissue, where speckle is the only texture.
+
+    Args:
+        image: (H, W) grey image in [0, 1].
+        mask: (H, W) bool valid-pixel mask.
+
+    Returns:
+        {"dark": [r0, c0, r1, c1], "bright": [...], "homogeneous": [[...], ...]}; half-open boxes.
+
+    Raises:
+        ValueError: the field is too small to hold two regions.
+    """
+    size = REGION_SIZE
+    smooth = ndi.gaussian_filter(image.astype(np.float64), 4.0)
+    inside = ndi.minimum_filter(mask.astype(np.uint8), size=size, origin=-(size // 2)) > 0
+    # inside[r, c]: the box with top-left corner (r, c) lies in the mask (minimum over the box)
+    h, w = image.shape
+    corners = [
+        (r, c)
+        for r in range(0, h - size + 1, REGION_STRIDE)
+        for c in range(0, w - size + 1, REGION_STRIDE)
+        if inside[r, c]
+    ]
+    if len(corners) < 2:
+        raise ValueError(
+            f"the imaging field ({int(mask.sum())} pixels) is too small for {size}-pixel regions."
+        )
+    means = np.array([smooth[r : r + size, c : c + size].mean() for r, c in corners])
+    spread = np.array([smooth[r : r + size, c : c + size].std() for r, c in corners])
+    dark = corners[int(np.argmin(means))]
+    bright = corners[int(np.argmax(means))]
+    low, high = np.percentile(means, [25, 90])
+    order = [k for k in np.argsort(spread / np.maximum(means, 1e-6)) if low <= means[k] <= high]
+    homogeneous: list[tuple[int, int]] = []
+    for k in order:
+        r, c = corners[k]
+        if all(abs(r - r2) >= size or abs(c - c2) >= size for r2, c2 in homogeneous):
+            homogeneous.append((r, c))
+        if len(homogeneous) == HOMOGENEOUS_REGIONS:
+            break
+
+    def box(corner: tuple[int, int]) -> list[int]:
+        return [int(corner[0]), int(corner[1]), int(corner[0] + size), int(corner[1] + size)]
+
+    return {"dark": box(dark), "bright": box(bright), "homogeneous": [box(c) for c in homogeneous]}
+
+
+def real_bmode_items(write_png, progress: bool = True) -> tuple[dict[str, list[dict]], list[dict]]:
+    """Every real B-mode image of :data:`REAL_SCANS`, written and listed by split.
+
+    Args:
+        write_png: ``f(relative_path, image) -> relative_path`` that stores a [0, 1] grey image.
+        progress: show a progress bar.
+
+    Returns:
+        (datalist {"training", "validation", "test", "cine_test"} of items with ``image``, ``mask``,
+        ``source``, ``frame``, ``pane``, ``regions``; the manifest's list of scans with file, sha256,
+        frame ranges per split).
+    """
+    from tqdm import tqdm
+
+    datalist: dict[str, list[dict]] = {"training": [], "validation": [], "test": [], "cine_test": []}
+    scans = []
+    for scan in tqdm(REAL_SCANS, desc="real B-mode", disable=None if progress else True, leave=False):
+        path = dicom_path(scan.file)
+        frames = extract_frames(scan.file)
+        used: dict[str, list[int]] = {}
+        for frame in frames:
+            split = frame_split(scan, frame.frame)
+            if split is None:
+                continue
+            image_rel = write_png(f"real_bmode/{frame.stem}.png", frame.image)
+            mask_rel = write_png(f"real_bmode/{frame.stem}_mask.png", frame.mask.astype(np.float32))
+            item = {
+                "image": image_rel,
+                "mask": mask_rel,
+                "source": f"pydicom-data:{scan.file}",
+                "frame": frame.frame,
+                "pane": frame.pane,
+                "regions": choose_regions(frame.image, frame.mask),
+            }
+            datalist[split].append(item)
+            if scan.file == CINE_FILE and split == "test":
+                datalist["cine_test"].append(item)
+            used.setdefault(split, []).append(frame.frame)
+        scans.append(
+            {
+                "file": scan.file,
+                "sha256": sha256_file(path),
+                "description": scan.description,
+                "frames": {s: [min(v), max(v) + 1] for s, v in used.items()},
+                "panes": len({f.pane for f in frames}),
+            }
+        )
+    return datalist, scans
