@@ -4,8 +4,10 @@ The five parts of Slicer's scripted-module template: the module description, a t
 node, the widget (bound to the parameter node with ``connectGui``), the logic and the tests. The
 work is in ``SlicerDespeckleLib/`` (as SlicerMONAIAuto3DSeg's ``MONAIAuto3DSegLib``): ``logic.py``,
 ``process.py`` (the background ``usdespeckle run`` process), ``volumes.py`` (nodes, sequences and
-temporary files), ``dependencies.py`` (packages per method) and ``panel.py`` (the run state of the
-panel); none of them needs the application, and only the Widget asks, waits or shows messages.
+temporary files), ``sequences.py`` (a sequence in bounded blocks of frames), ``dependencies.py``
+(packages per method, their versions, updates), ``gpu.py`` (is there a usable GPU), ``panel.py``
+(the run state of the panel) and ``settings_panel.py`` (method descriptions, which controls apply,
+the log); none of them needs the application, and only the Widget asks, waits or shows messages.
 The despeckling code and the denoiser ship inside the module (``SlicerDespeckleLib/runtime``).
 """
 
@@ -30,7 +32,7 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
-from SlicerDespeckleLib import dependencies
+from SlicerDespeckleLib import dependencies, gpu, settings_panel
 from SlicerDespeckleLib.logic import (
     AXIS_LABELS,
     BACKENDS,
@@ -49,6 +51,7 @@ from SlicerDespeckleLib.logic import (
     slice_index_at_ras,
 )
 from SlicerDespeckleLib.panel import RunPanel
+from SlicerDespeckleLib.process import MODULE_DIR, runtime_folder
 from SlicerDespeckleLib.volumes import browser_for
 
 #: The oldest Slicer the module is written for (Python 3.12, numpy 2.0, parameterNodeWrapper Unions).
@@ -183,6 +186,8 @@ class SlicerDespeckleParameterNode:
     backend - "onnx" (ONNX Runtime, default) or "torch" (PyTorch extension), network only.
     passes - mirrorings of each slice the network averages (either backend); time grows with passes.
     serverUrl - a MONAI Label server (http://host:port) to despeckle on; empty: on this computer.
+    uncertainty - also make "<input> uncertainty", the spread of the denoiser's 8 mirrored passes.
+    eightBitOutput - store the result as 8-bit (8-bit input only); float32 otherwise.
     """
 
     inputVolume: Union[vtkMRMLScalarVolumeNode, vtkMRMLSequenceNode, None]  # noqa: UP007 - read by parameterNodeWrapper
@@ -195,6 +200,8 @@ class SlicerDespeckleParameterNode:
     backend: Annotated[str, Choice(list(BACKENDS))] = DEFAULT_BACKEND
     passes: Passes = Passes.DEFAULT
     serverUrl: str = ""
+    uncertainty: bool = False
+    eightBitOutput: bool = False
 
 
 #
@@ -214,6 +221,9 @@ class SlicerDespeckleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._lastInputId = None
         self._timer = None
         self.panel: RunPanel | None = None
+        self._logHandler = None
+        self._gpu: dict[str, gpu.GpuStatus] = {}  # per backend, asked once per session
+        self._tooltips: dict[str, str] = {}
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -235,6 +245,7 @@ class SlicerDespeckleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.previewButton.connect("clicked(bool)", self.onPreviewButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self._setupExplainedSettings()
 
         self._timer = qt.QTimer()
         self._timer.setInterval(200)  # ms between progress polls
@@ -246,7 +257,78 @@ class SlicerDespeckleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Called when the application closes: stop any running process."""
         if self.panel is not None and self.panel.running:
             self.panel.cancel()
+        if self._logHandler is not None:
+            logging.getLogger("Despeckle").removeHandler(self._logHandler)
+            self._logHandler = None
         self.removeObservers()
+
+    # --- settings that explain themselves (settings_panel.py), packages, GPU --------------------
+
+    def _setupExplainedSettings(self) -> None:
+        """The log, the package line, the Update action; tooltips kept to restore them."""
+        self._tooltips = {name: getattr(self.ui, name).toolTip for name in settings_panel.CONTROLS}
+        self._logHandler = settings_panel.PanelLogHandler(self.ui.logTextEdit.appendPlainText)
+        logging.getLogger("Despeckle").addHandler(self._logHandler)
+        self.ui.updateButton.connect("clicked(bool)", self.onUpdateButton)
+        self._showPackageInformation()
+
+    def _requirementsFile(self) -> str:
+        return str(MODULE_DIR / "Resources" / "requirements.txt")
+
+    def _showPackageInformation(self) -> None:
+        self.ui.packageInfoLabel.text = dependencies.package_information(
+            self._requirementsFile(), runtime_folder(MODULE_DIR)
+        )
+
+    def _gpuStatus(self, backend: str) -> gpu.GpuStatus:
+        """Whether ``backend`` can use a GPU here; asked once per backend (importing its runtime)."""
+        if backend not in self._gpu:
+            self._gpu[backend] = gpu.gpu_status(backend)
+        return self._gpu[backend]
+
+    def _showSettingsState(self, p, node) -> None:
+        """Method description, and which settings apply (the others disabled, saying why)."""
+        settings_panel.show_method(self.ui, p.method)
+        server = bool(p.serverUrl.strip())
+        status = None
+        if p.method == "denoiser" and not server:
+            status = self._gpuStatus(p.backend)
+            if p.device == "cuda" and not status.usable:
+                p.device = "cpu"  # offered only when usable; the log says why
+                logging.getLogger("Despeckle").info(gpu.choose_device("cuda", status)[1])
+        states = settings_panel.control_states(
+            p.method, server=server, eight_bit_input=self._isEightBit(node), gpu=status
+        )
+        settings_panel.show_states(self.ui, states, self._tooltips)
+
+    @staticmethod
+    def _isEightBit(node) -> bool:
+        """The input's voxels (a sequence's first frame's) are unsigned 8-bit."""
+        if node is not None and node.IsA("vtkMRMLSequenceNode"):
+            node = node.GetNthDataNode(0) if node.GetNumberOfDataNodes() else None
+        image = node.GetImageData() if node is not None and hasattr(node, "GetImageData") else None
+        return image is not None and image.GetScalarType() == vtk.VTK_UNSIGNED_CHAR
+
+    def onUpdateButton(self) -> None:
+        """Upgrade the installed runtime packages, after asking (no wait cursor over the question)."""
+        import numpy
+
+        arguments = dependencies.update_arguments(self._requirementsFile(), numpy.__version__)
+        if not arguments:
+            slicer.util.infoDisplay(_("None of the module's packages is installed yet: nothing to update."))
+            return
+        if not slicer.util.confirmOkCancelDisplay(
+            _("Upgrade these packages to their newest versions that keep Slicer's numpy?\n{lines}").format(
+                lines="\n".join(f"- {a}" for a in arguments[1:])
+            ),
+            _("Update packages"),
+        ):
+            return
+        with slicer.util.tryWithErrorDisplay(_("Updating the packages failed."), waitCursor=True):
+            dependencies.update(self._requirementsFile())
+        self._showPackageInformation()
+        self._gpu.clear()
+        slicer.util.infoDisplay(_("Packages updated. Restart Slicer if a package was already in use."))
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -311,41 +393,55 @@ class SlicerDespeckleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             else _("Volume to write the result to. 'Create new volume on Apply' makes '<input> despeckled'.")
         )
         self.panel.set_ready(node is not None)
+        if p is not None:
+            self._showSettingsState(p, node)
 
     # --- running -----------------------------------------------------------------------------
 
-    def _settings(self) -> dict:
+    def _settings(self, preview: bool = False) -> dict:
         p = self._parameterNode
+        network = p.method == "denoiser"
+        device = p.device
+        if network and not p.serverUrl.strip():
+            device, message = gpu.choose_device(p.device, self._gpuStatus(p.backend))
+            if message:
+                logging.getLogger("Despeckle").info(message)
         return {
             "method": p.method,
             "axis": p.axis.value,
             "strength": p.strength,
             "backend": p.backend,
-            "device": p.device,
+            "device": device,
             "server_url": p.serverUrl,
             "passes": p.passes.value,
+            "uncertainty": network and p.uncertainty and not preview,
+            "eight_bit": p.eightBitOutput and self._isEightBit(p.inputVolume),
         }
 
-    def _ensureDependencies(self) -> bool:
-        """Ask, then install what the chosen method needs; False when the user declined."""
+    def _askToInstall(self) -> bool:
+        """Ask before installing what the chosen method needs (naming any restrictive licence).
+
+        Runs before the start's wait cursor, so the question is never hidden under it. False when
+        the user declined; the packages agreed to are installed by :meth:`_installAgreed`.
+        """
         p = self._parameterNode
-        missing = self.logic.missing_requirements(p.method, p.backend, p.serverUrl)
-        if not missing:
+        self._agreedInstall = self.logic.missing_requirements(p.method, p.backend, p.serverUrl)
+        if not self._agreedInstall:
             return True
-        names = "\n".join(f"- {r.name}" for r in missing)
-        if not slicer.util.confirmOkCancelDisplay(
-            _(
-                "The '{method}' method needs Python packages that are not installed yet:\n{names}\n\n"
-                "Install them now? This can take a few minutes."
-            ).format(method=p.method, names=names),
-            _("Install dependencies"),
-        ):
-            return False
+        return slicer.util.confirmOkCancelDisplay(
+            dependencies.consent_text(p.method, self._agreedInstall), _("Install dependencies")
+        )
+
+    def _installAgreed(self) -> None:
+        """Install what the user agreed to in :meth:`_askToInstall` (under the start's wait cursor)."""
+        missing, self._agreedInstall = getattr(self, "_agreedInstall", []), []
+        if not missing:
+            return
         self.ui.statusLabel.text = _("Installing {names}...").format(names=", ".join(r.name for r in missing))
         slicer.app.processEvents()
-        with slicer.util.WaitCursor():
-            dependencies.install(missing)
-        return True
+        dependencies.install(missing)
+        self._showPackageInformation()
+        self._gpu.clear()
 
     def _describe(self, node, preview: bool) -> str:
         p = self._parameterNode
@@ -359,11 +455,10 @@ class SlicerDespeckleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
 
         def start():
-            if not self._ensureDependencies():
-                return None
+            self._installAgreed()
             return self.logic.start(p.inputVolume, p.outputVolume, all_frames=p.allFrames, **self._settings())
 
-        if self.panel.begin(start, self._describe(p.inputVolume, preview=False)):
+        if self.panel.begin(start, self._describe(p.inputVolume, preview=False), ask=self._askToInstall):
             self._timer.start()
 
     def onPreviewButton(self) -> None:
@@ -371,8 +466,7 @@ class SlicerDespeckleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
 
         def start():
-            if not self._ensureDependencies():
-                return None
+            self._installAgreed()
             volume = p.inputVolume
             if volume.IsA("vtkMRMLSequenceNode"):  # the frame its browser shows
                 browser = browser_for(volume, slicer.mrmlScene)
@@ -382,9 +476,9 @@ class SlicerDespeckleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                         "the sequence is not shown in any view; select its proxy volume to preview"
                     )
             index = slice_index_at_ras(volume, self._viewCentreInVolumeCoordinates(volume), p.axis.value)
-            return self.logic.start(volume, None, slice_index=index, **self._settings())
+            return self.logic.start(volume, None, slice_index=index, **self._settings(preview=True))
 
-        if self.panel.begin(start, self._describe(p.inputVolume, preview=True)):
+        if self.panel.begin(start, self._describe(p.inputVolume, preview=True), ask=self._askToInstall):
             self._timer.start()
 
     def _sliceViewShowing(self, volume):
@@ -415,7 +509,14 @@ class SlicerDespeckleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._timer.stop()
 
     def _showResult(self, job, output, seconds: float) -> str:
-        """Show a finished job's output; returns the status line."""
+        """Show a finished job's output; returns the status line (naming the uncertainty map, if made)."""
+        status = self._showOutput(job, output, seconds)
+        uncertainty = job.context.uncertainty_node if job.context is not None else None
+        if uncertainty is not None:
+            status += " " + _("The uncertainty map is '{name}'.").format(name=uncertainty.GetName())
+        return status
+
+    def _showOutput(self, job, output, seconds: float) -> str:
         if job.preview:
             slicer.util.setSliceViewerLayers(foreground=output, foregroundOpacity=0.5)
             return _("Preview shown over the input at 50 % opacity ({s:.1f} s).").format(s=seconds)

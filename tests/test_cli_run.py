@@ -288,12 +288,37 @@ def test_server_run_refuses_uncertainty_before_any_work(tmp_path, volume_path, c
 
 def test_a_missing_optional_package_is_a_one_line_error(tmp_path, volume_path, capsys, monkeypatch):
     """The Slicer runtime has no SciPy: a classical method then names the package to install."""
-    for name in [
-        m for m in sys.modules if m.startswith(("usdespeckle.runtime.filters", "usdespeckle._filter"))
-    ]:
+    for name in [m for m in sys.modules if m.startswith("usdespeckle.runtime.filters")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "scipy", None)  # import scipy fails as if it were not installed
     out = tmp_path / "out.nrrd"
     assert main(["run", str(volume_path), str(out), "--method", "median", "--progress", "none"]) == 1
     assert "needs the Python package scipy" in one_line_error(capsys)
     assert not out.exists()
+
+
+def test_intensity_range_lets_blocks_of_frames_share_one_mapping(tmp_path, rng, capsys):
+    """Two halves run with the whole volume's range give the whole run's result; without it they do not."""
+    from usdespeckle.runtime.slicewise import robust_range
+
+    volume = (rng.rayleigh(1.0, (6, 40, 44)) * np.linspace(1.0, 4.0, 6)[:, None, None]).astype(np.float32)
+    paths = {}
+    for name, part in (("whole", volume), ("first", volume[:3]), ("second", volume[3:])):
+        paths[name] = tmp_path / f"{name}.nrrd"
+        sitk.WriteImage(sitk.GetImageFromArray(part), str(paths[name]))
+    low, high = robust_range(volume)
+
+    def run(name: str, *extra: str) -> np.ndarray:
+        out = tmp_path / f"{name}_out{len(extra)}.nrrd"
+        assert main(["run", str(paths[name]), str(out), "--method", "lee", "--progress", "none", *extra]) == 0
+        return sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+
+    whole = run("whole")
+    shared = ["--intensity-range", repr(low), repr(high)]
+    np.testing.assert_allclose(
+        np.concatenate([run("first", *shared), run("second", *shared)]), whole, atol=1e-5
+    )
+    alone = np.concatenate([run("first"), run("second")])
+    assert np.abs(alone - whole).max() > 1e-3  # each half's own range clips differently
+    assert main(["run", str(paths["whole"]), str(tmp_path / "x.nrrd"), "--intensity-range", "2", "1"]) == 1
+    assert "LOW < HIGH" in capsys.readouterr().err

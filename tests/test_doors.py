@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import ast
 import inspect
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -325,3 +326,18 @@ def test_monailabel_app_takes_its_choices_from_the_options():
     }
     assert {"METHODS", "MODEL_BACKENDS", "PASSES", "DEFAULT_PASSES"} <= imported
     assert _module_value(task, "SERVER_BACKEND") in options.MODEL_BACKENDS
+
+
+def test_every_method_has_a_one_line_description_and_a_reference() -> None:
+    """The Slicer panel shows these beside the method choice; a new method needs both."""
+    from usdespeckle.runtime import options
+
+    assert set(options.METHOD_DESCRIPTIONS) == set(options.METHODS)
+    assert set(options.METHOD_REFERENCES) == set(options.METHODS)
+    for method in options.METHODS:
+        description, reference = options.METHOD_DESCRIPTIONS[method], options.METHOD_REFERENCES[method]
+        assert "\n" not in description
+        assert 20 < len(description) <= 100, (method, description)
+        assert re.search(r"\(\d{4}\)", reference), (method, reference)  # a year: a citation
+    for method in options.METHOD_EXTRAS:  # the panel warns before the user picks it
+        assert "non-commercial" in options.METHOD_DESCRIPTIONS[method]

@@ -294,3 +294,39 @@ def test_constant_image_is_returned_unchanged(method: str) -> None:
     assert out is not flat
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, 0.25, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["bm3d", "mulog"])
+def test_without_bm3d_one_line_names_the_extra_and_the_licence(method: str, monkeypatch) -> None:
+    """bm3d is an opt-in extra (non-commercial licence): without it both filters say how to opt in."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "bm3d", None)  # `import bm3d` now fails as if it were absent
+    image = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    with pytest.raises(ImportError) as caught:
+        filters.FILTERS[method](image)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert f"despeckle_{method}" in message
+    assert "pip install 'usdespeckle[bm3d]'" in message
+    assert "non-commercial" in message
+
+
+def test_cli_without_bm3d_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys) -> None:
+    import sys
+
+    import SimpleITK as sitk
+
+    from usdespeckle import cli
+
+    source = tmp_path / "in.nrrd"
+    sitk.WriteImage(
+        sitk.GetImageFromArray(np.random.default_rng(1).random((24, 24)).astype(np.float32)), source
+    )
+    monkeypatch.setitem(sys.modules, "bm3d", None)
+    assert cli.main(["run", str(source), str(tmp_path / "out.nrrd"), "--method", "mulog"]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1, error
+    assert "usdespeckle[bm3d]" in error[0]
+    assert "non-commercial" in error[0]
+    assert not (tmp_path / "out.nrrd").exists()

@@ -278,3 +278,33 @@ def test_uncertainty_shows_where_mirrored_passes_disagree(tmp_path, rng):
     assert despeckled.GetSize() == spread_image.GetSize() == sitk_image.GetSize()
     with pytest.raises(ValueError, match="needs the denoiser"):
         despeckle_array(image, "median", return_uncertainty=True)
+
+
+def test_onnx_cuda_that_falls_back_says_so(tmp_path, monkeypatch):
+    """A listed CUDA provider whose libraries do not load: ONNX Runtime runs on the CPU, and we say so."""
+    import sys
+    import types
+
+    from usdespeckle.runtime import inference
+
+    made = {}
+
+    class Session:
+        def __init__(self, path, options, providers):
+            made["providers"] = providers
+
+        def get_providers(self):
+            return ["CPUExecutionProvider"]  # what ONNX Runtime does when CUDA fails to load
+
+    fake = types.SimpleNamespace(
+        get_available_providers=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
+        SessionOptions=lambda: types.SimpleNamespace(intra_op_num_threads=0),
+        InferenceSession=Session,
+    )
+    monkeypatch.setitem(sys.modules, "onnxruntime", fake)
+    with pytest.warns(RuntimeWarning, match="runs on the CPU"):
+        inference._open_onnx(tmp_path / "model.onnx", "cuda")
+    assert made["providers"][0] == "CUDAExecutionProvider"
+    fake.get_available_providers = lambda: ["CPUExecutionProvider"]
+    with pytest.raises(ValueError, match="no CUDA provider"):
+        inference._open_onnx(tmp_path / "model.onnx", "cuda")

@@ -96,6 +96,83 @@ def test_core_install_is_what_run_needs() -> None:
     assert done.stdout.strip() == "[]"
 
 
+def _installed_closure(names: set[str]) -> dict[str, object]:
+    """The installed distributions ``names`` need, with everything they need (extras left out)."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    found: dict[str, object] = {}
+    todo = list(names)
+    while todo:
+        name = re.sub(r"[-_.]+", "-", todo.pop()).lower()
+        if name in found:
+            continue
+        try:
+            found[name] = distribution = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            pytest.fail(f"{name}, which the core install needs, is not installed here")
+        for line in distribution.requires or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(requirement.name)
+    return found
+
+
+def _licence_text(distribution) -> str:
+    meta = distribution.metadata
+    classifiers = [c for c in meta.get_all("Classifier") or [] if c.startswith("License")]
+    return " ".join([meta.get("License-Expression") or "", (meta.get("License") or "")[:2000], *classifiers])
+
+
+#: GPL (not LGPL) and non-commercial terms, in a licence field, expression or classifier.
+_RESTRICTED_LICENCE = re.compile(
+    r"(?<!L)GPL|(?<!Lesser )General Public License|non-?commercial", re.IGNORECASE
+)
+
+
+def test_core_install_is_free_of_bm3d_and_of_gpl_or_non_commercial_licences() -> None:
+    """The licences of every installed package the core install pulls, read from their metadata."""
+    core = _requirement_names(PYPROJECT["project"]["dependencies"])
+    assert not core & {"bm3d", "bm4d"}, "bm3d's licence is non-commercial: it belongs in the [bm3d] extra"
+    closure = _installed_closure(core)
+    assert not set(closure) & {"bm3d", "bm4d"}
+    restricted = {
+        name: _licence_text(d) for name, d in closure.items() if _RESTRICTED_LICENCE.search(_licence_text(d))
+    }
+    assert not restricted, restricted
+    # the check itself sees a restricted licence where there is one
+    assert _RESTRICTED_LICENCE.search("GNU General Public License v3 (GPLv3)")
+    assert _RESTRICTED_LICENCE.search("for non-commercial use only")
+    assert not _RESTRICTED_LICENCE.search("GNU Lesser General Public License v3 (LGPLv3)")
+
+
+def test_bm3d_is_an_opt_in_extra_that_the_tests_pull() -> None:
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    assert _requirement_names(extras["bm3d"]) == {"bm3d"}
+    assert "bm3d" in extras["test"][0].split("[")[1], "the test suite runs BM3D and MuLoG"
+    readme = (REPO / "README.md").read_text("utf-8")
+    assert "`[bm3d]`" in readme
+    assert "non-commercial" in readme
+
+
+def test_readme_licence_table_lists_every_runtime_dependency() -> None:
+    """Every package the core install and the [torch]/[bm3d] extras pull has a row with its licence."""
+    readme = (REPO / "README.md").read_text("utf-8")
+    table = readme.split("## Licences", 1)[1].split("\n## ", 1)[0]
+    rows = {
+        re.sub(r"[-_.]+", "-", name.strip(" `")).lower(): cells[2].strip()
+        for cells in (line.split("|") for line in table.splitlines() if line.startswith("| `"))
+        for name in cells[1].split(",")
+    }
+    core = _requirement_names(PYPROJECT["project"]["dependencies"])
+    for name in _installed_closure(core):
+        assert name in rows, f"{name} (core install) has no row in the README's licence table"
+        assert not _RESTRICTED_LICENCE.search(rows[name]), (name, rows[name])
+    assert _RESTRICTED_LICENCE.search(rows["bm3d"]), "the table says bm3d is non-commercial"
+    assert "torch" in rows
+
+
 def test_wheel_lists_every_subpackage_and_the_bundle_files() -> None:
     setuptools = PYPROJECT["tool"]["setuptools"]
     found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "usdespeckle").rglob("__init__.py")}

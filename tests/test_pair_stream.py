@@ -104,3 +104,49 @@ def test_residual_denoiser_adds_its_body_to_the_input():
         network.body.final_conv.weight.zero_()
         network.body.final_conv.bias.zero_()
         torch.testing.assert_close(network(x), x)  # a silent body passes the input through
+
+
+@pytest.mark.slow
+def test_training_learns_checkpoints_and_resumes(tmp_path):
+    from usdespeckle.gan.denoiser_training import TrainSettings, train
+
+    settings = TrainSettings(
+        run_dir=str(tmp_path / "run"), cpu_minutes=0.25, batch=4, crop=64, lr=1e-3, threads=2,
+        validate_minutes=100.0,
+    )  # fmt: skip
+    network = ResidualUNetDenoiser(features=(8, 8, 16, 16, 32, 8))
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    first = train(network, settings)
+    assert set(first) >= {"psnr_acquisition", "psnr_rayleigh", "psnr_gamma", "psnr_mean", "real_fidelity"}
+    assert all(np.isfinite(v) for v in first.values())
+    assert any(not torch.equal(before[k], v) for k, v in network.state_dict().items())  # it trained
+    log = (tmp_path / "run" / "log.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(log) == 1
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    iterations = state["counters"]["iteration"]
+    assert iterations > 0
+    # a longer budget on the same folder resumes: the counters go on from the checkpoint
+    longer = TrainSettings(**{**settings.__dict__, "cpu_minutes": 0.4})
+    train(ResidualUNetDenoiser(features=(8, 8, 16, 16, 32, 8)), longer)
+    resumed = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert resumed["counters"]["iteration"] > iterations
+    assert len((tmp_path / "run" / "log.jsonl").read_text(encoding="utf-8").splitlines()) == 2
+
+
+def test_bundle_config_builds_the_network_and_the_training_settings():
+    from monai.bundle import ConfigParser
+
+    from usdespeckle.data.pair_stream import PairMix
+    from usdespeckle.gan.denoiser_training import TrainSettings
+    from usdespeckle.runtime.bundle_utils import default_bundle_root
+
+    parser = ConfigParser()
+    parser.read_config(str(default_bundle_root() / "configs" / "train_denoiser.json"))
+    network = parser.get_parsed_content("network_def")
+    assert isinstance(network, ResidualUNetDenoiser)
+    settings = parser.get_parsed_content("settings")
+    assert isinstance(settings, TrainSettings)
+    assert settings.run_dir.endswith("runs/denoiser")
+    mix = parser.get_parsed_content("pair_mix")
+    assert isinstance(mix, PairMix)
+    assert set(mix.speckle) == set(SPECKLES)

@@ -235,14 +235,14 @@ def test_fast_speckle_grain_matches_pymust(simulator: FastBModeSimulator) -> Non
 @pytest.mark.slow
 def test_physics_scatterer_groups_sum_like_one_simulation() -> None:
     """simus is linear in the scatterers: simulating them in groups and summing the RF changes little."""
-    from usdespeckle.simulation.physics import _beamform_iq
+    from usdespeckle.simulation.psf import beamform_iq
 
     rng = np.random.default_rng(1)
     count = 40
     x_scat, z_scat = rng.uniform(-1e-3, 1e-3, count), rng.uniform(19e-3, 21e-3, count)
     amplitude = rng.standard_normal(count)
     x_grid, z_grid = np.meshgrid(np.linspace(-1e-3, 1e-3, 12), np.linspace(19e-3, 21e-3, 12))
-    whole = _beamform_iq(x_scat, z_scat, amplitude, x_grid, z_grid, "L11-5v", 1)
-    grouped = _beamform_iq(x_scat, z_scat, amplitude, x_grid, z_grid, "L11-5v", 1, scatterer_chunk=15)
+    whole = beamform_iq(x_scat, z_scat, amplitude, x_grid, z_grid, "L11-5v", 1)
+    grouped = beamform_iq(x_scat, z_scat, amplitude, x_grid, z_grid, "L11-5v", 1, scatterer_chunk=15)
     assert np.abs(whole).max() > 0
     assert np.linalg.norm(grouped - whole) / np.linalg.norm(whole) < 0.02

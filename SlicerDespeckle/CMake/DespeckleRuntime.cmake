@@ -60,6 +60,52 @@ function(despeckle_copy_files repository_dir destination_dir)
   endforeach()
 endfunction()
 
+# Download the bundle files of a release repository (made by training/export_extension.py, which
+# writes CMake/DespeckleModelFiles.cmake) into destination_dir, each checked against its sha256:
+#   despeckle_fetch_files(<base URL> <destination_dir> <file> <sha256> [<file> <sha256> ...])
+# <file> is a path relative to the repository (monai_bundle/models/model.onnx); it is fetched from
+# <base URL>/<file name>. A file already there with the right checksum is not fetched again.
+function(despeckle_fetch_files base_url destination_dir)
+  set(pairs ${ARGN})
+  list(LENGTH pairs count)
+  math(EXPR odd "${count} % 2")
+  if(count EQUAL 0 OR odd)
+    message(FATAL_ERROR "Despeckle: despeckle_fetch_files needs <file> <sha256> pairs, got: ${pairs}")
+  endif()
+  math(EXPR last "${count} - 2")
+  foreach(index RANGE 0 ${last} 2)
+    math(EXPR next "${index} + 1")
+    list(GET pairs ${index} file)
+    list(GET pairs ${next} sha256)
+    get_filename_component(name "${file}" NAME)
+    set(destination "${destination_dir}/${file}")
+    if(EXISTS "${destination}")
+      file(SHA256 "${destination}" found)
+      if(found STREQUAL sha256)
+        continue()
+      endif()
+      file(REMOVE "${destination}")
+    endif()
+    set(url "${base_url}/${name}")
+    message(STATUS "Despeckle: fetching ${url} (sha256 ${sha256})")
+    file(DOWNLOAD "${url}" "${destination}.part" EXPECTED_HASH SHA256=${sha256} STATUS status)
+    list(GET status 0 code)
+    if(NOT code EQUAL 0 OR NOT EXISTS "${destination}.part")
+      list(GET status 1 reason)
+      file(REMOVE "${destination}.part")
+      message(FATAL_ERROR "Despeckle: could not download ${url} (${reason}). Check DESPECKLE_MODEL_BASE_URL "
+        "or put the file, with sha256 ${sha256}, at ${destination}.")
+    endif()
+    file(SHA256 "${destination}.part" found)
+    if(NOT found STREQUAL sha256)  # CMake reports the mismatch too; never keep the wrong file
+      file(REMOVE "${destination}.part")
+      message(FATAL_ERROR "Despeckle: ${url} has sha256 ${found}, not the ${sha256} this release was made "
+        "for: the release file changed or the URL is wrong (DESPECKLE_MODEL_BASE_URL).")
+    endif()
+    file(RENAME "${destination}.part" "${destination}")
+  endforeach()
+endfunction()
+
 # The whole runtime (library code and bundle files) into destination_dir.
 function(despeckle_copy_runtime repository_dir destination_dir)
   despeckle_runtime_library_files(_library "${repository_dir}")

@@ -21,6 +21,7 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import slicer
@@ -30,6 +31,7 @@ from SlicerDespeckleLib.dependencies import missing_for
 from SlicerDespeckleLib.process import (
     DEFAULT_PASSES,
     MODULE_DIR,
+    BlockJob,
     DespeckleCancelled,
     DespeckleJob,
     DespeckleProcessError,
@@ -41,15 +43,22 @@ from SlicerDespeckleLib.process import (
     runtime_folder,
     start_process,
 )
+from SlicerDespeckleLib.sequences import (
+    SequenceBuilder,
+    SourceFrames,
+    cast_result,
+    frame_blocks,
+    read_frames,
+    read_source,
+    sequence_intensity_range,
+)
 from SlicerDespeckleLib.volumes import (
     AXIS_LABELS,
+    BLOCK_VALUES,
     SOURCE_ATTRIBUTE,
-    SourceFrames,
     ijk_to_ras_array,
     read_nrrd,
-    read_source,
     slice_index_at_ras,
-    store_sequence,
     store_volume,
     write_nrrd,
 )
@@ -57,6 +66,7 @@ from SlicerDespeckleLib.volumes import (
 __all__ = [
     "AXIS_LABELS",
     "BACKENDS",
+    "BLOCK_VALUES",
     "DEFAULT_AXIS",
     "DEFAULT_BACKEND",
     "DEFAULT_DEVICE",
@@ -69,6 +79,7 @@ __all__ = [
     "PASSES",
     "PREVIEW_SUFFIX",
     "SOURCE_ATTRIBUTE",
+    "UNCERTAINTY_SUFFIX",
     "DespeckleCancelled",
     "DespeckleJob",
     "DespeckleLogic",
@@ -99,8 +110,11 @@ DEFAULT_BACKEND = "onnx"
 #: Mirrorings of each slice the denoiser averages (``usdespeckle run --passes``); time grows with
 #: passes. Either runtime.
 PASSES: tuple[int, ...] = _OPTIONS.PASSES
+#: Licence restrictions named in the consent dialog before a package is installed.
+PACKAGE_LICENCES: dict[str, str] = {"bm3d": _OPTIONS.BM3D_LICENCE}
 OUTPUT_SUFFIX = " despeckled"
 PREVIEW_SUFFIX = " despeckle preview"
+UNCERTAINTY_SUFFIX = " uncertainty"
 
 
 def validate_server_url(url: str) -> str:
@@ -163,12 +177,24 @@ def validate_parameters(
 
 @dataclass
 class RunContext:
-    """What :meth:`DespeckleLogic.finish` needs to store a job's result."""
+    """What :meth:`DespeckleLogic.finish` needs to store a job's result.
+
+    Attributes:
+        dtype: the voxel type stored: float32, or uint8 (8-bit input with 8-bit output asked for).
+        uncertainty: the denoiser's spread is stored too, as "<input> uncertainty".
+        builders: for a sequence, the despeckled sequence's builder and, with ``uncertainty``, the
+            spread's.
+        uncertainty_node: the stored uncertainty map, once the job is finished.
+    """
 
     source: SourceFrames
     output_node_id: str | None
     output_name: str
     ijk_to_ras: np.ndarray
+    dtype: str = "float32"
+    uncertainty: bool = False
+    builders: list[SequenceBuilder] | None = None
+    uncertainty_node: Any = None
 
 
 class DespeckleLogic:
@@ -250,6 +276,7 @@ class DespeckleLogic:
             backend,
             server=bool(validate_server_url(server_url)),
             requirements_file=MODULE_DIR / "Resources" / "requirements.txt",
+            licences=PACKAGE_LICENCES,
         )
 
     def start(
@@ -266,12 +293,19 @@ class DespeckleLogic:
         server_url: str = "",
         passes: int = DEFAULT_PASSES,
         all_frames: bool = True,
-    ) -> DespeckleJob:
-        """Write the input to a temporary NRRD and start ``usdespeckle run`` on it.
+        uncertainty: bool = False,
+        eight_bit: bool = False,
+        block_values: int = BLOCK_VALUES,
+    ) -> DespeckleJob | BlockJob:
+        """Write the input (as grey) to a temporary NRRD and start ``usdespeckle run`` on it.
+
+        A sequence is despeckled in blocks of frames of at most ``block_values`` voxels, one
+        process after the other, all with the intensity mapping of the whole sequence (on a
+        server, in one block: the server chooses its own mapping).
 
         Args:
-            input_node: a grey or colour volume (colour is read as grey), a sequence browser's
-                proxy volume, or a sequence of volumes; never modified.
+            input_node: a grey or colour volume (colour is turned into grey before it is written),
+                a sequence browser's proxy volume, or a sequence of volumes; never modified.
             output_volume: for a volume input, a scalar volume node to overwrite, or None for a new
                 node named ``"<input> despeckled"`` (made unique; made only when the run succeeds).
                 A sequence always gives a new sequence named so.
@@ -285,19 +319,33 @@ class DespeckleLogic:
             passes: mirrorings of each slice the denoiser averages (:data:`PASSES`; default 1).
             all_frames: a proxy volume stands for every frame of its sequence (True) or for the
                 frame shown (False).
+            uncertainty: denoiser only: also store the spread of its 8 mirrored passes as a second
+                output, ``"<input> uncertainty"`` (a volume, or a sequence in the same browser).
+            eight_bit: store the result as unsigned 8-bit (rounded, clipped to 0..255) instead of
+                float32; only for 8-bit input.
+            block_values: most voxels of one block of sequence frames (default :data:`BLOCK_VALUES`).
 
         Returns:
             The running job (``job.total`` is the number of slices).
 
         Raises:
             ValueError: no input, an input that is not a volume or sequence of volumes, output
-                equal to input, bad settings or server URL.
+                equal to input, bad settings or server URL, uncertainty without the denoiser,
+                8-bit output of an input that is not 8-bit.
             FileNotFoundError: the Python interpreter does not exist.
         """
         validate_parameters(method, axis, strength, backend, device, passes)
         server_url = validate_server_url(server_url)
+        if uncertainty and method != "denoiser":
+            raise ValueError(
+                f"the uncertainty map is the spread of the denoiser's passes; {method!r} has none"
+            )
         preview = slice_index is not None
         source = read_source(input_node, self.scene, axis, all_frames=all_frames and not preview)
+        if eight_bit and not source.is_8bit:
+            raise ValueError(
+                f"{source.name!r} is not 8-bit: an 8-bit result would lose its range; untick 8-bit output"
+            )
         if output_volume is not None and not source.is_sequence:
             if output_volume.GetID() == input_node.GetID():
                 raise ValueError(
@@ -310,7 +358,31 @@ class DespeckleLogic:
                     f"output {output_volume.GetName()!r} is a {output_volume.GetClassName()}; the result is a "
                     "grey volume: choose a scalar volume or 'Create new volume'"
                 )
-        array, ijk_to_ras = source.array, source.ijk_to_ras
+        if not Path(self.python_executable).exists() and shutil.which(self.python_executable) is None:
+            raise FileNotFoundError(
+                f"Python interpreter {self.python_executable!r} not found; set the Logic's python_executable "
+                "to an interpreter where usdespeckle runs"
+            )
+        settings = {
+            "method": method,
+            "axis": axis,
+            "strength": strength,
+            "backend": backend,
+            "device": device,
+            "server_url": server_url,
+            "passes": passes if method == "denoiser" else DEFAULT_PASSES,
+        }
+        context = RunContext(
+            source=source,
+            output_node_id=output_volume.GetID() if (output_volume is not None and not preview) else None,
+            output_name=f"{source.name}{PREVIEW_SUFFIX if preview else OUTPUT_SUFFIX}",
+            ijk_to_ras=source.ijk_to_ras,
+            dtype="uint8" if eight_bit else "float32",
+            uncertainty=uncertainty and not preview,
+        )
+        if source.is_sequence:
+            return self._start_sequence(context, settings, block_values)
+        array = source.array
         if preview:
             if not 0 <= slice_index < array.shape[axis]:
                 raise ValueError(
@@ -319,90 +391,138 @@ class DespeckleLogic:
             array = np.take(array, [slice_index], axis=axis)
             offset_ijk = np.zeros(3)
             offset_ijk[2 - axis] = slice_index  # numpy axis 0 is k, the third IJK component
-            ijk_to_ras = ijk_to_ras.copy()
-            ijk_to_ras[:3, 3] += ijk_to_ras[:3, :3] @ offset_ijk
-        if not Path(self.python_executable).exists() and shutil.which(self.python_executable) is None:
-            raise FileNotFoundError(
-                f"Python interpreter {self.python_executable!r} not found; set the Logic's python_executable "
-                "to an interpreter where usdespeckle runs"
-            )
+            context.ijk_to_ras = context.ijk_to_ras.copy()
+            context.ijk_to_ras[:3, 3] += context.ijk_to_ras[:3, :3] @ offset_ijk
+        job = self._start_process(array, context.ijk_to_ras, settings, uncertainty=context.uncertainty)
+        job.context, job.preview = context, preview
+        return job
 
+    def _start_process(
+        self,
+        array: np.ndarray,
+        ijk_to_ras: np.ndarray,
+        settings: dict,
+        *,
+        uncertainty: bool = False,
+        intensity_range: tuple[float, float] | None = None,
+    ) -> DespeckleJob:
+        """Write ``array`` to a new temporary folder and start ``usdespeckle run`` on it."""
         temp_dir = self._make_temp_dir()
         try:
-            input_path, output_path = temp_dir / DespeckleJob.INPUT_NAME, temp_dir / DespeckleJob.OUTPUT_NAME
+            input_path = temp_dir / DespeckleJob.INPUT_NAME
             write_nrrd(array, ijk_to_ras, input_path)
             command = despeckle_command(
                 self.python_executable,
                 input_path,
-                output_path,
-                method=method,
-                axis=axis,
-                strength=strength,
-                backend=backend,
-                device=device,
-                server_url=server_url,
-                passes=passes if method == "denoiser" else DEFAULT_PASSES,
+                temp_dir / DespeckleJob.OUTPUT_NAME,
+                uncertainty_path=temp_dir / DespeckleJob.UNCERTAINTY_NAME if uncertainty else None,
+                intensity_range=intensity_range,
+                **settings,
             )
             process = start_process(command, temp_dir, self._environment())
         except BaseException:
             shutil.rmtree(temp_dir, ignore_errors=True)
             raise
-        context = RunContext(
-            source=source,
-            output_node_id=output_volume.GetID() if (output_volume is not None and not preview) else None,
-            output_name=f"{source.name}{PREVIEW_SUFFIX if preview else OUTPUT_SUFFIX}",
-            ijk_to_ras=ijk_to_ras,
-        )
         return DespeckleJob(
-            process=process,
-            command=command,
-            temp_dir=temp_dir,
-            context=context,
-            preview=preview,
-            total=int(array.shape[axis]),
+            process=process, command=command, temp_dir=temp_dir, total=int(array.shape[settings["axis"]])
         )
 
-    def finish(self, job: DespeckleJob):
+    def _start_sequence(self, context: RunContext, settings: dict, block_values: int) -> BlockJob:
+        """Start the first block of a sequence; the job starts the others as each one ends."""
+        source, scene = context.source, self.scene
+        on_server = bool(settings["server_url"])
+        blocks = [(0, len(source.frame_sizes))] if on_server else frame_blocks(source, block_values)
+        intensity_range = None if on_server else sequence_intensity_range(scene, source)
+        context.builders = [SequenceBuilder(source, context.dtype)]
+        if context.uncertainty:
+            context.builders.append(SequenceBuilder(source, np.float32))
+
+        def start_block(start: int, stop: int) -> DespeckleJob:
+            array = read_frames(scene, source, start, stop)
+            return self._start_process(
+                array,
+                source.frame_geometry[start],
+                settings,
+                uncertainty=context.uncertainty,
+                intensity_range=intensity_range,
+            )
+
+        def finish_block(job: DespeckleJob, start: int, stop: int) -> None:
+            self._check_exit(job)
+            context.builders[0].add(read_nrrd(job.output_path)[0], start, stop)
+            if context.uncertainty:
+                context.builders[1].add(read_nrrd(job.uncertainty_path)[0], start, stop)
+
+        return BlockJob(
+            blocks=blocks,
+            block_slices=[sum(source.frame_sizes[a:b]) for a, b in blocks],
+            start_block=start_block,
+            finish_block=finish_block,
+            context=context,
+        ).begin()
+
+    def _check_exit(self, job: DespeckleJob) -> None:
+        """Wait for a job's process; raise when it was cancelled or failed."""
+        if job.cancelled:
+            raise DespeckleCancelled("despeckling was cancelled; the scene was not changed")
+        returncode = job.process.wait()
+        job.poll()
+        if returncode != 0:
+            detail = job.error_text() or "(no message)"
+            hint = (
+                "Check that the MONAI Label server is running at that URL and serves the "
+                "despeckling app (monailabel_app), or clear the server URL to run on this computer."
+                if "--server" in job.command
+                else "Check the method and device settings, and that the method's packages are installed "
+                "(the module offers to install them before the first run)."
+            )
+            raise DespeckleProcessError(
+                f"despeckling failed (exit status {returncode}): {detail}\n"
+                f"Command: {subprocess.list2cmdline(job.command)}\n{hint}"
+            )
+
+    def finish(self, job: DespeckleJob | BlockJob):
         """Read a finished job's result into the scene.
 
         Returns:
             The output: a ``vtkMRMLScalarVolumeNode`` for a volume (or a preview), a new
-            ``vtkMRMLSequenceNode`` for a sequence.
+            ``vtkMRMLSequenceNode`` for a sequence. With the uncertainty map asked for, its node
+            (a volume or a sequence) is ``job.context.uncertainty_node``.
 
         Raises:
             DespeckleProcessError: the process failed; the message quotes its error.
             DespeckleCancelled: the job was cancelled.
         """
+        context: RunContext = job.context
+        if isinstance(job, BlockJob):
+            try:
+                if job.cancelled or not job.finished:
+                    raise DespeckleCancelled("despeckling was cancelled; the scene was not changed")
+            finally:
+                job.cleanup()
+            builders = context.builders
+            output = builders[0].add_to_scene(self.scene, context.output_name, self.sequences_logic())
+            if context.uncertainty:
+                name = f"{context.source.name}{UNCERTAINTY_SUFFIX}"
+                context.uncertainty_node = builders[1].add_to_scene(self.scene, name, self.sequences_logic())
+            return output
         try:
-            if job.cancelled:
-                raise DespeckleCancelled("despeckling was cancelled; the scene was not changed")
-            returncode = job.process.wait()
-            job.poll()
-            if returncode != 0:
-                detail = job.error_text() or "(no message)"
-                hint = (
-                    "Check that the MONAI Label server is running at that URL and serves the "
-                    "despeckling app (monailabel_app), or clear the server URL to run on this computer."
-                    if "--server" in job.command
-                    else "Check the method and device settings, and that the method's packages are installed "
-                    "(the module offers to install them before the first run)."
-                )
-                raise DespeckleProcessError(
-                    f"despeckling failed (exit status {returncode}): {detail}\n"
-                    f"Command: {subprocess.list2cmdline(job.command)}\n{hint}"
-                )
+            self._check_exit(job)
             array, _ = read_nrrd(job.output_path)
+            spread = read_nrrd(job.uncertainty_path)[0] if context.uncertainty else None
         finally:
             job.cleanup()
-        return self._store(job, array)
+        output = self._store(job, cast_result(array, context.dtype))
+        if spread is not None:
+            name = f"{context.source.name}{UNCERTAINTY_SUFFIX}"  # made unique by store_volume
+            context.uncertainty_node = store_volume(
+                self.scene, None, name, spread, context.ijk_to_ras, context.source
+            )
+        return output
 
     def _store(self, job: DespeckleJob, array: np.ndarray):
         context: RunContext = job.context
         scene = self.scene
-        if context.source.is_sequence and not job.preview:
-            return store_sequence(
-                scene, context.output_name, array, context.source, sequences_logic=self.sequences_logic()
-            )
         output = scene.GetNodeByID(context.output_node_id) if context.output_node_id else None
         if output is None and job.preview:  # one preview node per input, reused
             for index in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):

@@ -100,18 +100,31 @@ class RunPanel:
             self._idle(failure_status)
             return False, None
 
-    def begin(self, start: Callable[[], Any], describe: str) -> bool:
-        """Start a job with ``start()`` (which may ask and install first; returning None means declined).
+    def begin(self, start: Callable[[], Any], describe: str, ask: Callable[[], bool] | None = None) -> bool:
+        """Ask first (``ask``), then start a job with ``start()`` (which may install what the user agreed to).
+
+        ``ask`` runs before the error display of ``show_error`` (in Slicer, before its wait cursor), so
+        a question it shows is never hidden under a busy cursor.
 
         Args:
-            start: returns a running job (``poll``, ``done``, ``total``, ``cancel``) or None.
+            start: returns a running job (``poll``, ``done``, ``total``, ``cancel``) or None (declined).
             describe: what runs, e.g. "Despeckling 'cine' (120 frames) with denoiser".
+            ask: shows any question (install these packages?); False means the user declined.
 
         Returns:
             True when a job runs.
         """
         if self.running:
             return False
+        if ask is not None:
+            try:
+                agreed = ask()
+            except Exception:
+                logger.exception("Despeckle: asking before the start failed")
+                agreed = False
+            if not agreed:
+                self._idle(self.tr("Nothing was run."))
+                return False
         ok, job = self.guard(
             start, self.tr("Failed to start despeckling."), self.tr("Could not start; nothing changed.")
         )

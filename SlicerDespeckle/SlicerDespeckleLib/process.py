@@ -128,6 +128,8 @@ def despeckle_command(
     device: str,
     server_url: str = "",
     passes: int = DEFAULT_PASSES,
+    uncertainty_path: str | os.PathLike | None = None,
+    intensity_range: tuple[float, float] | None = None,
 ) -> list[str]:
     """Return the ``usdespeckle run`` command line (progress as ``progress: i/n`` lines on stdout).
 
@@ -144,11 +146,18 @@ def despeckle_command(
             sends the work there and ``backend`` and ``device`` name the server's. Empty: run here.
         passes: ``--passes``, mirrorings of each slice the denoiser averages (1, the default, is the
             shipped setting).
+        uncertainty_path: ``--uncertainty``: where the denoiser writes the spread of its 8
+            mirrored passes; None: not written.
+        intensity_range: ``--intensity-range LOW HIGH``: the intensity mapping shared by every
+            block of a sequence; None: the input's own robust range.
 
     Returns:
         The argument list for ``subprocess.Popen``.
     """
     server = ["--server", str(server_url)] if server_url else []
+    extra = ["--uncertainty", str(uncertainty_path)] if uncertainty_path else []
+    if intensity_range is not None:
+        extra += ["--intensity-range", *(repr(float(v)) for v in intensity_range)]
     return [
         str(python_executable),
         "-m",
@@ -168,6 +177,7 @@ def despeckle_command(
         str(device),
         "--passes",
         str(int(passes)),
+        *extra,
         *server,
         "--progress",
         "lines",
@@ -299,10 +309,15 @@ class DespeckleJob:
     #: The files the process reads and writes in ``temp_dir``.
     INPUT_NAME: ClassVar[str] = "input.nrrd"
     OUTPUT_NAME: ClassVar[str] = "output.nrrd"
+    UNCERTAINTY_NAME: ClassVar[str] = "uncertainty.nrrd"
 
     @property
     def output_path(self) -> Path:
         return self.temp_dir / self.OUTPUT_NAME
+
+    @property
+    def uncertainty_path(self) -> Path:
+        return self.temp_dir / self.UNCERTAINTY_NAME
 
     @property
     def stdout_path(self) -> Path:
@@ -358,3 +373,87 @@ class DespeckleJob:
     def cleanup(self) -> None:
         """Delete the temporary folder (what cannot be deleted yet is left for a later call)."""
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+@dataclass
+class BlockJob:
+    """A sequence despeckled block by block: one ``usdespeckle run`` process at a time.
+
+    Has the interface of :class:`DespeckleJob` that the panel and ``DespeckleLogic.process`` use
+    (``poll``, ``done``, ``total``, ``cancel``, ``started``, ``preview``, ``cancelled``).
+    Each block's process is started by ``start_block(start, stop)`` and, once it has exited, its
+    result is taken by ``finish_block(job, start, stop)``, which raises when the process failed;
+    then the next block starts.
+
+    Attributes:
+        blocks: ``(start, stop)`` frame ranges, in order.
+        block_slices: slices of each block (for the progress over the whole sequence).
+        current: the running block's job (None before the first and after the last).
+        finished: every block's result was taken.
+    """
+
+    blocks: list[tuple[int, int]]
+    block_slices: list[int]
+    start_block: Any
+    finish_block: Any
+    context: Any = None
+    preview: bool = False
+    started: float = field(default_factory=time.monotonic)
+    cancelled: bool = False
+    current: DespeckleJob | None = None
+    index: int = 0
+    finished: bool = False
+
+    def begin(self) -> BlockJob:
+        """Start the first block's process; returns self."""
+        self.current = self.start_block(*self.blocks[0])
+        return self
+
+    @property
+    def total(self) -> int:
+        return int(sum(self.block_slices))
+
+    @property
+    def done(self) -> int:
+        running = self.current.done if self.current is not None else 0
+        return int(sum(self.block_slices[: self.index])) + int(running)
+
+    @property
+    def command(self) -> list[str]:
+        return self.current.command if self.current is not None else []
+
+    def poll(self) -> bool:
+        """Read the running block's progress; take its result and start the next once it has exited.
+
+        Returns:
+            True once every block is done (or the job was cancelled).
+
+        Raises:
+            Whatever ``finish_block`` raises for a failed block (the job is then over).
+        """
+        if self.finished or self.cancelled:
+            return True
+        if self.current is None or not self.current.poll():
+            return False
+        job, (start, stop) = self.current, self.blocks[self.index]
+        try:
+            self.finish_block(job, start, stop)
+        finally:
+            job.cleanup()
+        self.index += 1
+        self.current = None
+        if self.index == len(self.blocks):
+            self.finished = True
+            return True
+        self.current = self.start_block(*self.blocks[self.index])
+        return False
+
+    def cancel(self) -> None:
+        """Kill the running block's process tree; the blocks already done are dropped."""
+        self.cancelled = True
+        if self.current is not None:
+            self.current.cancel()
+
+    def cleanup(self) -> None:
+        if self.current is not None:
+            self.current.cleanup()

@@ -75,20 +75,23 @@ READ_CINE = textwrap.dedent(
         sys.exit(3)
     path = pathlib.Path(list(spec.submodule_search_locations)[0]) / "data" / "color3d_jpeg_baseline.dcm"
     image = sitk.ReadImage(str(path))
-    array = sitk.GetArrayFromImage(image)[: int(sys.argv[2])]  # (frames, 480, 640, 3) uint8
+    start = 0
+    if sys.argv[3] == "test":  # the block of frames the denoiser never saw in training
+        from usdespeckle.data.real_bmode import CINE_BLOCKS
+        start = CINE_BLOCKS["test"][0]
+    array = sitk.GetArrayFromImage(image)[start : start + int(sys.argv[2])]  # (frames, 480, 640, 3) uint8
     np.save(sys.argv[1], array)
+    print(start)
     """
 )
 
 
-@pytest.fixture(scope="session")
-def cine_array(project_python, tmp_path_factory):
-    """The first frames of pydicom-data's cardiac cine ``color3d_jpeg_baseline.dcm``: (frames, 480, 640, 3) uint8."""
+def _read_cine(project_python, tmp_path_factory, block: str):
     import numpy as np
 
     path = tmp_path_factory.mktemp("cine") / "cine.npy"
     result = subprocess.run(
-        [project_python, "-c", READ_CINE, str(path), str(CINE_FRAMES)],
+        [project_python, "-c", READ_CINE, str(path), str(CINE_FRAMES), block],
         capture_output=True,
         text=True,
         timeout=300,
@@ -98,4 +101,16 @@ def cine_array(project_python, tmp_path_factory):
     array = np.load(path)
     assert array.shape == (CINE_FRAMES, 480, 640, 3)
     assert array.dtype == np.uint8
-    return array
+    return array, int(result.stdout.split()[-1])
+
+
+@pytest.fixture(scope="session")
+def cine_array(project_python, tmp_path_factory):
+    """The first frames of pydicom-data's cardiac cine ``color3d_jpeg_baseline.dcm``: (frames, 480, 640, 3) uint8."""
+    return _read_cine(project_python, tmp_path_factory, "first")[0]
+
+
+@pytest.fixture(scope="session")
+def held_out_cine(project_python, tmp_path_factory):
+    """``(frames, index of the first)``: frames of that cine from its test block, never seen in training."""
+    return _read_cine(project_python, tmp_path_factory, "test")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -25,6 +26,7 @@ from SlicerDespeckleLib.logic import (
     OUTPUT_SUFFIX,
     PREVIEW_SUFFIX,
     SOURCE_ATTRIBUTE,
+    UNCERTAINTY_SUFFIX,
     DespeckleCancelled,
     DespeckleLogic,
     DespeckleProcessError,
@@ -213,6 +215,51 @@ def test_denoiser_passes_reach_the_network(scene, volume, project_python, tmp_pa
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(volume), before)
 
 
+def test_uncertainty_map_is_a_second_output(scene, volume, project_python, sequences_logic):
+    """The denoiser's spread over its 8 mirrored passes, as '<input> uncertainty', beside the result."""
+    logic = DespeckleLogic(project_python, sequences_logic=sequences_logic)
+    job = logic.start(volume, method="denoiser", backend="onnx", uncertainty=True)
+    assert "--uncertainty" in job.command
+    while not job.poll():
+        time.sleep(0.05)
+    output = logic.finish(job)
+    spread_node = job.context.uncertainty_node
+    assert spread_node is not None
+    assert spread_node.GetName() == "phantom" + UNCERTAINTY_SUFFIX
+    spread = slicer.util.arrayFromVolume(spread_node)
+    assert spread.shape == slicer.util.arrayFromVolume(output).shape
+    assert (spread >= 0).all()
+    assert spread.max() > 0  # the mirrored passes disagree somewhere
+    np.testing.assert_allclose(ijk_to_ras_array(spread_node), ijk_to_ras_array(volume), atol=1e-9)
+    with pytest.raises(ValueError, match="denoiser"):
+        logic.start(volume, method="median", uncertainty=True)
+    assert "--uncertainty" not in logic.start(volume, method="denoiser", backend="onnx").command
+
+
+def test_package_line_and_update_arguments(tmp_path):
+    from SlicerDespeckleLib import dependencies
+
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("onnxruntime>=1.18\nscikit-image>=0.22\nbm3d>=4.0.3\n")
+    installed = {"onnxruntime": "1.20.1", "bm3d": "4.0.3"}
+    arguments = dependencies.update_arguments(requirements, "2.0.2", version=installed.get)
+    assert arguments == [
+        "--upgrade",
+        "onnxruntime>=1.18",
+        "bm3d>=4.0.3",
+        "numpy==2.0.2",
+    ]  # never installs new ones
+    assert dependencies.update_arguments(requirements, "2.0.2", version=lambda name: None) == []
+    runtime = runtime_folder(REPO / "SlicerDespeckle")
+    line = dependencies.package_information(requirements, runtime)
+    metadata = json.loads((runtime / "monai_bundle" / "configs" / "metadata.json").read_text())
+    assert f"denoiser {metadata['version']}" in line
+    assert metadata["weights_sha256"]["models/model.onnx"][:12] in line
+    for name in ("onnxruntime", "scikit-image", "bm3d"):
+        assert name in line
+    assert "cannot read" in dependencies.model_information(tmp_path)
+
+
 def test_strength_zero_and_chosen_output_node(scene, volume, project_python):
     chosen = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "my output")
     output = DespeckleLogic(project_python).process(volume, chosen, method="median", axis=1, strength=0.0)
@@ -366,6 +413,26 @@ def test_missing_checks_the_module_not_the_distribution(tmp_path):
 
     assert bool(missing) == (importlib.util.find_spec("skimage") is None)
     assert missing_for("median", "onnx", server=False, requirements_file=requirements) == []
+
+
+def test_consent_names_bm3ds_licence_before_installing(monkeypatch):
+    """bm3d is licensed for non-commercial use only: the question asked before installing says so."""
+    from SlicerDespeckleLib import dependencies
+
+    monkeypatch.setattr(dependencies, "is_installed", lambda requirement: False)  # a fresh Slicer
+    logic = DespeckleLogic(python_executable=sys.executable)
+    for method in ("bm3d", "mulog"):
+        missing = logic.missing_requirements(method, "onnx")
+        assert [r.name for r in missing] == ["bm3d"]
+        text = dependencies.consent_text(method, missing)
+        assert "non-commercial" in text
+        assert "Licence:" in text
+        assert f"'{method}'" in text
+    onnx = logic.missing_requirements("denoiser", "onnx")
+    assert [r.licence for r in onnx] == [""]
+    text = dependencies.consent_text("denoiser", onnx)
+    assert "Licence" not in text
+    assert "onnxruntime" in text
 
 
 def test_pip_keeps_slicers_numpy():

@@ -1,16 +1,18 @@
 """The extension's screenshot (docs/screenshot.png): the panel, offscreen, after a real run on a real cine.
 
-The panel is the module's own ``.ui`` file loaded with PySide6. Slicer's widget classes are not
-available outside Slicer, so the loader builds plain Qt widgets of the same kind for them
-(a combo box for ``qMRMLNodeComboBox``, a group box for ``ctkCollapsibleButton``, a spin box for
+The panel is the module's own ``.ui`` file loaded with PySide6: the picture is drawn, not taken in
+Slicer. Slicer's widget classes are not available outside Slicer, so the loader builds plain Qt
+widgets of the same kind for them (a combo box for ``qMRMLNodeComboBox``, a group box for
+``ctkCollapsibleButton``, whose contents are hidden when it is collapsed, a spin box for
 ``ctkSliderWidget``), filled as ``connectGui`` fills them. The run is real: the shipped denoiser
-(ONNX Runtime) on the first frames of pydicom-data's cardiac cine, through the module's Logic and
-its panel state (``RunPanel``); the images beside the panel are an input frame and its despeckled
-frame. ``SLICERDESPECKLE_UPDATE_SCREENSHOT=1`` writes the picture to ``docs/screenshot.png``.
+(ONNX Runtime) on frames of pydicom-data's cardiac cine from its test block (never seen in
+training), through the module's Logic, its panel state (``RunPanel``) and its log; the images
+beside the panel are an input frame and its despeckled frame. ``SLICERDESPECKLE_UPDATE_SCREENSHOT=1`` writes the picture to ``docs/screenshot.png``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -21,13 +23,15 @@ import numpy as np
 import pytest
 import slicer
 import slicer.util
+from SlicerDespeckleLib import dependencies, settings_panel
 from SlicerDespeckleLib.logic import AXIS_LABELS, BACKENDS, DEVICES, METHODS, DespeckleLogic
 from SlicerDespeckleLib.panel import RunPanel
+from SlicerDespeckleLib.process import runtime_folder
 
 REPO = Path(__file__).resolve().parents[2]
 UI_PATH = REPO / "SlicerDespeckle" / "Resources" / "UI" / "SlicerDespeckle.ui"
 SCREENSHOT = REPO / "docs" / "screenshot.png"
-FRAME = 2  # the frame shown
+FRAME = 2  # the frame shown, of the held-out frames
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +71,7 @@ def _stand_ins():
 def _load_panel():
     from PySide6.QtCore import QFile
     from PySide6.QtUiTools import QUiLoader
+    from PySide6.QtWidgets import QWidget
 
     loader = QUiLoader()
     for cls in _stand_ins():
@@ -76,6 +81,13 @@ def _load_panel():
     panel = loader.load(ui_file)
     ui_file.close()
     assert panel is not None
+    collapsible = _stand_ins()[1].__name__
+    for section in panel.findChildren(QWidget):
+        if type(section).__name__ == collapsible and section.property("collapsed"):
+            for child in section.findChildren(QWidget):
+                child.hide()  # as ctkCollapsibleButton shows a collapsed section: its title only
+            section.setTitle(section.title().replace("▾", "▸"))
+            section.setFlat(True)
     return panel
 
 
@@ -93,10 +105,11 @@ def _grey_pixmap(array: np.ndarray, width: int):
 
 
 def test_screenshot_of_the_panel_after_despeckling_a_cine(
-    app, scene, sequences_logic, cine_array, project_python, tmp_path
+    app, scene, sequences_logic, held_out_cine, project_python, tmp_path
 ):
     from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
+    cine_array, first = held_out_cine
     # the cine as Slicer loads it: a sequence of colour frames played by a browser
     sequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "cardiac cine")
     sequence.SetIndexName("time")
@@ -126,6 +139,9 @@ def test_screenshot_of_the_panel_after_despeckling_a_cine(
         "backendComboBox",
         "passesComboBox",
         "allFramesCheckBox",
+        "methodDescriptionLabel",
+        "logTextEdit",
+        "packageInfoLabel",
     )
     ui = SimpleNamespace(**{name: panel.findChild(QWidget, name) for name in names})
     for name in names[5:12]:
@@ -141,6 +157,20 @@ def test_screenshot_of_the_panel_after_despeckling_a_cine(
     ui.passesComboBox.addItems(["1 (default, fastest)", "2", "4", "8 (self-ensemble)"])
     ui.allFramesCheckBox.setChecked(True)
 
+    settings_panel.show_method(ui, "denoiser")
+    ui.packageInfoLabel.setText(
+        dependencies.package_information(
+            REPO / "SlicerDespeckle" / "Resources" / "requirements.txt",
+            runtime_folder(REPO / "SlicerDespeckle"),
+        )
+    )
+    handler = settings_panel.PanelLogHandler(ui.logTextEdit.appendPlainText)
+    logger = logging.getLogger("Despeckle")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    ui.logTextEdit.appendPlainText(
+        f"Despeckling 'cardiac cine' (frames {first}-{first + len(cine_array) - 1})"
+    )
     run = RunPanel(ui)
     run.set_ready(True)
     logic = DespeckleLogic(project_python, sequences_logic=sequences_logic)
@@ -157,7 +187,9 @@ def test_screenshot_of_the_panel_after_despeckling_a_cine(
     while not run.poll(logic.finish, succeeded):
         assert time.monotonic() < deadline
         time.sleep(0.1)
+    logger.removeHandler(handler)
     assert outputs, ui.statusLabel.text()
+    assert "usdespeckle: wrote" in ui.logTextEdit.toPlainText()  # the process's own lines reached the log
     output = outputs[0]
     assert output.GetNumberOfDataNodes() == sequence.GetNumberOfDataNodes()
 
@@ -168,7 +200,7 @@ def test_screenshot_of_the_panel_after_despeckling_a_cine(
     panel.setFixedWidth(420)
     row.addWidget(panel)
     for title, image in (
-        (f"{proxy.GetName()}, frame {FRAME}", before),
+        (f"{proxy.GetName()}, frame {first + FRAME} (held out from training)", before),
         (f"{output.GetName()} (denoiser)", after),
     ):
         column = QVBoxLayout()
@@ -180,7 +212,7 @@ def test_screenshot_of_the_panel_after_despeckling_a_cine(
         column.addStretch(1)
         row.addLayout(column)
     window.setStyleSheet("QWidget { font-size: 11pt; }")
-    window.resize(1240, 540)
+    window.resize(1240, 760)
     window.show()
     app.processEvents()
     shot = window.grab().toImage()

@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import subprocess
 import textwrap
+import time
 
 import numpy as np
 import pytest
 import slicer
 import slicer.util
-from SlicerDespeckleLib.logic import OUTPUT_SUFFIX, SOURCE_ATTRIBUTE, DespeckleLogic, ijk_to_ras_array
+from SlicerDespeckleLib.logic import (
+    OUTPUT_SUFFIX,
+    SOURCE_ATTRIBUTE,
+    DespeckleCancelled,
+    DespeckleLogic,
+    ijk_to_ras_array,
+)
 
 FRAME_MS = 33.333  # the cine's frame time, (0018,1063)
 
@@ -210,3 +217,114 @@ def test_frames_that_do_not_match_are_refused(scene, sequences_logic, project_py
     slicer.util.updateVolumeFromArray(label, np.ones((2, 30, 40), dtype=np.uint8))
     with pytest.raises(ValueError, match="label maps"):
         logic.start(label, method="median")
+
+
+def test_blocks_of_frames_share_one_mapping(
+    scene, sequences_logic, cine, cine_array, project_python, tmp_path
+):
+    """Frames in blocks (two frames each here) give what one run over the whole loop gives."""
+    sequence, _browser, proxy = cine
+    logic = DespeckleLogic(project_python, sequences_logic=sequences_logic)
+    seen: list[tuple[int, int]] = []
+    job_blocks = logic.start(proxy, method="lee", block_values=2 * 480 * 640)
+    assert job_blocks.blocks == [(0, 2), (2, 4)]
+    job_blocks.cancel()
+    output = logic.process(
+        proxy, method="lee", block_values=2 * 480 * 640, progress=lambda d, t: seen.append((d, t))
+    )
+    assert [total for _, total in seen] == [len(cine_array)] * len(seen)
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+    assert seen[-1] == (len(cine_array),) * 2
+    reference = _reference(project_python, cine_array, "lee", tmp_path)  # one run, the whole loop
+    for item in range(len(cine_array)):
+        result = slicer.util.arrayFromVolume(output.GetNthDataNode(item))[0]
+        np.testing.assert_allclose(result, reference[item], rtol=1e-5, atol=1e-3)
+    assert output.GetNumberOfDataNodes() == sequence.GetNumberOfDataNodes()
+
+
+def test_cancel_between_blocks_adds_nothing(scene, sequences_logic, cine, project_python):
+    sequence, _browser, _proxy = cine
+    logic = DespeckleLogic(project_python, sequences_logic=sequences_logic)
+    nodes = scene.GetNumberOfNodes()
+    job = logic.start(sequence, method="median", block_values=480 * 640)  # a frame per block
+    deadline = time.monotonic() + 300
+    while job.index < 1 and not job.poll():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert job.done >= 1  # a block was done (and is dropped)
+    job.cancel()
+    with pytest.raises(DespeckleCancelled):
+        logic.finish(job)
+    assert scene.GetNumberOfNodes() == nodes
+    assert job.current is None or not job.current.temp_dir.exists()
+
+
+def test_eight_bit_output_of_an_8bit_cine(scene, sequences_logic, cine, project_python):
+    sequence, _browser, _proxy = cine
+    logic = DespeckleLogic(project_python, sequences_logic=sequences_logic)
+    output = logic.process(sequence, method="median", eight_bit=True)
+    floats = logic.process(sequence, method="median")
+    for item in range(sequence.GetNumberOfDataNodes()):
+        small = slicer.util.arrayFromVolume(output.GetNthDataNode(item))
+        assert small.dtype == np.uint8
+        full = slicer.util.arrayFromVolume(floats.GetNthDataNode(item))
+        np.testing.assert_array_equal(small, np.clip(np.rint(full), 0, 255).astype(np.uint8))
+    grey = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "float input")
+    slicer.util.updateVolumeFromArray(grey, np.ones((2, 30, 40), np.float32))
+    with pytest.raises(ValueError, match="not 8-bit"):
+        logic.start(grey, method="median", eight_bit=True)
+
+
+@pytest.mark.slow
+def test_300_frame_colour_cine_in_bounded_memory(project_python):
+    """A 10 s colour cine (300 frames, 480 x 640 x 3): accepted, in blocks, with bounded peak memory.
+
+    3 x 92 M values would pass the 2**28 limit as colour; as grey, in blocks of BLOCK_VALUES voxels,
+    the module holds the output sequence plus a few copies of one block.
+    """
+    import json
+    import math
+    import sys
+    from pathlib import Path
+
+    from SlicerDespeckleLib.volumes import BLOCK_VALUES
+
+    script = Path(__file__).with_name("cine_memory.py")
+    done = subprocess.run(
+        [sys.executable, str(script), project_python, "300", "median"],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    numbers = json.loads(done.stdout.strip().splitlines()[-1])
+    print(numbers)
+    assert 300 * 480 * 640 * 3 > 2**28  # refused as colour before
+    assert numbers["blocks"] == math.ceil(300 / (BLOCK_VALUES // (480 * 640)))
+    block_bytes = BLOCK_VALUES * 4
+    assert numbers["module_peak_above_scene_bytes"] < numbers["output_bytes"] + 6 * block_bytes
+    assert numbers["module_peak_above_scene_bytes"] < 2 * numbers["output_bytes"]  # the whole loop twice
+    assert 0 < numbers["process_peak_bytes"] < 256 * 2**20 + 4 * block_bytes
+
+
+@pytest.mark.slow
+def test_uncertainty_of_a_sequence_in_blocks(scene, sequences_logic, cine, project_python):
+    """The spread comes as a second sequence with the same frame times, in the same browser."""
+    sequence, browser, proxy = cine
+    logic = DespeckleLogic(project_python, sequences_logic=sequences_logic)
+    job = logic.start(proxy, method="denoiser", backend="onnx", uncertainty=True, block_values=2 * 480 * 640)
+    deadline = time.monotonic() + 900
+    while not job.poll():
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    output = logic.finish(job)
+    spread = job.context.uncertainty_node
+    assert spread.IsA("vtkMRMLSequenceNode")
+    assert spread.GetName() == "cine uncertainty"
+    assert _index_values(spread) == _index_values(output) == _index_values(sequence)
+    assert browser.IsSynchronizedSequenceNodeID(spread.GetID(), False)
+    for item in range(sequence.GetNumberOfDataNodes()):
+        values = slicer.util.arrayFromVolume(spread.GetNthDataNode(item))
+        assert values.shape == (1, 480, 640)
+        assert (values >= 0).all()
+        assert values.max() > 0

@@ -36,15 +36,19 @@ def panel():
 
 
 PANEL_PATH = MODULE_DIR / "SlicerDespeckleLib" / "panel.py"
+SETTINGS_PANEL_PATH = MODULE_DIR / "SlicerDespeckleLib" / "settings_panel.py"
 
 
 def _ui_names_used_by_module() -> set[str]:
     """Widgets the module file and the panel's run state (SlicerDespeckleLib/panel.py) use."""
-    return {
+    names = {
         name
-        for path in (MODULE_PATH, PANEL_PATH)
-        for name in re.findall(r"self\.ui\.(\w+)", path.read_text())
+        for path in (MODULE_PATH, PANEL_PATH, SETTINGS_PANEL_PATH)
+        for name in re.findall(r"(?:self\.)?ui\.(\w+)", path.read_text())
     }
+    from SlicerDespeckleLib import settings_panel
+
+    return names | set(settings_panel.CONTROLS) | set(settings_panel.LABELS.values())
 
 
 def _parameter_names() -> set[str]:
@@ -85,6 +89,8 @@ def test_every_parameter_has_a_bound_widget(panel):
         "backend",
         "passes",
         "serverUrl",
+        "uncertainty",
+        "eightBitOutput",
     }
     assert set(bound) == parameters, f"parameters {parameters} vs widgets bound in the .ui {bound}"
     assert bound["serverUrl"] == "serverUrlLineEdit"
@@ -145,3 +151,33 @@ def test_names_the_module_imports_from_its_library_exist():
             for alias in node.names:
                 found = hasattr(module, alias.name) or importlib.util.find_spec(f"{node.module}.{alias.name}")
                 assert found, f"SlicerDespeckle.py imports {alias.name} from {node.module}, which has none"
+
+
+def test_advanced_section_is_collapsed_and_holds_device_backend_passes_server(panel):
+    from PySide6.QtWidgets import QWidget
+
+    advanced = panel.findChild(QWidget, "advancedCollapsibleButton")
+    assert advanced is not None
+    assert advanced.property("collapsed") is True
+    inside = {w.objectName() for w in advanced.findChildren(QWidget)}
+    assert {
+        "deviceComboBox",
+        "backendComboBox",
+        "passesComboBox",
+        "serverUrlLineEdit",
+        "packageInfoLabel",
+        "updateButton",
+    } <= inside
+    settings = panel.findChild(QWidget, "settingsCollapsibleButton")
+    main = {w.objectName() for w in settings.findChildren(QWidget)}
+    assert {"methodComboBox", "methodDescriptionLabel", "uncertaintyCheckBox", "eightBitCheckBox"} <= main
+    assert not main & {"deviceComboBox", "backendComboBox", "passesComboBox", "serverUrlLineEdit"}
+
+
+def test_log_is_a_read_only_scrolling_text(panel):
+    from PySide6.QtWidgets import QPlainTextEdit
+
+    log = panel.findChild(QPlainTextEdit, "logTextEdit")
+    assert log is not None
+    assert log.isReadOnly()
+    assert log.maximumBlockCount() > 100  # bounded, scrolls

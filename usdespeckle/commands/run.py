@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -116,6 +117,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "with --server)",
     )
     parser.add_argument(
+        "--intensity-range",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="map intensities LOW..HIGH to the methods' [0, 1] instead of the input's 0.5 and 99.5 "
+        "percentiles: parts of one volume or cine (blocks of frames) then share one mapping",
+    )
+    parser.add_argument(
         "--force",
         action="store_true",
         help="overwrite OUTPUT (and its data file, for .mhd/.hdr) if it exists",
@@ -189,6 +198,16 @@ def _missing_package(method: str, err: ImportError) -> str:
     return f"--method {method} needs the Python package {pip}, which is not installed: pip install {pip}"
 
 
+def _intensity_range(args: argparse.Namespace) -> tuple[float, float] | None:
+    """``--intensity-range`` checked: finite, LOW < HIGH; None when not given."""
+    if args.intensity_range is None:
+        return None
+    low, high = args.intensity_range
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ValueError(f"--intensity-range needs finite LOW < HIGH, got {low} {high}")
+    return low, high
+
+
 def _checked_input(args: argparse.Namespace):
     """Read INPUT and check, before any computation, everything about the run that can be checked.
 
@@ -246,6 +265,8 @@ def main(args: argparse.Namespace) -> int:
                 "--uncertainty is computed on this machine only: drop --server to get it, or drop "
                 "--uncertainty to despeckle on the server"
             )
+        if args.intensity_range is not None:
+            raise UserError("--intensity-range is not sent to a server; leave it out with --server")
         return _main_via_server(args)
     from usdespeckle.runtime.inference import despeckle_image, resolve_backend
     from usdespeckle.runtime.io import write_image
@@ -267,6 +288,7 @@ def main(args: argparse.Namespace) -> int:
                 progress=callback,
                 passes=args.passes,
                 return_uncertainty=bool(args.uncertainty),
+                intensity_range=_intensity_range(args),
             )
         finally:
             close()

@@ -160,7 +160,16 @@ def _open_onnx(path: Path, device: str) -> Any:
         providers.insert(0, "CUDAExecutionProvider")
     options = ort.SessionOptions()
     options.intra_op_num_threads = onnx_threads()
-    return ort.InferenceSession(str(path), options, providers=providers)
+    session = ort.InferenceSession(str(path), options, providers=providers)
+    if device == "cuda" and session.get_providers()[:1] != ["CUDAExecutionProvider"]:
+        # ONNX Runtime lists the provider but falls back when CUDA's libraries do not load
+        warnings.warn(
+            "ONNX Runtime could not start its CUDA provider (CUDA or cuDNN libraries missing or not "
+            "matching onnxruntime-gpu); the denoiser runs on the CPU",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return session
 
 
 def _open_torchscript(path: Path, device: str) -> Any:

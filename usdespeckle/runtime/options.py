@@ -12,6 +12,7 @@ __all__ = [
     "AXES",
     "BACKENDS",
     "BACKEND_NAMES",
+    "BM3D_LICENCE",
     "CLASSICAL_METHODS",
     "DEFAULT_AXIS",
     "DEFAULT_BACKEND",
@@ -24,6 +25,9 @@ __all__ = [
     "MAX_BATCH_SIZE",
     "MAX_VOXELS",
     "METHODS",
+    "METHOD_DESCRIPTIONS",
+    "METHOD_EXTRAS",
+    "METHOD_REFERENCES",
     "MIRRORINGS",
     "MODEL_BACKENDS",
     "MODEL_FILES",
@@ -45,9 +49,58 @@ CLASSICAL_METHODS: tuple[str, ...] = (
     "nlm",
     "tv",
 )
+#: The licence of the ``bm3d`` package (and the ``bm4d`` it pulls), which BM3D and MuLoG need, in
+#: one line: shown before it is installed and in the error when it is missing.
+BM3D_LICENCE = (
+    "bm3d (Tampere University) is licensed for non-commercial use only and may not be redistributed "
+    "without the authors' consent"
+)
+#: Methods that need a pip extra beyond the core install (``pip install 'usdespeckle[<extra>]'``),
+#: because its package's licence keeps it out of the core install.
+METHOD_EXTRAS: dict[str, str] = {"bm3d": "bm3d", "mulog": "bm3d"}
+
 #: Every method a front door accepts: the shipped denoiser first, then the classical filters.
 METHODS: tuple[str, ...] = ("denoiser", *CLASSICAL_METHODS)
 DEFAULT_METHOD = "denoiser"
+#: One line per method saying what it does, shown beside the method choice (the Slicer panel).
+METHOD_DESCRIPTIONS: dict[str, str] = {
+    "denoiser": "pix2pix network trained on simulated and real speckle; keeps edges, fast with ONNX Runtime",
+    "median": "median of a 5 x 5 window: the simple baseline; rounds corners",
+    "lee": "Lee's local-statistics filter: smooths where the local variation is speckle-like",
+    "frost": "Frost's filter: an exponential kernel that narrows at edges",
+    "kuan": "Kuan's adaptive filter: Lee's filter without its first-order approximation",
+    "srad": "speckle-reducing anisotropic diffusion: smooths along structures, not across",
+    "obnlm": "Bayesian non-local means with the Pearson distance, made for ultrasound speckle",
+    "bm3d": "BM3D on the log image with the speckle's spectrum; strong, slow (non-commercial licence)",
+    "mulog": "MuLoG: BM3D inside an ADMM on the log image; slow (non-commercial licence)",
+    "nlm": "scikit-image's non-local means (fast mode), its noise level estimated from the image",
+    "tv": "total-variation denoising (Chambolle): flat regions, sharp edges, some cartoon look",
+}
+#: The paper each method comes from (shown as a tooltip).
+METHOD_REFERENCES: dict[str, str] = {
+    "denoiser": "Vieira, G. et al. (2024). Ultrasound despeckling with GANs and cross modality transfer "
+    "learning. IEEE Access 12:45811-45823.",
+    "median": "Huang, T. S., Yang, G. J., Tang, G. Y. (1979). A fast two-dimensional median filtering "
+    "algorithm. IEEE TASSP 27(1):13-18. DOI:10.1109/TASSP.1979.1163188",
+    "lee": "Lee, J.-S. (1980). Digital image enhancement and noise filtering by use of local statistics. "
+    "IEEE TPAMI 2(2):165-168. DOI:10.1109/TPAMI.1980.4766994",
+    "frost": "Frost, V. S. et al. (1982). A model for radar images and its application to adaptive digital "
+    "filtering of multiplicative noise. IEEE TPAMI 4(2):157-166. DOI:10.1109/TPAMI.1982.4767223",
+    "kuan": "Kuan, D. T. et al. (1985). Adaptive noise smoothing filter for images with signal-dependent "
+    "noise. IEEE TPAMI 7(2):165-177. DOI:10.1109/TPAMI.1985.4767641",
+    "srad": "Yu, Y., Acton, S. T. (2002). Speckle reducing anisotropic diffusion. IEEE TIP 11(11):1260-1270. "
+    "DOI:10.1109/TIP.2002.804276",
+    "obnlm": "Coupe, P. et al. (2009). Nonlocal means-based speckle filtering for ultrasound images. "
+    "IEEE TIP 18(10):2221-2229. DOI:10.1109/TIP.2009.2024064",
+    "bm3d": "Dabov, K. et al. (2007). Image denoising by sparse 3-D transform-domain collaborative "
+    "filtering. IEEE TIP 16(8):2080-2095. DOI:10.1109/TIP.2007.901238",
+    "mulog": "Deledalle, C.-A. et al. (2017). MuLoG, or how to apply Gaussian denoisers to multi-channel "
+    "SAR speckle reduction? IEEE TIP 26(9):4389-4403. DOI:10.1109/TIP.2017.2713946",
+    "nlm": "Buades, A., Coll, B., Morel, J.-M. (2005). A non-local algorithm for image denoising. CVPR, "
+    "60-65. DOI:10.1109/CVPR.2005.38",
+    "tv": "Chambolle, A. (2004). An algorithm for total variation minimization and applications. "
+    "J. Math. Imaging Vis. 20:89-97. DOI:10.1023/B:JMIV.0000011325.36760.1e",
+}
 
 #: Numbers of mirrorings of each slice the denoiser may average (a self-ensemble): the first n of
 #: :data:`MIRRORINGS`. 1 is the shipped setting; time grows linearly with passes.

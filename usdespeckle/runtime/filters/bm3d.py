@@ -19,6 +19,7 @@ from scipy import special
 
 from usdespeckle.runtime.filters.common import apply_slicewise, local_stats, noise_std, normalise, positive
 from usdespeckle.runtime.filters.noise import estimate_looks, estimate_noise_psd, psf_covariance
+from usdespeckle.runtime.options import BM3D_LICENCE, METHOD_EXTRAS
 
 __all__ = [
     "despeckle_bm3d",
@@ -40,11 +41,19 @@ def _check_profile_and_noise(profile: str, noise: str, method: str) -> None:
         raise ValueError(f"despeckle_{method}: noise must be 'psd' or 'white', got {noise!r}")
 
 
-def _import_bm3d():
+def _import_bm3d(method: str = "bm3d"):
+    """The ``bm3d`` package, an opt-in extra (see :data:`usdespeckle.runtime.options.BM3D_LICENCE`).
+
+    Raises:
+        ImportError: one line naming the extra and the package's non-commercial licence.
+    """
     try:
         import bm3d
-    except ImportError as err:  # pragma: no cover - bm3d is a project dependency
-        raise ImportError("this despeckler needs the 'bm3d' package: pip install bm3d") from err
+    except ImportError:
+        raise ImportError(
+            f"despeckle_{method} needs the optional package bm3d, not part of the core install: "
+            f"{BM3D_LICENCE}; if your use is allowed, pip install 'usdespeckle[{METHOD_EXTRAS[method]}]'"
+        ) from None
     return bm3d
 
 
@@ -311,7 +320,7 @@ def despeckle_mulog(
     looks, strength, dynamic_range_db = _mulog_parameters(
         looks, n_iter, strength, dynamic_range_db, domain, noise, profile
     )
-    _import_bm3d()
+    _import_bm3d("mulog")
     db_to_nepers = dynamic_range_db * np.log(10.0) / 10.0  # log I per unit of the [0, 1] display
 
     def run(img: np.ndarray) -> np.ndarray:

@@ -1,0 +1,128 @@
+"""Tables and learning curves of the denoiser's training runs (training/train_denoiser.py).
+
+    python training/denoiser2_report.py --out reports/ablation_denoiser2.md
+
+Reads every ``runs/denoiser2/*/log.jsonl``; scores reference methods (the input, the shipped denoiser,
+OBNLM and TV at their defaults) once on the same validation pairs and real validation frames
+(cached in ``runs/denoiser2/reference_scores.json``); writes a Markdown table (last validation of
+each run) and a figure of validation PSNR and real-frame fidelity against images seen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from usdespeckle.data.pair_stream import SPECKLES
+from usdespeckle.gan.denoiser_training import real_validation_frames, validation_pairs
+from usdespeckle.metrics import psnr, psnr_affine
+from usdespeckle.metrics.real import echogenicity_fidelity
+from usdespeckle.runtime.atomic import atomic_write
+
+REFERENCES = ("input", "denoiser 1.0.0", "obnlm", "tv")
+COLUMNS = (
+    [f"psnr_{s}" for s in SPECKLES] + ["psnr_mean"] + [f"psnr_aff_{s}" for s in SPECKLES] + ["real_fidelity"]
+)
+
+
+def _method(name: str):
+    from usdespeckle.runtime.filters import FILTERS
+    from usdespeckle.runtime.inference import despeckle_array
+
+    if name == "input":
+        return lambda image: image
+    if name == "denoiser 1.0.0":
+        return lambda image: np.clip(despeckle_array(image, backend="onnx"), 0.0, 1.0)
+    return FILTERS[name]
+
+
+def reference_scores(cache: Path) -> dict[str, dict[str, float]]:
+    if cache.is_file():
+        return json.loads(cache.read_text(encoding="utf-8"))
+    pairs, real = validation_pairs(), real_validation_frames()
+    result = {}
+    for name in REFERENCES:
+        method = _method(name)
+        scores: dict[str, list[float]] = {}
+        for speckled, target, kind in pairs:
+            out = np.asarray(method(speckled), dtype=np.float64)
+            speckle = kind.split("/")[1]
+            scores.setdefault(f"psnr_{speckle}", []).append(psnr(out, target))
+            scores.setdefault(f"psnr_aff_{speckle}", []).append(psnr_affine(out, target))
+        for image, mask, _ in real:
+            out = np.asarray(method(image), dtype=np.float64)
+            scores.setdefault("real_fidelity", []).append(echogenicity_fidelity(out, image, mask).correlation)
+        row = {k: float(np.mean(v)) for k, v in scores.items()}
+        row["psnr_mean"] = float(np.mean([row[f"psnr_{s}"] for s in SPECKLES]))
+        result[name] = row
+        print(name, json.dumps({k: round(v, 3) for k, v in row.items()}), flush=True)
+    atomic_write(cache, json.dumps(result, indent=2))
+    return result
+
+
+def read_logs(runs: Path) -> dict[str, list[dict]]:
+    logs = {}
+    for path in sorted(runs.glob("*/log.jsonl")):
+        lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if lines:
+            logs[path.parent.name] = lines
+    return logs
+
+
+def figure(logs: dict[str, list[dict]], references: dict[str, dict[str, float]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, label in (
+        (axes[0], "psnr_mean", "validation PSNR, mean of 3 speckle kinds (dB)"),
+        (axes[1], "real_fidelity", "echogenicity fidelity, real validation frames"),
+    ):
+        for name, lines in logs.items():
+            ax.plot([li["images"] for li in lines], [li[key] for li in lines], marker="o", label=name)
+        for i, (name, row) in enumerate(references.items()):
+            ax.axhline(row[key], linestyle="--", color=f"C{i + 5}", label=name)
+        ax.set_xlabel("training images seen")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=110))
+
+
+def table(logs: dict[str, list[dict]], references: dict[str, dict[str, float]]) -> str:
+    head = "| run | images | CPU min | " + " | ".join(COLUMNS) + " |"
+    rows = [head, "|" + "---|" * (len(COLUMNS) + 3)]
+    for name, row in references.items():
+        rows.append(f"| {name} | - | - | " + " | ".join(f"{row[c]:.3f}" for c in COLUMNS) + " |")
+    for name, lines in logs.items():
+        last = lines[-1]
+        rows.append(
+            f"| {name} | {last['images']} | {last['cpu_min']:.1f} | "
+            + " | ".join(f"{last[c]:.3f}" for c in COLUMNS)
+            + " |"
+        )
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=Path, default=Path("runs/denoiser2"))
+    parser.add_argument("--out", type=Path, default=Path("reports/ablation_denoiser2.md"))
+    parser.add_argument("--figure", type=Path, default=Path("reports/figures/denoiser2_learning_curve.png"))
+    args = parser.parse_args()
+    references = reference_scores(args.runs / "reference_scores.json")
+    logs = read_logs(args.runs)
+    figure(logs, references, args.figure)
+    text = table(logs, references)
+    print(text)
+    atomic_write(args.out, text + "\n")
+
+
+if __name__ == "__main__":
+    main()
