@@ -33,6 +33,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.morphology import disk
 
+from usdespeckle.data.sources import package_file
 from usdespeckle.runtime.bundle_utils import sha256_file
 
 __all__ = [
@@ -126,16 +127,7 @@ def dicom_path(file: str) -> Path:
     Raises:
         FileNotFoundError: the package or the file is not installed.
     """
-    try:
-        import data_store  # pydicom-data's package
-    except ImportError as err:
-        raise FileNotFoundError(
-            "the real ultrasound scans come from the pydicom-data package: pip install pydicom-data"
-        ) from err
-    path = Path(next(iter(data_store.__path__))) / "data" / file
-    if not path.is_file():
-        raise FileNotFoundError(f"{file} is not in the installed pydicom-data ({path.parent}).")
-    return path
+    return package_file("data_store", f"data/{file}", "pydicom-data")  # data_store: pydicom-data's package
 
 
 def _read_rgb(path: Path) -> np.ndarray:

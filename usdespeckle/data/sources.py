@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -115,6 +116,29 @@ def flip_rotate(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 # ----------------------------------------------------------------------------- MRI
 
 
+def package_file(package: str, relative: str, pip_name: str) -> Path:
+    """A data file shipped inside an installed package (nothing is downloaded).
+
+    Args:
+        package: the importable package that ships it (``nilearn``, ``data_store``).
+        relative: its path inside the package's folder.
+        pip_name: what to ``pip install`` when the package is missing.
+
+    Raises:
+        FileNotFoundError: the package is not installed, or holds no such file.
+    """
+    try:
+        module = importlib.import_module(package)
+    except ImportError as err:
+        raise FileNotFoundError(
+            f"{Path(relative).name} comes from the {pip_name} package: pip install {pip_name}"
+        ) from err
+    path = Path(next(iter(module.__path__))) / relative
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is not in the installed {pip_name}; reinstall it")
+    return path
+
+
 @functools.lru_cache(maxsize=1)
 def load_mri_volume() -> tuple[np.ndarray, str]:
     """Load nilearn's MNI152 T1 template from the installed package (no network).
@@ -128,15 +152,7 @@ def load_mri_volume() -> tuple[np.ndarray, str]:
     """
     import nibabel as nib
 
-    try:
-        import nilearn
-    except ImportError as err:
-        raise FileNotFoundError(
-            "nilearn is not installed; `pip install nilearn` provides the MRI template."
-        ) from err
-    path = Path(nilearn.__file__).parent / MNI_T1
-    if not path.is_file():
-        raise FileNotFoundError(f"MNI152 template not found at {path}; reinstall nilearn (>= 0.10).")
+    path = package_file("nilearn", MNI_T1, "nilearn")
     volume = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
     scale = float(np.percentile(volume, 99.9))
     volume = np.clip(volume / scale, 0.0, 1.0)

@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
-from monai.utils import convert_to_dst_type, convert_to_numpy
 from scipy import ndimage
+
+from usdespeckle.simulation.channels import map_channels
 
 __all__ = ["LEVEL_STEP", "LowLevelMapd", "low_level_map"]
 
@@ -62,13 +63,5 @@ class LowLevelMapd(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            img = d[key]
-            arr = convert_to_numpy(img, dtype=np.float32)
-            if arr.ndim != 3:
-                raise ValueError(
-                    f"LowLevelMapd expects channel-first (C, H, W) data for key {key!r}; got shape "
-                    f"{arr.shape}. Add EnsureChannelFirstd first."
-                )
-            out = np.stack([low_level_map(channel) for channel in arr]).astype(np.float32)
-            d[key] = convert_to_dst_type(out, dst=img, dtype=out.dtype)[0]
+            d[key] = map_channels(d[key], low_level_map, key, "LowLevelMapd")
         return d

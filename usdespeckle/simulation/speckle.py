@@ -16,14 +16,16 @@ channel-first ``(C, H, W)`` arrays or tensors.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
-from monai.utils import convert_to_dst_type, convert_to_numpy
 from scipy import ndimage
+
+from usdespeckle.simulation.channels import map_channels
 
 __all__ = [
     "RandGammaSpeckled",
@@ -183,19 +185,10 @@ class _RandSpeckled(RandomizableTransform, MapTransform):
                 if self.allow_missing_keys:
                     continue
                 raise KeyError(f"key {key!r} not in data (keys: {list(d)}); set allow_missing_keys=True.")
-            img = d[key]
-            arr = convert_to_numpy(img, dtype=np.float32)
-            if arr.ndim != 3:
-                raise ValueError(
-                    f"{type(self).__name__} expects channel-first (C, H, W) data for key {key!r}; "
-                    f"got shape {arr.shape}. Add EnsureChannelFirstd first."
-                )
-            if self._do_transform:
-                rng = np.random.default_rng(seed)
-                out = np.stack([self._speckle(channel, rng) for channel in arr]).astype(np.float32)
-            else:
-                out = arr.copy()
-            d[key] = convert_to_dst_type(out, dst=img, dtype=out.dtype)[0]
+            speckle = functools.partial(self._speckle, rng=np.random.default_rng(seed))
+            d[key] = map_channels(
+                d[key], speckle if self._do_transform else np.copy, key, type(self).__name__
+            )
         return d
 
 
