@@ -40,6 +40,7 @@ from SlicerDespeckleLib.logic import (
     DEFAULT_DEVICE,
     DEFAULT_METHOD,
     DEFAULT_PASSES,
+    DEFAULT_STRENGTH,
     DEVICES,
     METHODS,
     PASSES,
@@ -194,7 +195,7 @@ class SlicerDespeckleParameterNode:
     allFrames: bool = True
     method: Annotated[str, Choice(list(METHODS))] = DEFAULT_METHOD
     axis: SliceAxis = SliceAxis.K_SLICES
-    strength: Annotated[float, WithinRange(0.0, 1.0)] = 1.0
+    strength: Annotated[float, WithinRange(0.0, 1.0)] = DEFAULT_STRENGTH
     device: Annotated[str, Choice(list(DEVICES))] = DEFAULT_DEVICE
     backend: Annotated[str, Choice(list(BACKENDS))] = DEFAULT_BACKEND
     passes: Passes = Passes.DEFAULT

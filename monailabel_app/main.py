@@ -13,7 +13,7 @@ Start it (no download at start; see README.md beside this file)::
 - ``simulator_bundle``: the bundle folder holding the simulator (``models/simulator.ts`` or
   ``simulator.pt``, sha256 checked against its metadata; default: ``bundle``).
 - ``max_upload_mb``: largest upload, MB (default 1024); ``max_voxels``: largest number of values
-  an image's header may declare (default ``usdespeckle.io.MAX_VOXELS``, 2**28).
+  an image's header may declare (default ``usdespeckle.runtime.io.MAX_VOXELS``, 2**28).
 - ``threads``: torch CPU threads (default: torch's choice).
 - ``body_timeout_s``: seconds a request's body may take to arrive before the request is cut with
   HTTP 408 (default 300; a body that stalls 30 s is cut too).
@@ -40,8 +40,7 @@ from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 
 import usdespeckle
-from usdespeckle.io import MAX_VOXELS
-from usdespeckle.options import DEFAULT_DEVICE, DEVICES, MODEL_BACKENDS
+from usdespeckle.runtime.options import DEFAULT_DEVICE, DEVICES, MAX_VOXELS, MODEL_BACKENDS
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Tiny bundles for the tests: one place that writes a bundle folder the way the library reads it.
 
-A bundle here is what ``usdespeckle.inference.load_denoiser`` needs: ``models/model.ts``
+A bundle here is what ``usdespeckle.runtime.inference.load_denoiser`` needs: ``models/model.ts``
 (TorchScript), optionally ``models/model.onnx`` and ``models/simulator.ts``, and
 ``configs/metadata.json`` with the spatial divisor and the sha256 of every model file.
 
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from usdespeckle.bundle_utils import sha256_file
+from usdespeckle.runtime.bundle_utils import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "monai_bundle" / "configs"
@@ -107,6 +107,16 @@ def write_metadata(root: Path, files: list[str], divisor: int = DIVISOR) -> None
     (root / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2))
 
 
+def record_sha256(root: Path, rel: str, digest: str | None) -> None:
+    """Make ``root``'s metadata.json record ``digest`` as the sha256 of ``rel`` (None: record none)."""
+    meta_path = root / "configs" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["weights_sha256"].pop(rel, None)
+    if digest is not None:
+        meta["weights_sha256"][rel] = digest
+    meta_path.write_text(json.dumps(meta))
+
+
 def make_bundle(
     root: Path,
     *,
@@ -167,7 +177,7 @@ def make_exported_bundle(
     inference.json and metadata.json, exports model.ts and model.onnx and records the checksums, as
     for a real bundle. Returns the folder and the generator (in eval mode).
     """
-    from usdespeckle.networks import Pix2PixUNetGenerator
+    from usdespeckle.gan.networks import Pix2PixUNetGenerator
 
     shutil.copytree(CONFIGS, root / "configs")
     train = json.loads((CONFIGS / "train.json").read_text())

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from usdespeckle.acquisition import AcquisitionRanges, RandAcquisitiond, simulate_acquisition
+from usdespeckle.simulation.acquisition import AcquisitionRanges, RandAcquisitiond, simulate_acquisition
 
 PLAIN = AcquisitionRanges(anechoic_prob=0.0, sector_prob=0.0, jpeg_prob=0.0, partial_prob=0.0)
 

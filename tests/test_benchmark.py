@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -162,13 +163,11 @@ def test_cli_reports_errors_and_writes_report(tmp_path, capsys):
     assert (tmp_path / "figures" / "rayleigh_strong.png").is_file()
 
 
-def test_denoiser_without_weights_is_skipped_with_reason(monkeypatch):
-    monkeypatch.setattr(
-        benchmark.methods, "_denoiser_method", lambda: (None, "no trained weights at x/model.ts")
-    )
+def test_denoiser_without_weights_is_skipped_with_reason(monkeypatch, tmp_path):
+    monkeypatch.setenv("USDESPECKLE_BUNDLE", str(tmp_path))  # a bundle folder with no weights
     chosen, skipped = resolve_methods(["median", "denoiser"])
     assert list(chosen) == ["median"]
-    assert "weights" in skipped["denoiser"]
+    assert str(tmp_path / "models") in skipped["denoiser"]  # the loader's own message: where it looked
 
 
 def test_registered_method_runs_like_any_other(monkeypatch, tmp_path):
@@ -330,9 +329,15 @@ def test_summary_names_the_strongest_classical_method(real_run):
     assert np.isnan(row["denoiser"])  # not run here
     cine_row = rows[("cine", "flicker")]
     assert cine_row["input"] == pytest.approx(1.0)
+    assert rows[("real_bmode", "ratio_m")]["input"] == math.inf  # the input's residual is zero
     report = (out / "benchmark.md").read_text(encoding="utf-8")
-    assert "| real_bmode | M (lower better) ↓ | ∞ |" in report
-    assert f"({row['classical']}) |" in report
+    line = next(x for x in report.splitlines() if x.startswith("| real_bmode | M "))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    ratio = rows[("real_bmode", "ratio_m")]
+    assert cells[2] == "∞"
+    value, name = cells[3].split()
+    assert name == f"({ratio['classical']})"
+    assert float(value) == pytest.approx(ratio["classical_value"], abs=1e-3)
 
 
 def test_real_sets_without_data_are_skipped_with_a_note(tmp_path):
@@ -389,7 +394,7 @@ def test_demo_real_writes_input_classical_and_method(real_data, tmp_path, capsys
 @pytest.mark.slow
 def test_demo_real_reads_the_held_out_cine_from_pydicom_data():
     from usdespeckle.commands.demo import held_out_cine_frames
-    from usdespeckle.real_bmode import CINE_BLOCKS
+    from usdespeckle.data.real_bmode import CINE_BLOCKS
 
     frames, field, origin = held_out_cine_frames(None, 2)
     assert frames.shape[0] == 2

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from usdespeckle import filters, metrics
+from usdespeckle import metrics
 from usdespeckle.benchmark import INPUT, run_benchmark
 from usdespeckle.benchmark import peers as peer_module
 from usdespeckle.benchmark.sets import SETS
 from usdespeckle.benchmark.tuning import TunedSettings, load_tuned_settings, select_settings
+from usdespeckle.runtime import filters
 
 REPO = Path(__file__).resolve().parents[1]
 PEERS_EXTRA = "needs the optional extra: pip install 'usdespeckle[peers]'"

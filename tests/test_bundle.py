@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,14 +18,13 @@ from ignite.engine import Events
 from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
 
-from usdespeckle import bundle_utils
-from usdespeckle.ensemble import SelfEnsemble
-from usdespeckle.networks import Pix2PixUNetGenerator
+from usdespeckle.gan.ensemble import SelfEnsemble
+from usdespeckle.gan.networks import Pix2PixUNetGenerator
+from usdespeckle.runtime import bundle_utils
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "monai_bundle"
 CONFIGS = BUNDLE / "configs"
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
 # the simulator's config: train_simulator.json is an override stacked on train.json
 SIMULATOR = ["train.json", "train_simulator.json"]
 PYTHON = sys.executable
@@ -175,48 +173,39 @@ def test_simulator_training_uses_low_level_maps(tmp_path: Path, dataset_dir: Pat
     assert bundle_utils.latest_checkpoint(tmp_path / "models", "simulator") is not None
 
 
-# a config id after `@` (`#` or `::` between levels), as MONAI's ReferenceResolver reads it
-_REFERENCE = re.compile(r"@\w+(?:(?:#|::)\w+)*")
+def test_shipped_weights_load_into_their_training_configs() -> None:
+    """train.json builds the shipped denoiser's generator, train.json + train_simulator.json the simulator's."""
+    for configs, weights in ((["train.json"], "model.pt"), (SIMULATOR, "simulator.pt")):
+        parser = ConfigParser()
+        parser.read_config([str(CONFIGS / c) for c in configs])
+        parser["device"] = "$torch.device('cpu')"
+        network = parser.get_parsed_content("network_def")
+        state = torch.load(BUNDLE / "models" / weights, map_location="cpu", weights_only=True)
+        network.load_state_dict(state.get("model", state))  # strict: every weight has its place
 
 
-def _expanded(parser: ConfigParser, value: Any) -> Any:
-    """`value` with every `@id`, also inside `$` expressions, replaced by what it refers to; `_desc_` dropped.
-
-    Two configs whose ids expand to equal values build the same objects with the same arguments.
-    """
-    if isinstance(value, dict):
-        return {k: _expanded(parser, v) for k, v in value.items() if k != "_desc_"}
-    if isinstance(value, list):
-        return [_expanded(parser, v) for v in value]
-    if isinstance(value, str) and value.startswith("@"):
-        return _expanded(parser, parser.get(value[1:]))
-    if isinstance(value, str) and value.startswith("$"):
-        return _REFERENCE.sub(lambda m: f"({_expanded(parser, parser.get(m.group()[1:]))!r})", value)
-    return value
-
-
-def test_simulator_override_resolves_to_the_shipped_simulator_training() -> None:
-    """train.json + train_simulator.json == the full simulator config that trained the shipped simulator.pt.
-
-    The fixture is train_simulator.json as it was before it became an override (a full copy of
-    train.json with the simulator's values); every id it defines must expand to the same value here.
-    A deliberate change to what both models share in train.json is made in the fixture too.
-    """
-    stacked = ConfigParser()
-    stacked.read_config([str(CONFIGS / c) for c in SIMULATOR])
-    full = ConfigParser()
-    full.read_config(str(FIXTURES / "train_simulator_1.0.0.json"))
-    assert set(full["imports"]) <= set(stacked["imports"])
-    ids = [k for k in full.get() if k not in {"_meta_", "imports", "datalist", "train", "validate"}]
-    ids += [f"{section}#{k}" for section in ("train", "validate") for k in full[section]]
-    assert "run" in ids
-    assert "train#trainer" in ids
-    assert "validate#evaluator" in ids
-    differ = [i for i in ids if _expanded(stacked, f"@{i}") != _expanded(full, f"@{i}")]
-    assert differ == []
-    # the comparison sees a change anywhere down the references: the run's validation padding here
-    stacked["validate#pad#mode"] = "constant"
-    assert _expanded(stacked, "@run") != _expanded(full, "@run")
+def test_every_kind_of_pair_shares_one_loading_chain(dataset_dir: Path) -> None:
+    """Each kind of pair states only what differs: one load, one crop-and-flip, one batch ending."""
+    texts = [(CONFIGS / c).read_text() for c in SIMULATOR]
+    assert [t.count('"LoadImaged"') for t in texts] == [1, 0]
+    assert [t.count('"RandSpatialCropd"') for t in texts] == [1, 0]
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    parser.update({"dataset_dir": str(dataset_dir), "crop_size": 32, "device": "$torch.device('cpu')"})
+    kinds = ["pairs", "natural", "physics", "gamma", "acquisition"]
+    for kind in kinds:
+        item = parser.get_parsed_content(f"train#{kind}_dataset")[0]
+        assert set(item) == {"image", "label"}, kind
+        for key in ("image", "label"):
+            assert item[key].shape == (1, 32, 32), (kind, key)
+            assert item[key].dtype == torch.float32
+            assert float(item[key].min()) >= 0.0, (kind, key)
+            assert float(item[key].max()) <= 1.0 + 1e-6, (kind, key)
+        assert not torch.equal(item["image"], item["label"]), kind  # each kind makes its own input
+    for kind in ("pairs", "natural", "physics"):
+        item = parser.get_parsed_content(f"validate#{kind}_dataset")[0]
+        side = -(-64 // 2 ** parser["num_downs"]) * 2 ** parser["num_downs"]  # whole 64x64, padded
+        assert item["image"].shape == item["label"].shape == (1, side, side), kind
 
 
 def test_simulator_override_holds_only_differences() -> None:
@@ -297,8 +286,8 @@ def test_bundle_inference_gives_the_library_output(tmp_path: Path) -> None:
     """inference.json (network_def + model.pt, and the TorchScript override) == usdespeckle run's mapping."""
     import SimpleITK as sitk
 
-    from usdespeckle.inference import despeckle_array
-    from usdespeckle.io import read_image, write_image
+    from usdespeckle.runtime.inference import despeckle_array
+    from usdespeckle.runtime.io import read_image, write_image
 
     bundle_root, _ = make_exported_bundle(tmp_path / "bundle")
     data, out, out_ts = tmp_path / "volumes", tmp_path / "out", tmp_path / "out_ts"
@@ -328,7 +317,7 @@ def test_bundle_inference_gives_the_library_output(tmp_path: Path) -> None:
             np.testing.assert_allclose(got, expected, atol=tolerance, rtol=0)
         assert float(np.abs(expected - source).max()) > 100 * tolerance  # it changed the image
 
-    # a 2D PNG: the output is in the input's grey levels, rounded to uint8 like usdespeckle.io
+    # a 2D PNG: the output is in the input's grey levels, rounded to uint8 like usdespeckle.runtime.io
     pngs, png_out = tmp_path / "pngs", tmp_path / "png_out"
     pngs.mkdir()
     grey = (rng.gamma(2.0, 40.0, (40, 52)).clip(0, 255)).astype(np.uint8)
@@ -459,6 +448,15 @@ def test_inference_config_builds_the_training_network() -> None:
         assert export_bundle.sync_network_definition(Path(tmp)) == [
             f"ngf: {train['ngf'] // 2} -> {train['ngf']}"
         ]
+        # the generated keys are named in inference.json's first key, so no edit of them is silent
+        inference = json.loads((Path(tmp) / "configs" / "inference.json").read_text())
+        assert next(iter(inference)) == "_desc_"
+        assert "training/export_bundle.py" in inference["_desc_"]
+        for key in ("network_def#network", "ngf", "num_downs", "norm", "mirrorings"):
+            assert key in inference["_desc_"], key
+        inference["_desc_"] = "hand-written"
+        (Path(tmp) / "configs" / "inference.json").write_text(json.dumps(inference))
+        assert [c.split(":")[0] for c in export_bundle.sync_network_definition(Path(tmp))] == ["_desc_"]
 
 
 @pytest.mark.slow  # exports the shipped network twice and runs it at 256x256 (8 passes)

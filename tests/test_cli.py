@@ -74,7 +74,8 @@ def test_a_command_whose_module_is_not_shipped_is_not_offered(monkeypatch, capsy
 def test_commands_take_user_error_from_the_leaf_errors_module():
     """No command imports back up from cli.py; cli.py re-exports the one ``UserError``."""
     import usdespeckle.commands
-    from usdespeckle import cli, errors
+    from usdespeckle import cli
+    from usdespeckle.runtime import errors
 
     assert cli.UserError is errors.UserError
     folder = Path(usdespeckle.commands.__file__).parent

@@ -252,7 +252,7 @@ def test_demo_with_the_shipped_bundle_renders_with_the_simulator(tmp_path, monke
 def test_server_request_leaves_the_auto_backend_to_the_server(tmp_path, volume_path, capsys, monkeypatch):
     """``--backend auto`` names no runtime, so the server uses its own ``--conf backend``; the
     request carries the passes as one int (the default: 1)."""
-    from usdespeckle import client
+    from usdespeckle.runtime import client
 
     sent = []
 
@@ -271,9 +271,24 @@ def test_server_request_leaves_the_auto_backend_to_the_server(tmp_path, volume_p
     assert sent[1]["passes"] == 4
 
 
+def test_server_run_refuses_uncertainty_before_any_work(tmp_path, volume_path, capsys, monkeypatch):
+    """The server answers with one image: --uncertainty with --server is refused, nothing is sent."""
+    from usdespeckle.runtime import client
+
+    sent = []
+    monkeypatch.setattr(client, "despeckle_via_server", lambda *a, **k: sent.append(k))
+    out, spread = tmp_path / "out.nrrd", tmp_path / "spread.nrrd"
+    args = ["run", str(volume_path), str(out), "--server", "http://127.0.0.1:9", "--uncertainty", str(spread)]
+    assert main(args) == 1
+    assert "--uncertainty is computed on this machine only" in one_line_error(capsys)
+    assert sent == []
+    assert not out.exists()
+    assert not spread.exists()
+
+
 def test_a_missing_optional_package_is_a_one_line_error(tmp_path, volume_path, capsys, monkeypatch):
     """The Slicer runtime has no SciPy: a classical method then names the package to install."""
-    for name in [m for m in sys.modules if m.startswith(("usdespeckle.filters", "usdespeckle._filter"))]:
+    for name in [m for m in sys.modules if m.startswith("usdespeckle.runtime.filters")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "scipy", None)  # import scipy fails as if it were not installed
     out = tmp_path / "out.nrrd"
@@ -284,7 +299,7 @@ def test_a_missing_optional_package_is_a_one_line_error(tmp_path, volume_path, c
 
 def test_intensity_range_lets_blocks_of_frames_share_one_mapping(tmp_path, rng, capsys):
     """Two halves run with the whole volume's range give the whole run's result; without it they do not."""
-    from usdespeckle.slicewise import robust_range
+    from usdespeckle.runtime.slicewise import robust_range
 
     volume = (rng.rayleigh(1.0, (6, 40, 44)) * np.linspace(1.0, 4.0, 6)[:, None, None]).astype(np.float32)
     paths = {}

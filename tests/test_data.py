@@ -13,16 +13,9 @@ from monai.data import load_decathlon_datalist
 from PIL import Image
 
 from usdespeckle import cli
-from usdespeckle.data import (
-    MRI_SLAB_GAP,
-    SPLITS,
-    DatasetExistsError,
-    PrepareSettings,
-    mri_slab_split,
-    prepare_dataset,
-    random_shapes_map,
-)
-from usdespeckle.speckle import rayleigh_speckle
+from usdespeckle.data.dataset import DatasetExistsError, PrepareSettings, prepare_dataset
+from usdespeckle.data.sources import MRI_SLAB_GAP, SPLITS, mri_slab_split, random_shapes_map
+from usdespeckle.simulation.speckle import rayleigh_speckle
 
 SMALL = PrepareSettings(
     seed=3, size=64, mri_step=8, mri_views=2, natural_crops=2, simulator_count=12, real_bmode=False

@@ -1,4 +1,4 @@
-"""Behaviour of the classical despecklers in usdespeckle.filters."""
+"""Behaviour of the classical despecklers in usdespeckle.runtime.filters."""
 
 from __future__ import annotations
 
@@ -6,13 +6,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from usdespeckle import filters, metrics
-from usdespeckle.filters_bm3d import (
-    _is_multiplicative,
-    _prox_fisher_tippett,
-    estimate_looks,
-    estimate_noise_psd,
-)
+from usdespeckle import metrics
+from usdespeckle.runtime import filters
+from usdespeckle.runtime.filters.bm3d import _is_multiplicative, _prox_fisher_tippett
+from usdespeckle.runtime.filters.noise import estimate_looks, estimate_noise_psd
 
 METHODS = sorted(filters.FILTERS)
 SLOW = ("bm3d", "mulog")  # BM3D inside: a few seconds per call on a shared machine
@@ -119,7 +116,7 @@ def test_parameter_errors() -> None:
     image = np.ones((16, 16))
     with pytest.raises(ValueError, match="valid names: median"):
         filters.despeckle(image, "wiener")
-    with pytest.raises(ValueError, match="valid parameters"):
+    with pytest.raises(ValueError, match="no parameter window; valid parameters: size, axis"):
         filters.despeckle(image, "median", window=3)
     with pytest.raises(ValueError, match="odd"):
         filters.despeckle_median(image, size=4)
@@ -141,6 +138,19 @@ def test_parameter_errors() -> None:
         filters.despeckle_mulog(image, domain="linear")
     with pytest.raises(ValueError, match="negative values"):
         filters.despeckle_mulog(image * np.linspace(-1.0, 1.0, 16), domain="amplitude")
+
+
+def test_parameters_are_checked_against_the_signature_not_an_error_text(monkeypatch) -> None:
+    """A TypeError raised inside a filter is a bug to see, not a user's bad keyword."""
+
+    def broken(image, size=5, *, axis=0):
+        raise TypeError("f() got an unexpected keyword argument 'q'")
+
+    monkeypatch.setitem(filters.FILTERS, "median", broken)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        filters.despeckle(np.ones((16, 16)), "median", size=3)
+    with pytest.raises(ValueError, match="no parameter q"):
+        filters.despeckle(np.ones((16, 16)), "median", q=3)
 
 
 # --------------------------------------------------------------------------------------------------

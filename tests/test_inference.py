@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 
@@ -10,12 +9,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from bundles import DIVISOR, make_bundle
+from bundles import DIVISOR, make_bundle, record_sha256
 
-from usdespeckle import inference
-from usdespeckle.denoiser import mirror, unmirror
-from usdespeckle.inference import DespeckleCancelled, despeckle_array, despeckle_image, load_denoiser
-from usdespeckle.options import MIRRORINGS
+from usdespeckle.runtime.bundle_utils import default_bundle_root
+from usdespeckle.runtime.denoiser import mirror, unmirror
+from usdespeckle.runtime.errors import DespeckleCancelled
+from usdespeckle.runtime.inference import despeckle_array, despeckle_image, load_denoiser
+from usdespeckle.runtime.options import MIRRORINGS, PASSES
+from usdespeckle.runtime.slicewise import robust_range
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 
@@ -34,7 +35,7 @@ def bundle(tmp_path_factory) -> Path:
 def test_2d_known_answer_with_padding_and_crop(bundle, rng):
     image = rng.uniform(10, 200, size=(37, 50)).astype(np.float32)  # not multiples of 16
     out = despeckle_array(image, bundle_root=bundle)
-    lo, hi = inference.robust_range(image)
+    lo, hi = robust_range(image)
     assert out.dtype == np.float32
     assert out.shape == image.shape
     np.testing.assert_allclose(out, expected_square(image, lo, hi), rtol=1e-5, atol=1e-3)
@@ -54,7 +55,7 @@ def test_onnx_matches_torch(bundle, rng):
 @pytest.mark.parametrize("axis", [0, 1, 2])
 def test_axis_equals_per_slice_processing(bundle, rng, axis):
     volume = rng.uniform(0, 255, size=(9, 12, 14)).astype(np.float32)  # distinct sizes per axis
-    rng_lo_hi = inference.robust_range(volume)
+    rng_lo_hi = robust_range(volume)
     out = despeckle_array(volume, bundle_root=bundle, axis=axis, batch_size=4, intensity_range=rng_lo_hi)
     for k in range(volume.shape[axis]):
         one = despeckle_array(np.take(volume, k, axis=axis), bundle_root=bundle, intensity_range=rng_lo_hi)
@@ -122,7 +123,7 @@ def test_despeckle_image_keeps_geometry_and_metadata(bundle, rng):
 
 
 def test_classical_method_or_clear_error(rng):
-    from usdespeckle.filters import despeckle_median
+    from usdespeckle.runtime.filters import despeckle_median
 
     image = rng.uniform(0, 1, size=(32, 32)).astype(np.float32)
     out = despeckle_array(image, "median")
@@ -154,7 +155,7 @@ def test_bad_arguments(bundle, rng):
 
 def test_missing_weights_say_how_to_get_them(tmp_path, monkeypatch):
     monkeypatch.setenv("USDESPECKLE_BUNDLE", str(tmp_path / "nowhere"))
-    assert inference.default_bundle_root() == tmp_path / "nowhere"
+    assert default_bundle_root() == tmp_path / "nowhere"
     with pytest.raises(FileNotFoundError, match="training/"):
         load_denoiser()
     with pytest.raises(FileNotFoundError, match="training/"):
@@ -163,21 +164,19 @@ def test_missing_weights_say_how_to_get_them(tmp_path, monkeypatch):
 
 def test_sha256_mismatch_is_refused(tmp_path):
     root = make_bundle(tmp_path / "b")
-    meta_path = root / "configs" / "metadata.json"
-    meta = json.loads(meta_path.read_text())
-    meta["weights_sha256"]["models/model.ts"] = "0" * 64
-    meta_path.write_text(json.dumps(meta))
+    record_sha256(root, "models/model.ts", "0" * 64)
     with pytest.raises(ValueError, match="sha256"):
-        load_denoiser(root)
-    del meta["weights_sha256"]["models/model.ts"]
-    meta_path.write_text(json.dumps(meta))
+        load_denoiser(root, backend="torch")
+    record_sha256(root, "models/model.ts", None)
     with pytest.raises(ValueError, match="weights_sha256"):
-        load_denoiser(root)
+        load_denoiser(root, backend="torch")
 
 
 def test_loaded_model_is_cached(bundle):
     assert load_denoiser(bundle) is load_denoiser(bundle)
-    assert load_denoiser(bundle, backend="onnx") is not load_denoiser(bundle)
+    assert load_denoiser(bundle).backend == "onnx"  # auto, the default: the bundle has model.onnx
+    assert load_denoiser(bundle, backend="torch") is not load_denoiser(bundle)
+    assert load_denoiser(bundle, backend="torch") is load_denoiser(bundle, backend="torch")
     assert load_denoiser(bundle).divisor == DIVISOR
 
 
@@ -189,8 +188,8 @@ def make_generator_bundle(
     Returns the bundle and the plain (one-pass) generator; ``mirrorings`` > 1 makes an export that
     averages mirrorings itself (as before 1.0.0). ``onnx`` also writes ``models/model.onnx``.
     """
-    from usdespeckle.ensemble import SelfEnsemble
-    from usdespeckle.networks import Pix2PixUNetGenerator
+    from usdespeckle.gan.ensemble import SelfEnsemble
+    from usdespeckle.gan.networks import Pix2PixUNetGenerator
 
     torch.manual_seed(0)
     generator = Pix2PixUNetGenerator(ngf=4, num_downs=4, norm="INSTANCE").eval()
@@ -200,12 +199,12 @@ def make_generator_bundle(
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
 def test_passes_are_the_self_ensemble_for_every_pass_count(tmp_path, rng, backend):
     """The library's numpy mirroring over the one-pass export equals the torch SelfEnsemble module."""
-    from usdespeckle.ensemble import SelfEnsemble
+    from usdespeckle.gan.ensemble import SelfEnsemble
 
     root, generator = make_generator_bundle(tmp_path / "b", onnx=True)
     assert load_denoiser(root, backend=backend).passes == 1  # the default: one pass
     batch = rng.uniform(size=(2, 1, 32, 48)).astype(np.float32)  # not square: transposes must round-trip
-    for passes in inference.PASSES:
+    for passes in PASSES:
         with torch.no_grad():
             expected = SelfEnsemble(generator, passes).eval()(torch.from_numpy(batch)).clamp(0, 1).numpy()
         denoiser = load_denoiser(root, backend=backend, passes=passes)
@@ -286,7 +285,7 @@ def test_onnx_cuda_that_falls_back_says_so(tmp_path, monkeypatch):
     import sys
     import types
 
-    from usdespeckle import inference
+    from usdespeckle.runtime import inference
 
     made = {}
 

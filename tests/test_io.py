@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from usdespeckle.io import read_image, to_grey, write_image
+from usdespeckle.runtime.io import read_image, to_grey, write_image
 
 
 def volume_image(rng: np.random.Generator, dtype=np.int16, shape=(4, 20, 24)) -> sitk.Image:

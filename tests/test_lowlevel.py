@@ -7,7 +7,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from usdespeckle.lowlevel import LowLevelMapd, low_level_map
+from usdespeckle.simulation.lowlevel import LowLevelMapd, low_level_map
 
 
 def test_known_answer_on_stripes():

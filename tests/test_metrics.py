@@ -102,7 +102,7 @@ def test_errors() -> None:
 # --------------------------------------------------------------------------------------------------
 def _speckled_scene(rng: np.random.Generator, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
     """A smooth echogenicity ramp with a bright disc, and its log-compressed speckled display."""
-    from usdespeckle.simulate import log_compress
+    from usdespeckle.simulation.physics import log_compress
 
     y, x = np.mgrid[0:size, 0:size] / size
     echogenicity = 0.05 + 0.6 * x + 0.3 * (((y - 0.5) ** 2 + (x - 0.3) ** 2) < 0.02)

@@ -147,7 +147,7 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def local(server):
     """Local despeckling in this interpreter with the server's tiny bundle."""
-    from usdespeckle.inference import despeckle_image
+    from usdespeckle.runtime.inference import despeckle_image
 
     def run(image: sitk.Image, **kwargs) -> sitk.Image:
         return despeckle_image(image, "denoiser", bundle_root=server["bundle"], **kwargs)
@@ -198,7 +198,7 @@ def test_despeckle_stored_image_by_id(server, local, tmp_path):
 def test_simulate_matches_low_level_map_and_simulator(server, tmp_path):
     import torch
 
-    from usdespeckle.lowlevel import low_level_map
+    from usdespeckle.simulation.lowlevel import low_level_map
 
     rng = np.random.default_rng(2)
     mri = np.zeros((3, 32, 48), np.float32)
@@ -529,7 +529,7 @@ def test_simulate_loads_the_shipped_simulator_through_the_library_with_its_check
 def test_run_server_writes_the_format_the_output_names(server, local, tmp_path, out_name, capsys):
     """``run --server``: a two-file .mhd input is uploaded as one file; the answer is converted to OUTPUT's format."""
     from usdespeckle.cli import main
-    from usdespeckle.io import read_image, write_image
+    from usdespeckle.runtime.io import read_image, write_image
 
     rng = np.random.default_rng(9)
     image = sitk.GetImageFromArray((rng.rayleigh(1.0, size=(48, 64)) * 60).astype(np.float32))

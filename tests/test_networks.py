@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from usdespeckle.networks import Pix2PixUNetGenerator, patchgan_discriminator
+from usdespeckle.gan.networks import Pix2PixUNetGenerator, patchgan_discriminator
 
 
 def pix2pix_unet_parameters(in_channels: int, out_channels: int, num_downs: int, ngf: int) -> int:

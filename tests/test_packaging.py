@@ -17,7 +17,7 @@ import SimpleITK as sitk
 import tomllib
 
 import usdespeckle
-from usdespeckle import bundle_utils
+from usdespeckle.runtime import bundle_utils
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "monai_bundle"
@@ -92,8 +92,8 @@ def test_core_install_is_what_run_needs() -> None:
     assert not peers & core
     # the modules `usdespeckle run` imports before it touches a model import none of the extras
     code = (
-        "import sys, usdespeckle.cli, usdespeckle.commands.run, usdespeckle.inference, usdespeckle.io, "
-        "usdespeckle.filters; print(sorted(m for m in ('torch', 'monai', 'nilearn', 'dipy', 'pymust') "
+        "import sys, usdespeckle.cli, usdespeckle.commands.run, usdespeckle.runtime.inference, usdespeckle.runtime.io, "
+        "usdespeckle.runtime.filters; print(sorted(m for m in ('torch', 'monai', 'nilearn', 'dipy', 'pymust') "
         "if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
@@ -200,14 +200,14 @@ def test_licence_files() -> None:
 
 
 def test_every_data_source_has_its_licence_stated() -> None:
-    from usdespeckle import data
+    from usdespeckle.data import sources
 
     text = (REPO / "docs" / "data_license.txt").read_text()
     card = (BUNDLE / "docs" / "README.md").read_text()
-    for name in data.SKIMAGE_SOURCES:
+    for name in sources.SKIMAGE_SOURCES:
         assert re.search(rf"\b{name}\b", text), f"skimage.data.{name} has no licence statement"
     for needle in (
-        Path(data.MNI_T1).name,
+        Path(sources.MNI_T1).name,
         "t1_coronal_slice.npy",
         "S0_10slices.nii.gz",
         "anatomical.nii",
@@ -353,7 +353,7 @@ def test_wheel_installs_and_despeckles_from_anywhere(tmp_path: Path) -> None:
         [
             str(python),
             "-c",
-            "from usdespeckle.inference import default_bundle_root; print(default_bundle_root())",
+            "from usdespeckle.runtime.inference import default_bundle_root; print(default_bundle_root())",
         ],
         cwd=work,
         env=env,
@@ -372,7 +372,7 @@ def test_wheel_installs_and_despeckles_from_anywhere(tmp_path: Path) -> None:
     assert "(denoiser, ONNX Runtime)" in done.stderr
     done = run("scan.nii.gz", "torch.nii.gz", "--backend", "torch")
     assert done.returncode == 0, done.stderr[-3000:]
-    from usdespeckle.inference import despeckle_array
+    from usdespeckle.runtime.inference import despeckle_array
 
     expected = despeckle_array(sitk.GetArrayFromImage(volume), bundle_root=BUNDLE, backend="torch")
     for name in ("onnx", "torch"):

@@ -8,10 +8,10 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, Invertd
 
-from usdespeckle.ensemble import SelfEnsemble
-from usdespeckle.networks import Pix2PixUNetGenerator
-from usdespeckle.slicewise import pad_to_multiple, robust_range
-from usdespeckle.transforms import DivisibleReflectPadd, RobustScaleIntensityd
+from usdespeckle.data.transforms import DivisibleReflectPadd, RobustScaleIntensityd
+from usdespeckle.gan.ensemble import SelfEnsemble
+from usdespeckle.gan.networks import Pix2PixUNetGenerator
+from usdespeckle.runtime.slicewise import pad_to_multiple, robust_range
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

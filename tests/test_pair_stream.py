@@ -7,9 +7,9 @@ import pytest
 import torch
 from scipy import ndimage as ndi
 
-from usdespeckle.deadleaves import dead_leaves
-from usdespeckle.networks import ResidualUNetDenoiser
-from usdespeckle.pair_stream import CONTENTS, SPECKLES, PairMix, PairStream, speckle_pair
+from usdespeckle.data.pair_stream import CONTENTS, SPECKLES, PairMix, PairStream, speckle_pair
+from usdespeckle.gan.networks import ResidualUNetDenoiser
+from usdespeckle.simulation.deadleaves import dead_leaves
 
 
 def test_dead_leaves_range_and_occluding_flat_regions(rng):
@@ -76,7 +76,7 @@ def test_target_is_the_expected_display_of_the_speckled_input(kind, rng):
 
 
 def test_expected_display_keeps_dim_tissue_above_black():
-    from usdespeckle.acquisition import expected_display
+    from usdespeckle.simulation.acquisition import expected_display
 
     below_floor = expected_display(np.full((4, 4), -0.05), dynamic_range_db=50.0)
     assert float(below_floor.min()) > 0.0  # speckle peaks still show: not a black hole
@@ -121,7 +121,7 @@ def test_residual_denoiser_adds_its_body_to_the_input():
 
 @pytest.mark.slow
 def test_training_learns_checkpoints_and_resumes(tmp_path):
-    from usdespeckle.denoiser_training import TrainSettings, train
+    from usdespeckle.gan.denoiser_training import TrainSettings, train
 
     settings = TrainSettings(
         run_dir=str(tmp_path / "run"), cpu_minutes=0.25, batch=4, crop=64, lr=1e-3, threads=2,
@@ -149,9 +149,9 @@ def test_training_learns_checkpoints_and_resumes(tmp_path):
 def test_bundle_config_builds_the_network_and_the_training_settings():
     from monai.bundle import ConfigParser
 
-    from usdespeckle.bundle_utils import default_bundle_root
-    from usdespeckle.denoiser_training import TrainSettings
-    from usdespeckle.pair_stream import PairMix
+    from usdespeckle.data.pair_stream import PairMix
+    from usdespeckle.gan.denoiser_training import TrainSettings
+    from usdespeckle.runtime.bundle_utils import default_bundle_root
 
     parser = ConfigParser()
     parser.read_config(str(default_bundle_root() / "configs" / "train_denoiser.json"))

@@ -8,8 +8,8 @@ import torch
 from monai.data import load_decathlon_datalist
 from PIL import Image
 
-from usdespeckle.lowlevel import low_level_map
-from usdespeckle.pairs import make_mri_pairs
+from usdespeckle.gan.pairs import make_mri_pairs
+from usdespeckle.simulation.lowlevel import low_level_map
 
 
 class Invert(torch.nn.Module):
@@ -60,8 +60,8 @@ def test_pairs_need_prepared_data(tmp_path):
 
 
 def test_simulated_bmode_keeps_shapes_the_generator_cannot_take_directly():
-    from usdespeckle.networks import Pix2PixUNetGenerator
-    from usdespeckle.pairs import simulate_bmode_from_mri
+    from usdespeckle.gan.networks import Pix2PixUNetGenerator
+    from usdespeckle.gan.simulator import simulate_bmode_from_mri
 
     torch.manual_seed(0)
     generator = Pix2PixUNetGenerator(ngf=4, num_downs=4).eval()  # needs multiples of 16
@@ -82,8 +82,8 @@ def test_simulated_bmode_keeps_shapes_the_generator_cannot_take_directly():
 def test_load_simulator_checks_the_shipped_weights(tmp_path):
     import shutil
 
-    from usdespeckle.bundle_utils import default_bundle_root
-    from usdespeckle.pairs import load_simulator
+    from usdespeckle.gan.simulator import load_simulator
+    from usdespeckle.runtime.bundle_utils import default_bundle_root
 
     shipped = default_bundle_root()
     simulator = load_simulator(shipped)

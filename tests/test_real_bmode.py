@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from usdespeckle import real_bmode
-from usdespeckle.real_bmode import (
+from usdespeckle.data import real_bmode
+from usdespeckle.data.real_bmode import (
     CINE_BLOCKS,
     CINE_FILE,
     REAL_SCANS,
@@ -102,7 +102,8 @@ def test_regions_pick_two_tissues_not_the_cyst_and_the_wall():
 
 def test_contrast_boxes_leave_room_on_real_validation_frames():
     """On the real validation frames the input's gCNR is well below 1 and a smoothing filter raises it."""
-    from usdespeckle import filters, metrics
+    from usdespeckle import metrics
+    from usdespeckle.runtime import filters
 
     scans = [s for s in REAL_SCANS if s.split in ("validation", "blocks")]
     frames = []

@@ -26,9 +26,10 @@ import SimpleITK as sitk
 from bundles import make_broken_bundle, make_bundle
 from PIL import Image
 
-from usdespeckle import inference
 from usdespeckle.cli import main
-from usdespeckle.io import read_image, remove_stale_temporaries, write_image
+from usdespeckle.runtime import inference
+from usdespeckle.runtime.atomic import remove_stale_temporaries
+from usdespeckle.runtime.io import read_image, write_image
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")

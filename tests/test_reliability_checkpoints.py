@@ -13,8 +13,8 @@ import torch
 from ignite.engine import Engine, Events
 from test_bundle import _run_counting_iterations, _workflow, dataset_dir  # noqa: F401  (a fixture)
 
-from usdespeckle import bundle_utils
-from usdespeckle.checkpoints import AtomicCheckpointSaver, remove_stale_checkpoint_temporaries
+from usdespeckle.gan.checkpoints import AtomicCheckpointSaver, remove_stale_checkpoint_temporaries
+from usdespeckle.runtime import bundle_utils
 
 
 def _engine_with_saver(folder: Path, **saver_args) -> tuple[Engine, torch.nn.Module]:

@@ -20,10 +20,10 @@ import SimpleITK as sitk
 from bundles import make_bundle
 from test_inference import make_generator_bundle
 
-from usdespeckle import client
 from usdespeckle.cli import main
-from usdespeckle.io import read_image, write_image
-from usdespeckle.io_headers import MAX_HEADER_BYTES, check_dicom_pixel_data
+from usdespeckle.runtime import client
+from usdespeckle.runtime.io import read_image, write_image
+from usdespeckle.runtime.io_headers import MAX_HEADER_BYTES, check_dicom_pixel_data
 
 SECRET = bytes(range(40, 40 + 32)) * 32  # 1024 bytes a header may try to read as pixels
 
@@ -327,8 +327,8 @@ def silent_server():
 @pytest.mark.parametrize(
     ("extra", "words"),
     [
-        (["--uncertainty", "{tmp}/u.nrrd"], "--uncertainty is not available with --server"),
-        (["--uncertainty", "{tmp}/out.nrrd"], "--uncertainty is not available with --server"),
+        (["--uncertainty", "{tmp}/u.nrrd"], "--uncertainty is computed on this machine only"),
+        (["--uncertainty", "{tmp}/out.nrrd"], "--uncertainty is computed on this machine only"),
         (["--max-voxels", "100"], "more than the limit of 100"),
         (["--method", "median", "--passes", "4"], "--passes 4 needs the denoiser"),
         (["--axis", "1"], "--axis 1 needs a volume"),

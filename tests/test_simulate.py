@@ -1,4 +1,4 @@
-"""Tests of usdespeckle.simulate: speckle statistics, grain against pymust, phantoms, errors."""
+"""Tests of usdespeckle.simulation.physics: speckle statistics, grain against pymust, phantoms, errors."""
 
 from __future__ import annotations
 
@@ -9,15 +9,14 @@ import pytest
 import scipy.ndimage
 
 from usdespeckle.metrics import speckle_snr
-from usdespeckle.simulate import (
+from usdespeckle.simulation.phantoms import make_cyst_phantom
+from usdespeckle.simulation.physics import (
     FastBModeSimulator,
-    autocorrelation_fwhm,
     log_compress,
-    make_cyst_phantom,
-    probe_psf,
     simulate_bmode_physics,
     simulate_envelope_physics,
 )
+from usdespeckle.simulation.psf import autocorrelation_fwhm, probe_psf
 
 RAYLEIGH_SNR = math.sqrt(math.pi / (4.0 - math.pi))  # 1.913, mean/std of a Rayleigh variable
 
@@ -236,14 +235,14 @@ def test_fast_speckle_grain_matches_pymust(simulator: FastBModeSimulator) -> Non
 @pytest.mark.slow
 def test_physics_scatterer_groups_sum_like_one_simulation() -> None:
     """simus is linear in the scatterers: simulating them in groups and summing the RF changes little."""
-    from usdespeckle.simulate import _beamform_iq
+    from usdespeckle.simulation.psf import beamform_iq
 
     rng = np.random.default_rng(1)
     count = 40
     x_scat, z_scat = rng.uniform(-1e-3, 1e-3, count), rng.uniform(19e-3, 21e-3, count)
     amplitude = rng.standard_normal(count)
     x_grid, z_grid = np.meshgrid(np.linspace(-1e-3, 1e-3, 12), np.linspace(19e-3, 21e-3, 12))
-    whole = _beamform_iq(x_scat, z_scat, amplitude, x_grid, z_grid, "L11-5v", 1)
-    grouped = _beamform_iq(x_scat, z_scat, amplitude, x_grid, z_grid, "L11-5v", 1, scatterer_chunk=15)
+    whole = beamform_iq(x_scat, z_scat, amplitude, x_grid, z_grid, "L11-5v", 1)
+    grouped = beamform_iq(x_scat, z_scat, amplitude, x_grid, z_grid, "L11-5v", 1, scatterer_chunk=15)
     assert np.abs(whole).max() > 0
     assert np.linalg.norm(grouped - whole) / np.linalg.norm(whole) < 0.02

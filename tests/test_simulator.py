@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from bundles import DIVISOR, make_server_bundle
+from bundles import DIVISOR, make_server_bundle, record_sha256
 
-from usdespeckle.errors import DespeckleCancelled
-from usdespeckle.lowlevel import low_level_map
-from usdespeckle.simulator import load_simulator, simulate_array, simulate_bmode_from_mri, simulator_divisor
+from usdespeckle.gan.simulator import (
+    load_simulator,
+    simulate_array,
+    simulate_bmode_from_mri,
+    simulator_divisor,
+)
+from usdespeckle.runtime.errors import DespeckleCancelled
+from usdespeckle.simulation.lowlevel import low_level_map
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -89,14 +93,10 @@ def test_bad_input_and_bad_bundles_are_clear_errors(bundle, tmp_path, rng):
     with pytest.raises(FileNotFoundError, match="no simulator weights"):
         simulate_array(_mri(rng, (16, 16)), bundle_root=tmp_path / "empty")
     changed = make_server_bundle(tmp_path / "changed")
-    meta_path = changed / "configs" / "metadata.json"
-    meta = json.loads(meta_path.read_text())
-    meta["weights_sha256"]["models/simulator.ts"] = "0" * 64
-    meta_path.write_text(json.dumps(meta))
+    record_sha256(changed, "models/simulator.ts", "0" * 64)
     with pytest.raises(ValueError, match="sha256"):
         load_simulator(changed)
-    del meta["weights_sha256"]["models/simulator.ts"]
-    meta_path.write_text(json.dumps(meta))
+    record_sha256(changed, "models/simulator.ts", None)
     with pytest.raises(ValueError, match="records no sha256"):
         load_simulator(changed)
 
@@ -106,7 +106,7 @@ def test_divisor_comes_from_the_model():
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x
 
-    from usdespeckle.networks import Pix2PixUNetGenerator
+    from usdespeckle.gan.networks import Pix2PixUNetGenerator
 
     assert simulator_divisor(Pix2PixUNetGenerator(num_downs=5, ngf=2)) == 32
     assert simulator_divisor(Plain()) == 1  # says nothing about sizes: no padding

@@ -143,9 +143,29 @@ def test_extension_name_and_repository_name(extension_root):
     assert repository.startswith("Slicer"), "the index wants the repository name to start with 'Slicer'"
 
 
+#: ACCEPTED_EXTENSION_CATEGORIES of Slicer/ExtensionsIndex scripts/check_description_files.py (copied
+#: 2026-12-07; with SLICER_EXTENSIONS_INDEX_SCRIPT set, the script test compares it with the script's).
+ACCEPTED_EXTENSION_CATEGORIES = (
+    "Active Learning", "Analysis", "Auto3dgm", "BigImage", "Cardiac", "Chest Imaging Platform", "Conda",
+    "Converters", "DICOM", "DSCI", "Developer Tools", "Diffusion", "Examples", "Exporter",
+    "FTV Segmentation", "Filtering", "Filtering.Morphology", "Filtering.Vesselness",
+    "Holographic Display", "Image Synthesis", "IGT", "Informatics", "Netstim", "Neuroimaging",
+    "Nuclear Medicine", "Orthodontics", "Osteotomy Planning", "Otolaryngology", "Photogrammetry",
+    "Pipelines", "Planning", "Printing", "Quantification", "Radiotherapy", "Registration", "Remote",
+    "Rendering", "SPHARM", "Segmentation", "Sequences", "Shape Analysis", "Shape Regression",
+    "Shape Visualization", "Simulation", "SlicerCMF", "SlicerMorph", "Spectral Imaging", "Supervisely",
+    "Surface Models", "SurfaceLearner", "Tomographic Reconstruction", "Tracking", "Tractography",
+    "Training", "Ultrasound", "Utilities", "Vascular Modeling Toolkit", "Virtual Reality",
+    "VisSimTools", "Web System Tools", "Wizards",
+)  # fmt: skip
+
+
 def test_category_is_one_the_index_knows(extension_root):
-    # "Ultrasound" is in the script's ACCEPTED_EXTENSION_CATEGORIES
-    assert _cmake_value("EXTENSION_CATEGORY", extension_root) == "Ultrasound"
+    category = _cmake_value("EXTENSION_CATEGORY", extension_root)
+    assert category in ACCEPTED_EXTENSION_CATEGORIES
+    # the module lists itself under the extension's category in Slicer's module menu
+    module = (REPO / "SlicerDespeckle" / "SlicerDespeckle.py").read_text(encoding="utf-8")
+    assert re.findall(r'"qSlicerAbstractCoreModule", "([^"]+)"', module) == [category]
 
 
 def test_icon_screenshots_and_homepage_point_at_files_of_this_repository(extension_root):
@@ -349,6 +369,7 @@ for check, args in checks:
     except index.ExtensionCheckError as err:
         results[check] = str(err)
 results["exceptions"] = extension in index.EXTENSION_NAME_CHECK_EXCEPTIONS
+results["categories"] = list(index.ACCEPTED_EXTENSION_CATEGORIES)
 print(json.dumps(results))
 """
 
@@ -393,5 +414,6 @@ def test_the_index_script_passes_its_offline_checks(extension_root, tmp_path):
     assert result.returncode == 0, result.stderr
     results = json.loads(result.stdout.strip().splitlines()[-1])
     assert results.pop("exceptions") is False  # passes on its own, not as a listed exception
+    assert set(results.pop("categories")) == set(ACCEPTED_EXTENSION_CATEGORIES)  # the copy is current
     assert results == dict.fromkeys(results, "ok"), results
     assert len(results) == 7

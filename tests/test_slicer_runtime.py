@@ -108,8 +108,8 @@ def test_runtime_lists_every_library_module_it_imports(runtime):
     # the shipped command table names every command; only run's module is shipped
     assert (runtime / "usdespeckle" / "commands" / "run.py").is_file()
     # the module's panel reads these two in Slicer's own Python, with the standard library only
-    assert (runtime / "usdespeckle" / "options.py").is_file()
-    assert (runtime / "usdespeckle" / "errors.py").is_file()
+    assert (runtime / "usdespeckle" / "runtime" / "options.py").is_file()
+    assert (runtime / "usdespeckle" / "runtime" / "errors.py").is_file()
     bundle = runtime / "monai_bundle"
     assert (bundle / "configs" / "metadata.json").is_file()
     assert (bundle / "models" / "model.onnx").is_file()
@@ -143,9 +143,9 @@ def test_installed_copy_offers_run_alone_and_its_options_to_the_panel(runtime, t
         text=True,
         check=True,
     ).stdout.splitlines()
-    from usdespeckle import options
+    from usdespeckle.runtime import options
 
-    assert Path(loaded[0]) == runtime / "usdespeckle" / "options.py"
+    assert Path(loaded[0]) == runtime / "usdespeckle" / "runtime" / "options.py"
     assert loaded[1] == str(options.METHODS)
 
 
@@ -169,7 +169,7 @@ def test_installed_copy_despeckles_without_torch(runtime, runtime_python, tmp_pa
         [
             str(runtime_python),
             "-c",
-            "import sys, usdespeckle.inference as i; print(i.__file__); print(i.default_bundle_root())",
+            "import sys, usdespeckle.runtime.inference as i; print(i.__file__); print(i.default_bundle_root())",
         ],
         cwd=elsewhere,
         env=env,
@@ -190,7 +190,7 @@ def test_installed_copy_despeckles_without_torch(runtime, runtime_python, tmp_pa
         [
             str(runtime_python),
             "-c",
-            "import sys, usdespeckle.commands.run, usdespeckle.inference as i; i.load_denoiser(backend='onnx'); "
+            "import sys, usdespeckle.commands.run, usdespeckle.runtime.inference as i; i.load_denoiser(backend='onnx'); "
             f"print([m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r}])",
         ],
         cwd=elsewhere,
@@ -208,7 +208,7 @@ def test_installed_copy_despeckles_without_torch(runtime, runtime_python, tmp_pa
     despeckled, original = sitk.GetArrayFromImage(output), sitk.GetArrayFromImage(source)
     assert np.isfinite(despeckled).all()
     # the shipped copy computes what the repository's library computes on the same volume
-    from usdespeckle.inference import despeckle_array
+    from usdespeckle.runtime.inference import despeckle_array
 
     expected = despeckle_array(original, "denoiser", backend="onnx", bundle_root=REPO / "monai_bundle")
     np.testing.assert_allclose(despeckled, expected, rtol=1e-4, atol=1e-3 * float(np.ptp(original)))

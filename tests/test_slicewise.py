@@ -7,8 +7,8 @@ import threading
 import numpy as np
 import pytest
 
-from usdespeckle.errors import DespeckleCancelled
-from usdespeckle.slicewise import (
+from usdespeckle.runtime.errors import DespeckleCancelled
+from usdespeckle.runtime.slicewise import (
     MIN_SLICE_SIZE,
     IntensityMap,
     check_volume,

@@ -8,7 +8,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, CopyItemsd
 
-from usdespeckle.speckle import (
+from usdespeckle.simulation.speckle import (
     RandGammaSpeckled,
     RandRayleighSpeckled,
     gamma_speckle,

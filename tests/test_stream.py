@@ -24,8 +24,8 @@ pyigtl = pytest.importorskip("pyigtl", reason="usdespeckle stream needs pyigtl: 
 
 from pyigtl.messages import CRC64, ImageMessage, TransformMessage  # noqa: E402
 
-from usdespeckle.inference import despeckle_array  # noqa: E402
-from usdespeckle.stream import (  # noqa: E402
+from usdespeckle.runtime.inference import despeckle_array  # noqa: E402
+from usdespeckle.runtime.stream import (  # noqa: E402
     LatestFrame,
     Relay,
     StreamSettings,
@@ -35,7 +35,7 @@ from usdespeckle.stream import (  # noqa: E402
     replay,
     replay_frames,
 )
-from usdespeckle.stream_link import HEADER, StreamReceiver, StreamServer  # noqa: E402
+from usdespeckle.runtime.stream_link import HEADER, StreamReceiver, StreamServer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MEDIAN = StreamSettings(method="median")
@@ -306,7 +306,7 @@ def test_damaged_and_oversized_messages_are_refused_and_the_stream_goes_on(rng, 
 
 
 def test_latest_frame_drops_older_frames_never_queues():
-    from usdespeckle.stream import Frame
+    from usdespeckle.runtime.stream import Frame
 
     slot = LatestFrame()
     for n in range(5):
@@ -453,8 +453,8 @@ def test_command_line_errors_are_one_line(capsys):
 
 def test_the_relay_never_imports_torch():
     code = (
-        "import sys; import usdespeckle.stream, usdespeckle.commands.stream; "
-        "from usdespeckle.stream import StreamSettings; StreamSettings(backend='onnx').prepare(); "
+        "import sys; import usdespeckle.runtime.stream, usdespeckle.commands.stream; "
+        "from usdespeckle.runtime.stream import StreamSettings; StreamSettings(backend='onnx').prepare(); "
         "print('torch' in sys.modules)"
     )
     result = subprocess.run(

@@ -10,8 +10,8 @@ from ignite.engine import Events
 from monai.data import DataLoader, Dataset
 from monai.networks.nets import PatchDiscriminator
 
-from usdespeckle.networks import Pix2PixUNetGenerator
-from usdespeckle.trainer import Pix2PixTrainer, constant_then_linear_decay, gan_loss
+from usdespeckle.gan.networks import Pix2PixUNetGenerator
+from usdespeckle.gan.trainer import Pix2PixTrainer, constant_then_linear_decay, gan_loss
 
 
 def test_gan_loss_known_values() -> None:
@@ -124,7 +124,6 @@ def test_bad_settings_raise(kwargs: dict) -> None:
 def test_each_optimizer_has_its_own_grad_scaler_and_steps_read_like_pix2pix() -> None:
     trainer = _trainer(_pairs(2))
     assert trainer.g_scaler is not trainer.d_scaler
-    assert isinstance(trainer.g_scaler.state_dict(), dict)  # what the bundle's checkpoints save
     image, label = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
     pred = trainer.g_network(image)
     before = [p.detach().clone() for p in trainer.d_network.parameters()]

@@ -27,9 +27,9 @@ import torch
 from PIL import Image
 
 from usdespeckle import metrics
-from usdespeckle.acquisition import simulate_acquisition
-from usdespeckle.slicewise import pad_to_multiple
-from usdespeckle.speckle import gamma_speckle, rayleigh_speckle
+from usdespeckle.runtime.slicewise import pad_to_multiple
+from usdespeckle.simulation.acquisition import simulate_acquisition
+from usdespeckle.simulation.speckle import gamma_speckle, rayleigh_speckle
 
 FIDELITY_SIGMA_PX = 4.0  # low-pass before the fidelity fit, pixels (a few speckle grains)
 IMAGES_PER_SET = 16

@@ -26,13 +26,13 @@ os.environ.setdefault("MKL_NUM_THREADS", "2")
 import numpy as np
 
 from usdespeckle.metrics import speckle_snr
-from usdespeckle.simulate import (
+from usdespeckle.simulation.phantoms import make_cyst_phantom
+from usdespeckle.simulation.physics import (
     FastBModeSimulator,
-    autocorrelation_fwhm,
     count_physics_scatterers,
-    make_cyst_phantom,
     simulate_envelope_physics,
 )
+from usdespeckle.simulation.psf import autocorrelation_fwhm
 
 RAYLEIGH_SNR = float(np.sqrt(np.pi / (4 - np.pi)))
 

@@ -40,9 +40,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "training"))  # export_bundle.py
 
-from usdespeckle.bundle_utils import default_bundle_root  # noqa: E402
-from usdespeckle.inference import despeckle_array, load_denoiser  # noqa: E402
-from usdespeckle.options import CLASSICAL_METHODS, PASSES  # noqa: E402
+from usdespeckle.runtime.bundle_utils import default_bundle_root  # noqa: E402
+from usdespeckle.runtime.inference import despeckle_array, load_denoiser  # noqa: E402
+from usdespeckle.runtime.options import CLASSICAL_METHODS, DEFAULT_BATCH_SIZE, PASSES  # noqa: E402
 
 # the bundle's generator, as train.json builds it (used when the shipped weights cannot be loaded)
 _TRAIN = json.loads((REPO / "monai_bundle" / "configs" / "train.json").read_text(encoding="utf-8"))
@@ -55,7 +55,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "{threads}")
 sys.path.insert(0, {repo!r})
 import numpy as np, torch
 torch.set_num_threads({threads})
-from usdespeckle.inference import despeckle_array, load_denoiser
+from usdespeckle.runtime.inference import despeckle_array, load_denoiser
 
 def status(key):  # resident memory from /proc, bytes (ru_maxrss would count the parent's peak too)
     for line in open("/proc/self/status"):
@@ -138,7 +138,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "speed.md")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument(
         "--quick", action="store_true", help="fewer slices and a 512x512x30 volume (a smoke test)"
     )

@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 
 import pyigtl  # noqa: E402
 
-from usdespeckle.options import STREAM_DEVICE, STREAM_OUTPUT_DEVICE  # noqa: E402
+from usdespeckle.runtime.options import STREAM_DEVICE, STREAM_OUTPUT_DEVICE  # noqa: E402
 
 STATS = re.compile(r"dropped=(\d+) refused=(\d+)")
 
@@ -66,7 +66,7 @@ def cine_frames(size: int | None) -> np.ndarray:
 
 _COMPUTE = """
 import sys, time, numpy as np
-from usdespeckle.stream import StreamSettings, despeckle_frame
+from usdespeckle.runtime.stream import StreamSettings, despeckle_frame
 frames = np.load(sys.argv[1])
 settings = StreamSettings(method=sys.argv[2])
 settings.prepare()
@@ -317,7 +317,7 @@ def main() -> None:
         )
         long["load"] = os.getloadavg()[0]
         print(json.dumps(long), flush=True)
-    from usdespeckle.atomic import atomic_write
+    from usdespeckle.runtime.atomic import atomic_write
 
     text = report(results, long, args, load)
     atomic_write(args.out, text)

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from usdespeckle.atomic import atomic_write
-from usdespeckle.denoiser_training import real_validation_frames, validation_pairs
+from usdespeckle.data.pair_stream import SPECKLES
+from usdespeckle.gan.denoiser_training import real_validation_frames, validation_pairs
 from usdespeckle.metrics import psnr, psnr_affine
-from usdespeckle.metrics_real import echogenicity_fidelity
-from usdespeckle.pair_stream import SPECKLES
+from usdespeckle.metrics.real import echogenicity_fidelity
+from usdespeckle.runtime.atomic import atomic_write
 
 REFERENCES = ("input", "denoiser 1.0.0", "obnlm", "tv")
 COLUMNS = (
@@ -29,8 +29,8 @@ COLUMNS = (
 
 
 def _method(name: str):
-    from usdespeckle.filters import FILTERS
-    from usdespeckle.inference import despeckle_array
+    from usdespeckle.runtime.filters import FILTERS
+    from usdespeckle.runtime.inference import despeckle_array
 
     if name == "input":
         return lambda image: image

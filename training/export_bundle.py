@@ -3,7 +3,7 @@
 python training/export_bundle.py --bundle_root monai_bundle
 
 The exports are MONAI's standard ``ckpt_export`` and ``onnx_export`` of ``inference.json``'s
-``network_def``: the generator wrapped in :class:`usdespeckle.ensemble.SelfEnsemble`, which averages
+``network_def``: the generator wrapped in :class:`usdespeckle.gan.ensemble.SelfEnsemble`, which averages
 it over ``mirrorings`` flips and transposes of each slice (training and validation run one pass). The
 same commands by hand (docs/README.md, *Commands*) therefore write the same files.
 
@@ -29,12 +29,26 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser, ckpt_export, onnx_export
 
-from usdespeckle.atomic import atomic_write
-from usdespeckle.bundle_utils import update_checksums
-from usdespeckle.simulator import SIMULATOR_CONFIGS
+from usdespeckle.gan.simulator import SIMULATOR_CONFIGS
+from usdespeckle.runtime.atomic import atomic_write
+from usdespeckle.runtime.bundle_utils import update_checksums
 
 #: Arguments of train.json's generator that inference.json does not copy (training-only settings).
 TRAINING_ONLY_ARGUMENTS = ("_desc_",)
+
+
+def generated_header(keys: list[str]) -> str:
+    """inference.json's ``_desc_``: which of its keys this script writes, and from where.
+
+    Args:
+        keys: the top-level keys copied from train.json (besides ``network_def#network``).
+    """
+    return (
+        "Hand-written, except network_def#network and "
+        + ", ".join(keys)
+        + ", which training/export_bundle.py copies from train.json (printing each change): "
+        "edit those in train.json"
+    )
 
 
 def sync_network_definition(bundle_root: Path) -> list[str]:
@@ -45,8 +59,9 @@ def sync_network_definition(bundle_root: Path) -> list[str]:
 
     The generator's arguments are copied as written in train.json (references such as ``"@ngf"``
     included), and so are the values of the top-level keys they refer to; ``mirrorings`` takes
-    train.json's ``export_mirrorings``. inference.json is rewritten (4-space JSON, key order kept)
-    only if something changed.
+    train.json's ``export_mirrorings``. inference.json's first key, ``_desc_``, says which keys are
+    copied (:func:`generated_header`). inference.json is rewritten (4-space JSON, key order kept)
+    only if something changed, and every change is returned.
 
     Args:
         bundle_root: the bundle folder (holding ``configs/train.json`` and ``configs/inference.json``).
@@ -80,6 +95,10 @@ def sync_network_definition(bundle_root: Path) -> list[str]:
         if inference.get(key, object()) != value:
             changes.append(f"{key}: {json.dumps(inference.get(key))} -> {json.dumps(value)}")
             inference[key] = value
+    header = generated_header(list(values))
+    if inference.get("_desc_") != header:
+        changes.append(f"_desc_: {json.dumps(inference.get('_desc_'))} -> {json.dumps(header)}")
+        inference = {"_desc_": header, **{k: v for k, v in inference.items() if k != "_desc_"}}
     if changes:
         atomic_write(inference_path, json.dumps(inference, indent=4) + "\n")
     simulator = ConfigParser()

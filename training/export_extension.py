@@ -6,8 +6,8 @@ python training/export_extension.py OUT_DIR --model-url https://github.com/OWNER
 The Extensions Index clones an extension's whole history and refuses a repository over 100 MB;
 this repository's history holds every past export of the weights. The export holds the extension
 alone (the top-level CMakeLists.txt, LICENSE, the README, the icon and screenshot, the module
-folder and the part of the ``usdespeckle`` library the module runs, as listed in
-``SlicerDespeckle/CMake/DespeckleRuntime.cmake``) and no weights: its
+folder and the part of the ``usdespeckle`` library the module runs, as
+``SlicerDespeckle/CMake/DespeckleRuntime.cmake`` names it: the command line and ``usdespeckle/runtime/``) and no weights: its
 ``SlicerDespeckle/CMake/DespeckleModelFiles.cmake`` names the bundle files (``model.onnx``,
 ``model.ts``, ``metadata.json``) with their sha256, and the module's CMake fetches them at configure
 time from ``--model-url`` with ``file(DOWNLOAD ... EXPECTED_HASH SHA256=...)``. ``--assets`` copies
@@ -47,6 +47,17 @@ def cmake_list(name: str, text: str) -> list[str]:
     return [
         line.split("#", 1)[0].strip() for line in match.group(1).splitlines() if line.split("#", 1)[0].strip()
     ]
+
+
+def runtime_library_files() -> list[str]:
+    """The library files the module runs: DespeckleRuntime.cmake's command-line list and every .py file
+    of its runtime layer folder (DESPECKLE_RUNTIME_LAYER_DIR), as the module's CMake globs them."""
+    text = RUNTIME_CMAKE.read_text("utf-8")
+    layer = REPO / cmake_list("DESPECKLE_RUNTIME_LAYER_DIR", text)[0]
+    found = sorted(
+        p.relative_to(REPO).as_posix() for p in layer.rglob("*.py") if "__pycache__" not in p.parts
+    )
+    return [*cmake_list("DESPECKLE_RUNTIME_LIBRARY_FILES", text), *found]
 
 
 def sha256_of(path: Path) -> str:
@@ -151,7 +162,7 @@ def export(out_dir: Path, model_url: str, repository: str, assets: Path | None =
             f"--repository must be OWNER/Slicer<Name> (the index wants 'Slicer' first), got {repository!r}"
         )
     files = model_files()
-    library = cmake_list("DESPECKLE_RUNTIME_LIBRARY_FILES", RUNTIME_CMAKE.read_text("utf-8"))
+    library = runtime_library_files()
     written: list[Path] = []
 
     def copy(relative: str) -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from usdespeckle.pairs import load_simulator, make_mri_pairs
+from usdespeckle.gan.pairs import make_mri_pairs
+from usdespeckle.gan.simulator import load_simulator
 
 
 def main() -> None:

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from monai.networks.nets import PatchDiscriminator
 
-from usdespeckle.networks import Pix2PixUNetGenerator
-from usdespeckle.trainer import gan_loss
+from usdespeckle.gan.networks import Pix2PixUNetGenerator
+from usdespeckle.gan.trainer import gan_loss
 
 
 def count_parameters(module: torch.nn.Module) -> int:

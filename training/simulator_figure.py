@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from usdespeckle.lowlevel import low_level_map
-from usdespeckle.simulator import load_simulator, simulate_bmode_from_mri
+from usdespeckle.gan.simulator import load_simulator, simulate_bmode_from_mri
+from usdespeckle.simulation.lowlevel import low_level_map
 
 
 def _grey(path: Path) -> np.ndarray:

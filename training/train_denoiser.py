@@ -3,7 +3,7 @@
     python training/train_denoiser.py --name basicunet_small --network basicunet_small --cpu-minutes 60
 
 A run lives in ``runs/denoiser2/<name>/`` (ignored by git); starting again with the same name resumes
-it. The loop, its checkpoint and log are :func:`usdespeckle.denoiser_training.train`'s; the same
+it. The loop, its checkpoint and log are :func:`usdespeckle.gan.denoiser_training.train`'s; the same
 training runs from the bundle: ``python -m monai.bundle run training --bundle_root monai_bundle
 --config_file monai_bundle/configs/train_denoiser.json``.
 """
@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from usdespeckle.denoiser_training import TrainSettings, train
-from usdespeckle.networks import Pix2PixUNetGenerator, ResidualUNetDenoiser
+from usdespeckle.gan.denoiser_training import TrainSettings, train
+from usdespeckle.gan.networks import Pix2PixUNetGenerator, ResidualUNetDenoiser
 
 #: The generators of the equal-budget ablation (reports/ablation_denoiser2.md).
 NETWORKS = {

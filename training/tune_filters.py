@@ -1,7 +1,7 @@
 """Tune the classical despecklers' and the learned peers' settings; write reports/filter_tuning.md.
 
 Each method of ``usdespeckle.benchmark.tuning.parametric_methods()`` (the filters of
-``usdespeckle.filters.FILTERS`` and, with the optional ``peers`` extra installed, SAR2SAR, MERLIN
+``usdespeckle.runtime.filters.FILTERS`` and, with the optional ``peers`` extra installed, SAR2SAR, MERLIN
 and FFDNet) is run over a small grid on the **validation** version of each tunable benchmark set
 (``SetSpec.tunable``: the photograph sets with their speckle models, the correlated-speckle set,
 the MRI pairs when the recipe has made them, the cyst phantoms with other seeds), made by the
@@ -41,8 +41,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 import numpy as np
 
-from usdespeckle import metrics, speckle
-from usdespeckle.atomic import atomic_write
+from usdespeckle import metrics
 from usdespeckle.benchmark.cases import to_size
 from usdespeckle.benchmark.peers import PEERS, missing_peer
 from usdespeckle.benchmark.sets import SETS
@@ -53,6 +52,8 @@ from usdespeckle.benchmark.tuning import (
     save_tuned_settings,
     select_settings,
 )
+from usdespeckle.runtime.atomic import atomic_write
+from usdespeckle.simulation import speckle
 
 # Small grids: a few values around each paper's recommendation. Lee and Kuan need small Cu on
 # log-compressed images (their local coefficient of variation is about 0.1-0.3 there).

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from usdespeckle.inference import despeckle_array
+from usdespeckle.runtime.inference import despeckle_array
 
 
 def main() -> None:

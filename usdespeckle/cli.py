@@ -10,9 +10,12 @@ from collections.abc import Sequence
 
 from usdespeckle import __version__
 from usdespeckle.commands import COMMANDS
-from usdespeckle.errors import UserError
+from usdespeckle.runtime.errors import UserError
 
-__all__ = ["UserError", "build_parser", "main"]
+__all__ = [
+    "build_parser",
+    "main",
+]
 
 
 def _shipped(name: str) -> bool:

@@ -307,7 +307,7 @@ class LiveLogic:
         *,
         method: str = _OPTIONS.DEFAULT_METHOD,
         passes: int = _OPTIONS.DEFAULT_PASSES,
-        strength: float = 1.0,
+        strength: float = _OPTIONS.DEFAULT_STRENGTH,
         backend: str = _OPTIONS.STREAM_BACKEND,
         source: tuple[str, int] | None = None,
         serve_port: int | None = None,

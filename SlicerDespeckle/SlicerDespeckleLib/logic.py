@@ -67,10 +67,12 @@ __all__ = [
     "AXIS_LABELS",
     "BACKENDS",
     "BLOCK_VALUES",
+    "DEFAULT_AXIS",
     "DEFAULT_BACKEND",
     "DEFAULT_DEVICE",
     "DEFAULT_METHOD",
     "DEFAULT_PASSES",
+    "DEFAULT_STRENGTH",
     "DEVICES",
     "METHODS",
     "OUTPUT_SUFFIX",
@@ -91,16 +93,19 @@ __all__ = [
     "validate_server_url",
 ]
 
-# The panel offers what the runtime's `usdespeckle run` accepts: its usdespeckle/options.py.
+# The panel offers what the runtime's `usdespeckle run` accepts: its usdespeckle/runtime/options.py.
 _OPTIONS = library_module("options")
 #: ``--method`` choices: the shipped pix2pix denoiser, then the classical filters.
 METHODS: tuple[str, ...] = _OPTIONS.METHODS
 DEFAULT_METHOD: str = _OPTIONS.DEFAULT_METHOD
+DEFAULT_AXIS: int = _OPTIONS.DEFAULT_AXIS
+DEFAULT_STRENGTH: float = _OPTIONS.DEFAULT_STRENGTH
 DEVICES: tuple[str, ...] = _OPTIONS.DEVICES
 DEFAULT_DEVICE: str = _OPTIONS.DEFAULT_DEVICE
 #: Denoiser runtimes (the command's "auto" is not offered: the panel installs what the chosen one needs).
 BACKENDS: tuple[str, ...] = _OPTIONS.MODEL_BACKENDS
-#: ONNX Runtime: one pip package inside Slicer, where TorchScript needs the PyTorch extension.
+#: Overrides options.DEFAULT_BACKEND ("auto"), which the panel does not offer: ONNX Runtime is one
+#: pip package inside Slicer, where TorchScript needs the PyTorch extension.
 DEFAULT_BACKEND = "onnx"
 #: Mirrorings of each slice the denoiser averages (``usdespeckle run --passes``); time grows with
 #: passes. Either runtime.
@@ -280,8 +285,8 @@ class DespeckleLogic:
         output_volume=None,
         *,
         method: str = DEFAULT_METHOD,
-        axis: int = 0,
-        strength: float = 1.0,
+        axis: int = DEFAULT_AXIS,
+        strength: float = DEFAULT_STRENGTH,
         backend: str = DEFAULT_BACKEND,
         device: str = DEFAULT_DEVICE,
         slice_index: int | None = None,

@@ -90,13 +90,13 @@ def library_module(name: str, module_dir: str | os.PathLike = MODULE_DIR) -> Mod
     runtime = runtime_folder(module_dir)
     if runtime is None:  # no shipped copy: an installed library serves
         try:
-            return importlib.import_module(f"usdespeckle.{name}")
+            return importlib.import_module(f"usdespeckle.runtime.{name}")
         except ImportError:
             raise ImportError(
                 f"the Despeckle module's runtime (SlicerDespeckleLib/runtime under {module_dir}) is missing "
                 "and usdespeckle is not installed: build or install the extension"
             ) from None
-    path = runtime / "usdespeckle" / f"{name}.py"
+    path = runtime / "usdespeckle" / "runtime" / f"{name}.py"
     key = f"SlicerDespeckleLib._runtime_{name}"
     loaded = sys.modules.get(key)
     if loaded is not None and Path(loaded.__file__) == path:

@@ -5,7 +5,7 @@ and ``appendPlainText``, which PythonQt (Slicer) and PySide6 share, so the tests
 ``.ui`` with PySide6. What applies to which method is decided by :func:`control_states`, a pure
 function; :func:`show_states` puts its answer on the widgets.
 
-The texts come from the runtime's ``usdespeckle/options.py`` (``METHOD_DESCRIPTIONS``,
+The texts come from the runtime's ``usdespeckle/runtime/options.py`` (``METHOD_DESCRIPTIONS``,
 ``METHOD_REFERENCES``), where every option of the project is declared once.
 """
 

@@ -12,7 +12,7 @@ the library's robust range over every frame) serves every block (no flicker betw
 results are split back into frames with their own geometry as they come (:class:`SequenceBuilder`).
 
 Colour (vector) volumes are turned into grey here, before anything is written (:func:`to_grey`, the
-rule of ``usdespeckle.io.to_grey``: the first channel when R = G = B, else BT.601 luminance), so a
+rule of ``usdespeckle.runtime.io.to_grey``: the first channel when R = G = B, else BT.601 luminance), so a
 colour voxel counts once, not three times, and the result is a scalar volume.
 """
 
@@ -33,7 +33,7 @@ PERCENTILES: tuple[float, float] = library_module("options").PERCENTILES
 #: Most voxels of one block of sequence frames sent to ``usdespeckle run``: 2**24 (64 MiB as
 #: float32), 54 frames of 480 x 640. See the README of the module for the peak memory it gives.
 BLOCK_VALUES = 2**24
-#: BT.601 luminance weights of R, G, B (``usdespeckle.io.to_grey``).
+#: BT.601 luminance weights of R, G, B (``usdespeckle.runtime.io.to_grey``).
 LUMA: tuple[float, float, float] = (0.299, 0.587, 0.114)
 #: Values sampled for a robust intensity range, as the library's ``slicewise.robust_range`` does.
 PERCENTILE_SAMPLE = 1_000_000
@@ -87,7 +87,7 @@ def is_despecklable_volume(node) -> bool:
 
 
 def to_grey(array: np.ndarray) -> np.ndarray:
-    """A new grey ``(k, j, i)`` array from a colour ``(k, j, i, c)`` one, as ``usdespeckle.io.to_grey``.
+    """A new grey ``(k, j, i)`` array from a colour ``(k, j, i, c)`` one, as ``usdespeckle.runtime.io.to_grey``.
 
     Grey + alpha (c = 2), one channel, or R = G = B: the first channel, in its own type. Otherwise
     the BT.601 luminance ``0.299 R + 0.587 G + 0.114 B`` as float32 (alpha ignored), computed one

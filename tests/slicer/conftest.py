@@ -77,7 +77,7 @@ READ_CINE = textwrap.dedent(
     image = sitk.ReadImage(str(path))
     start = 0
     if sys.argv[3] == "test":  # the block of frames the denoiser never saw in training
-        from usdespeckle.real_bmode import CINE_BLOCKS
+        from usdespeckle.data.real_bmode import CINE_BLOCKS
         start = CINE_BLOCKS["test"][0]
     array = sitk.GetArrayFromImage(image)[start : start + int(sys.argv[2])]  # (frames, 480, 640, 3) uint8
     np.save(sys.argv[1], array)

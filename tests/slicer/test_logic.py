@@ -72,7 +72,7 @@ def _reference(python: str, array: np.ndarray, method: str, axis: int, tmp_path:
     src, dst = tmp_path / f"ref_in_{axis}.npy", tmp_path / f"ref_out_{axis}.npy"
     np.save(src, array)
     code = (
-        "import sys, numpy as np; from usdespeckle.inference import despeckle_array; "
+        "import sys, numpy as np; from usdespeckle.runtime.inference import despeckle_array; "
         "np.save(sys.argv[2], despeckle_array(np.load(sys.argv[1]), sys.argv[3], axis=int(sys.argv[4])))"
     )
     subprocess.run(

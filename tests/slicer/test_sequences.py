@@ -28,8 +28,8 @@ FRAME_MS = 33.333  # the cine's frame time, (0018,1063)
 REFERENCE = textwrap.dedent(
     """
     import sys, numpy as np, SimpleITK as sitk
-    from usdespeckle.io import to_grey
-    from usdespeckle.inference import despeckle_array
+    from usdespeckle.runtime.io import to_grey
+    from usdespeckle.runtime.inference import despeckle_array
     array = np.load(sys.argv[1])
     grey = sitk.GetArrayFromImage(to_grey(sitk.GetImageFromArray(array, isVector=array.ndim == 4)))
     np.save(sys.argv[2], despeckle_array(grey, sys.argv[3], axis=0))

@@ -1,6 +1,6 @@
 """Quality and speed benchmark of despeckling methods; writes ``reports/benchmark.md`` and figures.
 
-Every method (the classical filters of :mod:`usdespeckle.filters` and, when its weights are shipped,
+Every method (the classical filters of :mod:`usdespeckle.runtime.filters` and, when its weights are shipped,
 the trained ``denoiser``) runs on the same seeded test inputs, built from test splits only
 (:mod:`usdespeckle.benchmark.sets`):
 
@@ -26,6 +26,7 @@ another method and a new test set is one function.
 
 from __future__ import annotations
 
+from usdespeckle.benchmark.cases import Case, SetSpec
 from usdespeckle.benchmark.figures import compose_grid, compose_panels
 from usdespeckle.benchmark.methods import (
     INPUT,
@@ -36,7 +37,7 @@ from usdespeckle.benchmark.methods import (
 )
 from usdespeckle.benchmark.runner import run_benchmark
 from usdespeckle.benchmark.scoring import METRICS
-from usdespeckle.benchmark.sets import SET_GROUPS, SETS, Case, SetSpec, resolve_sets
+from usdespeckle.benchmark.sets import SET_GROUPS, SETS, resolve_sets
 
 __all__ = [
     "INPUT",

@@ -126,7 +126,7 @@ def to_size(image: np.ndarray, size: int) -> np.ndarray:
     return np.clip(image, 0.0, 1.0).astype(np.float32)
 
 
-def _read_grey(path: Path) -> np.ndarray:
+def read_grey(path: Path) -> np.ndarray:
     """Read an image file as a float32 grey image in [0, 1] (8- or 16-bit PNG, or any PIL format)."""
     from PIL import Image
 
@@ -140,14 +140,14 @@ def _read_grey(path: Path) -> np.ndarray:
     return (arr.astype(np.float64) / maxval).astype(np.float32)
 
 
-def _spread(entries: list, limit: int | None) -> list:
+def spread(entries: list, limit: int | None) -> list:
     """``limit`` entries evenly spaced over the list (datalists group crops of one source together)."""
     if limit is None or limit >= len(entries):
         return list(entries)
     return [entries[int(i)] for i in np.round(np.linspace(0, len(entries) - 1, limit))]
 
 
-def _datalist_split(data_dir: Path | None, filename: str, split: str) -> list[dict] | None:
+def datalist_split(data_dir: Path | None, filename: str, split: str) -> list[dict] | None:
     """The entries of ``split`` in ``data_dir/filename``, or None if the file or split is absent."""
     if data_dir is None:
         return None

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from usdespeckle.atomic import atomic_write
+from usdespeckle.runtime.atomic import atomic_write
 
 __all__ = ["compose_grid", "compose_panels", "display", "save_png"]
 
@@ -171,7 +171,7 @@ def display(reference: np.ndarray) -> np.ndarray:
 
 
 def save_png(array: np.ndarray, path: Path) -> None:
-    """Write a uint8 image as PNG atomically (:func:`usdespeckle.atomic.atomic_write`)."""
+    """Write a uint8 image as PNG atomically (:func:`usdespeckle.runtime.atomic.atomic_write`)."""
     from PIL import Image
 
     path.parent.mkdir(parents=True, exist_ok=True)

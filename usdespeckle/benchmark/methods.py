@@ -68,7 +68,7 @@ def register_method(name: str, fn: ArrayFn, description: str = "") -> None:
 
 
 def _classical_methods() -> dict[str, Method]:
-    from usdespeckle import filters
+    from usdespeckle.runtime import filters
 
     return {name: Method(name, fn, _first_line(fn), settable=fn) for name, fn in filters.FILTERS.items()}
 
@@ -93,10 +93,10 @@ def _peer_methods() -> tuple[dict[str, Method], dict[str, str]]:
 
 def _denoiser_method() -> tuple[Method | None, str]:
     """The shipped denoiser as a method, or ``(None, why it is skipped)``."""
-    from usdespeckle import inference
+    from usdespeckle.runtime import inference
 
     try:
-        inference.load_denoiser()  # checks the weights exist and match the bundle's metadata
+        loaded = inference.load_denoiser()  # checks the weights exist and match the bundle's metadata
     except (FileNotFoundError, ValueError) as err:
         return None, str(err)
 
@@ -104,8 +104,7 @@ def _denoiser_method() -> tuple[Method | None, str]:
         # The test images are already in [0, 1]: map them as they are, not by robust percentiles.
         return inference.despeckle_array(image, method=DENOISER, intensity_range=(0.0, 1.0))
 
-    where = inference.default_bundle_root() / inference.MODEL_FILES["torch"]
-    return Method(DENOISER, run_denoiser, f"the shipped pix2pix denoiser ({where})"), ""
+    return Method(DENOISER, run_denoiser, f"the shipped pix2pix denoiser ({loaded.path})"), ""
 
 
 def available_methods() -> tuple[dict[str, Method], dict[str, str]]:

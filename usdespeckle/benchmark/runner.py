@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from usdespeckle.atomic import atomic_write
 from usdespeckle.benchmark.cases import Case, case_rng, to_size
 from usdespeckle.benchmark.figures import compose_grid, compose_panels, display, save_png
 from usdespeckle.benchmark.methods import DENOISER, INPUT, resolve_methods, rows_for_set
@@ -36,7 +35,8 @@ from usdespeckle.benchmark.tuning import (
     TunedSettings,
     load_tuned_settings,
 )
-from usdespeckle.options import CLASSICAL_METHODS
+from usdespeckle.runtime.atomic import atomic_write
+from usdespeckle.runtime.options import CLASSICAL_METHODS
 
 __all__ = ["run_benchmark"]
 
@@ -101,7 +101,7 @@ class _Threads:
 
 def _timing_image(seed: int) -> np.ndarray:
     """A 256x256 speckled photograph (scikit-image's camera), the input every method is timed on."""
-    from usdespeckle.speckle import rayleigh_speckle
+    from usdespeckle.simulation.speckle import rayleigh_speckle
 
     clean = to_size(skimage_photo("camera"), TIMING_SHAPE[0])
     return np.asarray(rayleigh_speckle(clean, case_rng(seed, "timing", 0)), dtype=np.float32)

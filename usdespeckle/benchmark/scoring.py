@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from usdespeckle.benchmark.sets import Case
+from usdespeckle.benchmark.cases import Case
 
 __all__ = ["HIGHER_IS_BETTER", "KEY_METRICS", "METRICS", "METRIC_LABELS", "score", "strongest", "summary"]
 

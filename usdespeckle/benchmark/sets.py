@@ -17,17 +17,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from usdespeckle.benchmark.cases import Case, SetSpec
+from usdespeckle.benchmark.cases import SetSpec
 from usdespeckle.benchmark.sets_real import load_cine, load_real
 from usdespeckle.benchmark.sets_synthetic import (
-    _gamma_loader,
-    _load_correlated,
-    _load_phantoms,
-    _pairs_loader,
-    _rayleigh_loader,
+    gamma_loader,
+    load_correlated,
+    load_phantoms,
+    pairs_loader,
+    rayleigh_loader,
 )
 
-__all__ = ["SETS", "SET_GROUPS", "Case", "SetSpec", "resolve_sets"]
+__all__ = [
+    "SETS",
+    "SET_GROUPS",
+    "resolve_sets",
+]
 
 SETS: dict[str, SetSpec] = {
     spec.name: spec
@@ -37,7 +41,7 @@ SETS: dict[str, SetSpec] = {
             "natural photographs, mild Rayleigh speckle (decimation 2; a ~ U(60, 70), b ~ U(-135, -120) "
             "map the envelope's log range onto about [0, 1], so little is clipped)",
             "reference",
-            _rayleigh_loader(
+            rayleigh_loader(
                 "rayleigh_mild", decimation=2, gain_range=(60.0, 70.0), offset_range=(-135.0, -120.0)
             ),
             default_limit=3,
@@ -46,7 +50,7 @@ SETS: dict[str, SetSpec] = {
             "rayleigh_strong",
             "natural photographs, the paper's Rayleigh speckle (a ~ U(10, 50), b ~ U(-50, 50), decimation 4)",
             "reference",
-            _rayleigh_loader(
+            rayleigh_loader(
                 "rayleigh_strong", decimation=4, gain_range=(10.0, 50.0), offset_range=(-50.0, 50.0)
             ),
             default_limit=3,
@@ -55,35 +59,35 @@ SETS: dict[str, SetSpec] = {
             "gamma_looks_1",
             "natural photographs, multiplicative single-look Gamma speckle on the amplitude (L = 1)",
             "reference",
-            _gamma_loader("gamma_looks_1", 1.0),
+            gamma_loader("gamma_looks_1", 1.0),
             default_limit=3,
         ),
         SetSpec(
             "gamma_looks_4",
             "natural photographs, multiplicative 4-look Gamma speckle on the amplitude (L = 4)",
             "reference",
-            _gamma_loader("gamma_looks_4", 4.0),
+            gamma_loader("gamma_looks_4", 4.0),
             default_limit=3,
         ),
         SetSpec(
             "correlated",
             "natural photographs as echogenicity, PSF-correlated speckle, log compression to 50 dB",
             "reference",
-            _load_correlated,
+            load_correlated,
             default_limit=3,
         ),
         SetSpec(
             "mri_sim",
             "MRI slices (test split) through the trained simulator; reference = the MRI slice",
             "reference",
-            _pairs_loader([("datalist_mri_pairs.json", "test")]),
+            pairs_loader([("datalist_mri_pairs.json", "test")]),
             default_limit=3,
         ),
         SetSpec(
             "mri_extra_sim",
             "extra MRI (dipy, nibabel samples) through the trained simulator; reference = the MRI slice",
             "reference",
-            _pairs_loader(
+            pairs_loader(
                 [("datalist_mri_extra_test_pairs.json", "test"), ("datalist_mri_pairs.json", "extra_test")]
             ),
             default_limit=3,
@@ -92,7 +96,7 @@ SETS: dict[str, SetSpec] = {
             "phantom",
             "cyst phantoms of graded contrast through the fast physics B-mode simulator",
             "phantom",
-            _load_phantoms,
+            load_phantoms,
             default_limit=3,
         ),
         SetSpec(

@@ -19,11 +19,11 @@ from usdespeckle.benchmark.cases import (
     SIGMA_RANGE,
     Case,
     LoadedSet,
-    _datalist_split,
-    _read_grey,
-    _spread,
+    datalist_split,
+    read_grey,
+    spread,
 )
-from usdespeckle.real_bmode import contrast_boxes
+from usdespeckle.data.real_bmode import contrast_boxes
 
 REAL_DATALIST = "datalist_real_bmode.json"
 CINE_CROP = (256, 256)  # the cine is cut to at most this window (rows, columns) around the field's centre
@@ -34,10 +34,10 @@ def speckle_grain(
 ) -> tuple[float, float] | None:
     """Speckle grain (axial, lateral autocorrelation FWHM, pixels) in the largest homogeneous box.
 
-    Uses :func:`usdespeckle.psf.autocorrelation_fwhm` on the input inside the largest stored
+    Uses :func:`usdespeckle.simulation.psf.autocorrelation_fwhm` on the input inside the largest stored
     homogeneous box that lies wholly in the field and measures at least 8 x 8; None without one.
     """
-    from usdespeckle.psf import autocorrelation_fwhm
+    from usdespeckle.simulation.psf import autocorrelation_fwhm
 
     best = None
     for box in regions.get("homogeneous", []):
@@ -55,8 +55,8 @@ def speckle_grain(
 
 
 def _read_real(data_dir: Path, entry: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    image = _read_grey(Path(data_dir) / entry["image"])
-    field_mask = _read_grey(Path(data_dir) / entry["mask"]) > 0.5
+    image = read_grey(Path(data_dir) / entry["image"])
+    field_mask = read_grey(Path(data_dir) / entry["mask"]) > 0.5
     if field_mask.shape != image.shape:
         raise ValueError(
             f"mask {entry['mask']} has shape {field_mask.shape} but image {entry['image']} has "
@@ -78,7 +78,7 @@ def _by_source(entries: list[dict], limit: int | None) -> list[dict]:
         if not open_groups:
             break
         counts[open_groups[turn % len(open_groups)]] += 1
-    return [entry for g, items in groups.items() for entry in _spread(items, counts[g])]
+    return [entry for g, items in groups.items() for entry in spread(items, counts[g])]
 
 
 def _missing_real(data_dir: Path | None) -> LoadedSet:
@@ -87,7 +87,7 @@ def _missing_real(data_dir: Path | None) -> LoadedSet:
 
 
 def load_real(data_dir: Path | None, limit: int | None, seed: int, size: int) -> LoadedSet:
-    entries = _datalist_split(data_dir, REAL_DATALIST, "test")
+    entries = datalist_split(data_dir, REAL_DATALIST, "test")
     if entries is None:
         return _missing_real(data_dir)
     cases = []
@@ -124,7 +124,7 @@ def load_real(data_dir: Path | None, limit: int | None, seed: int, size: int) ->
 
 
 def load_cine(data_dir: Path | None, limit: int | None, seed: int, size: int) -> LoadedSet:
-    entries = _datalist_split(data_dir, REAL_DATALIST, "cine_test")
+    entries = datalist_split(data_dir, REAL_DATALIST, "cine_test")
     if entries is None:
         return _missing_real(data_dir)
     entries = sorted(entries, key=lambda e: int(e["frame"]))

@@ -17,10 +17,10 @@ import numpy as np
 from usdespeckle.benchmark.cases import (
     Case,
     LoadedSet,
-    _datalist_split,
-    _read_grey,
-    _spread,
     case_rng,
+    datalist_split,
+    read_grey,
+    spread,
     to_size,
 )
 
@@ -49,12 +49,12 @@ def _natural_references(
 ) -> tuple[list, list[str]]:
     """(name, clean image) pairs of the natural photographs of ``split``, and notes."""
     notes: list[str] = []
-    entries = _datalist_split(data_dir, "datalist_natural.json", split)
+    entries = datalist_split(data_dir, "datalist_natural.json", split)
     refs = []
     if entries is not None:
-        for entry in _spread(entries, limit):
+        for entry in spread(entries, limit):
             path = Path(data_dir) / entry["label"]
-            refs.append((path.stem, to_size(_read_grey(path), size)))
+            refs.append((path.stem, to_size(read_grey(path), size)))
         notes.append(f"clean photographs: {split} split of {Path(data_dir) / 'datalist_natural.json'}")
     else:
         where = (
@@ -70,11 +70,11 @@ def _natural_references(
     return refs, notes
 
 
-def _rayleigh_loader(set_name: str, **speckle_kwargs: Any) -> Callable[..., LoadedSet]:
+def rayleigh_loader(set_name: str, **speckle_kwargs: Any) -> Callable[..., LoadedSet]:
     def load(
         data_dir: Path | None, limit: int | None, seed: int, size: int, split: str = "test"
     ) -> LoadedSet:
-        from usdespeckle.speckle import rayleigh_speckle
+        from usdespeckle.simulation.speckle import rayleigh_speckle
 
         refs, notes = _natural_references(data_dir, limit, size, split)
         cases = []
@@ -89,11 +89,11 @@ def _rayleigh_loader(set_name: str, **speckle_kwargs: Any) -> Callable[..., Load
     return load
 
 
-def _gamma_loader(set_name: str, looks: float) -> Callable[..., LoadedSet]:
+def gamma_loader(set_name: str, looks: float) -> Callable[..., LoadedSet]:
     def load(
         data_dir: Path | None, limit: int | None, seed: int, size: int, split: str = "test"
     ) -> LoadedSet:
-        from usdespeckle.speckle import gamma_speckle
+        from usdespeckle.simulation.speckle import gamma_speckle
 
         refs, notes = _natural_references(data_dir, limit, size, split)
         cases = [
@@ -116,10 +116,10 @@ _CORRELATED_RANGE_DB = 50.0
 _CORRELATED_HEADROOM_DB = 6.0
 
 
-def _load_correlated(
+def load_correlated(
     data_dir: Path | None, limit: int | None, seed: int, size: int, split: str = "test"
 ) -> LoadedSet:
-    from usdespeckle.simulate import FastBModeSimulator, log_compress
+    from usdespeckle.simulation.physics import FastBModeSimulator, log_compress
 
     refs, notes = _natural_references(data_dir, limit, size, split)
     simulator = FastBModeSimulator(
@@ -156,7 +156,7 @@ def _load_correlated(
 # --------------------------------------------------------------------------------------------------
 # MRI through the simulator, phantoms
 # --------------------------------------------------------------------------------------------------
-def _pairs_loader(filenames: Sequence[tuple[str, str]]) -> Callable[..., LoadedSet]:
+def pairs_loader(filenames: Sequence[tuple[str, str]]) -> Callable[..., LoadedSet]:
     """Loader of (simulated B-mode ``image``, MRI ``label``) pairs from the first datalist found.
 
     ``filenames`` are the (datalist, split) pairs the benchmark reads; another ``split`` (tuning)
@@ -168,13 +168,13 @@ def _pairs_loader(filenames: Sequence[tuple[str, str]]) -> Callable[..., LoadedS
     ) -> LoadedSet:
         chosen = filenames if split == "test" else [(f, split) for f, s in filenames if s == "test"]
         for filename, split in chosen:
-            entries = _datalist_split(data_dir, filename, split)
+            entries = datalist_split(data_dir, filename, split)
             if entries is None:
                 continue
             cases = []
-            for entry in _spread(entries, limit):
-                image = to_size(_read_grey(Path(data_dir) / entry["image"]), size)
-                label = to_size(_read_grey(Path(data_dir) / entry["label"]), size)
+            for entry in spread(entries, limit):
+                image = to_size(read_grey(Path(data_dir) / entry["image"]), size)
+                label = to_size(read_grey(Path(data_dir) / entry["label"]), size)
                 cases.append(Case(Path(entry["image"]).stem, image, label))
             return LoadedSet(cases, [f"pairs: {split!r} split of {Path(data_dir) / filename}"])
         looked = " or ".join(f"{name} [{split!r}]" for name, split in chosen)
@@ -189,10 +189,11 @@ _PHANTOM_COUNT = 8  # phantoms when no limit at all is given
 _PHANTOM_PROBE = "L11-5v"
 
 
-def _load_phantoms(
+def load_phantoms(
     data_dir: Path | None, limit: int | None, seed: int, size: int, split: str = "test"
 ) -> LoadedSet:
-    from usdespeckle.simulate import FastBModeSimulator, log_compress, make_cyst_phantom
+    from usdespeckle.simulation.phantoms import make_cyst_phantom
+    from usdespeckle.simulation.physics import FastBModeSimulator, log_compress
 
     simulator = FastBModeSimulator(probe=_PHANTOM_PROBE, shape=(size, size))
     count = _PHANTOM_COUNT if limit is None else limit

@@ -105,7 +105,7 @@ def save_tuned_settings(
     Methods not in ``choices`` keep their stored settings, so tuning a few methods again does not
     forget the others.
     """
-    from usdespeckle.atomic import atomic_write
+    from usdespeckle.runtime.atomic import atomic_write
 
     settings = load_tuned_settings(path)
     for method, (single, per_set) in choices.items():
@@ -142,7 +142,7 @@ def parametric_methods() -> dict[str, Callable[..., np.ndarray]]:
 
     The peers' packages are imported only when a peer runs (see :mod:`usdespeckle.benchmark.peers`).
     """
-    from usdespeckle import filters
     from usdespeckle.benchmark.peers import PEERS
+    from usdespeckle.runtime import filters
 
     return {**filters.FILTERS, **PEERS}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from usdespeckle.errors import UserError
-from usdespeckle.options import CLASSICAL_METHODS
+from usdespeckle.runtime.errors import UserError
+from usdespeckle.runtime.options import CLASSICAL_METHODS
 
 HELP = "Benchmark despeckling methods (quality per test set, ms per 256x256 slice); writes a Markdown report."
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from usdespeckle.errors import UserError
-from usdespeckle.options import CLASSICAL_METHODS, DEFAULT_METHOD, METHODS
+from usdespeckle.runtime.errors import UserError
+from usdespeckle.runtime.options import CLASSICAL_METHODS, DEFAULT_METHOD, METHODS
 
 HELP = (
     "Make a demo B-mode volume (MNI152 slices from nilearn rendered by the shipped simulator), or take "
@@ -88,7 +88,7 @@ def make_demo_volume(rng: np.random.Generator, simulator=None):
 
     Args:
         rng: random generator for the Rayleigh speckle (used without a simulator).
-        simulator: the bundle's simulator (:func:`usdespeckle.pairs.load_simulator`), which renders
+        simulator: the bundle's simulator (:func:`usdespeckle.gan.pairs.load_simulator`), which renders
             each slice's low-level map as B-mode, as in the denoiser's MRI training pairs; None
             speckles the slices with the method's Rayleigh model instead.
 
@@ -101,11 +101,11 @@ def make_demo_volume(rng: np.random.Generator, simulator=None):
     clean = sitk.GetArrayFromImage(template).astype(np.float32)
     clean = (clean - clean.min()) / (clean.max() - clean.min())
     if simulator is not None:
-        from usdespeckle.pairs import simulate_bmode_from_mri
+        from usdespeckle.gan.simulator import simulate_bmode_from_mri
 
         bmode = simulate_bmode_from_mri(simulator, clean)
     else:
-        from usdespeckle.speckle import rayleigh_speckle
+        from usdespeckle.simulation.speckle import rayleigh_speckle
 
         bmode = np.stack([rayleigh_speckle(s, rng) for s in clean])
     image = sitk.GetImageFromArray(bmode.astype(np.float32))
@@ -126,8 +126,8 @@ def held_out_cine_frames(data_dir: str | Path | None, count: int) -> tuple[np.nd
 
     Args:
         data_dir: None to read the frames straight from pydicom-data's DICOM
-            (:func:`usdespeckle.real_bmode.extract_frames`, the test block of
-            :data:`usdespeckle.real_bmode.CINE_BLOCKS`), or a folder made by ``usdespeckle
+            (:func:`usdespeckle.data.real_bmode.extract_frames`, the test block of
+            :data:`usdespeckle.data.real_bmode.CINE_BLOCKS`), or a folder made by ``usdespeckle
             prepare-data`` (its ``datalist_real_bmode.json`` ``cine_test`` block).
         count: number of frames (>= 2); the centred run of the held-out block.
 
@@ -143,7 +143,7 @@ def held_out_cine_frames(data_dir: str | Path | None, count: int) -> tuple[np.nd
     if count < 2:
         raise UserError(f"--frames must be at least 2, got {count}")
     if data_dir is None:
-        from usdespeckle.real_bmode import CINE_BLOCKS, CINE_FILE, extract_frames
+        from usdespeckle.data.real_bmode import CINE_BLOCKS, CINE_FILE, extract_frames
 
         first, stop = CINE_BLOCKS["test"]
         count = min(count, stop - first)
@@ -167,7 +167,7 @@ def held_out_cine_frames(data_dir: str | Path | None, count: int) -> tuple[np.nd
 
 def _usable_method(method: str) -> str:
     """``method``, or the classical fallback (with a notice) when the denoiser has no weights."""
-    from usdespeckle.inference import load_denoiser
+    from usdespeckle.runtime.inference import load_denoiser
 
     if method != "denoiser":
         return method
@@ -181,8 +181,8 @@ def _usable_method(method: str) -> str:
 
 def _despeckle_frames(frames: np.ndarray, method: str) -> np.ndarray:
     """Every frame despeckled by ``method`` (the frames are display images in [0, 1])."""
-    from usdespeckle import filters
-    from usdespeckle.inference import despeckle_array
+    from usdespeckle.runtime import filters
+    from usdespeckle.runtime.inference import despeckle_array
 
     if method == "denoiser":
         return despeckle_array(frames, method="denoiser", axis=0, intensity_range=(0.0, 1.0))
@@ -194,7 +194,7 @@ def run_real(args: argparse.Namespace) -> int:
     import SimpleITK as sitk
 
     from usdespeckle.benchmark.figures import compose_panels, save_png
-    from usdespeckle.io import write_image
+    from usdespeckle.runtime.io import write_image
 
     out = Path(args.out)
     method = _usable_method(args.method)
@@ -223,8 +223,8 @@ def main(args: argparse.Namespace) -> int:
     """Write input.nii.gz, output.nii.gz and side_by_side.png into ``--out``; returns 0."""
     import SimpleITK as sitk
 
-    from usdespeckle.inference import despeckle_image
-    from usdespeckle.io import write_image
+    from usdespeckle.runtime.inference import despeckle_image
+    from usdespeckle.runtime.io import write_image
 
     if getattr(args, "real", False):
         return run_real(args)
@@ -232,7 +232,7 @@ def main(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     method = _usable_method(args.method)
     try:
-        from usdespeckle.pairs import load_simulator
+        from usdespeckle.gan.simulator import load_simulator
 
         simulator = load_simulator()
         source = "the simulator"

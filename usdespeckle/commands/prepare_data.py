@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from usdespeckle.errors import UserError
+from usdespeckle.runtime.errors import UserError
 
 HELP = "Build training, validation and test data (MRI slices, photographs, simulated B-mode) offline."
 
@@ -48,7 +48,7 @@ def _command_line(args: argparse.Namespace) -> list[str]:
 
 def main(args: argparse.Namespace) -> int:
     """Run the command; returns the exit status."""
-    from usdespeckle.data import PrepareSettings, prepare_dataset
+    from usdespeckle.data.dataset import PrepareSettings, prepare_dataset
 
     settings = PrepareSettings(
         seed=args.seed,
@@ -65,7 +65,7 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(str(err)) from err
     bmode_maker = None
     if settings.simulator_count > 0:
-        from usdespeckle.simulate import FastBModeSimulator
+        from usdespeckle.simulation.physics import FastBModeSimulator
 
         try:
             simulator = FastBModeSimulator(probe="L11-5v", shape=(settings.size, settings.size))

@@ -8,14 +8,18 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from usdespeckle.errors import UserError
-from usdespeckle.options import (
+from usdespeckle.runtime.errors import UserError
+from usdespeckle.runtime.options import (
+    AXES,
     BACKEND_NAMES,
     BACKENDS,
+    DEFAULT_AXIS,
     DEFAULT_BACKEND,
+    DEFAULT_BATCH_SIZE,
     DEFAULT_DEVICE,
     DEFAULT_METHOD,
     DEFAULT_PASSES,
+    DEFAULT_STRENGTH,
     DEVICES,
     MAX_VOXELS,
     METHODS,
@@ -61,11 +65,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--axis",
         type=int,
-        choices=(0, 1, 2),
-        default=0,
+        choices=AXES,
+        default=DEFAULT_AXIS,
         help="volumes are processed slice by slice along this numpy axis of SimpleITK's "
         "GetArrayFromImage, ordered (k, j, i): 0 = slices of constant k (frames of a cine loop or "
-        "multi-frame DICOM; axial for a usual volume), 1 = constant j, 2 = constant i (default 0)",
+        "multi-frame DICOM; axial for a usual volume), 1 = constant j, 2 = constant i "
+        f"(default {DEFAULT_AXIS})",
     )
     parser.add_argument(
         "--backend",
@@ -77,7 +82,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--server, 'auto' leaves the choice to the server",
     )
     parser.add_argument(
-        "--batch", type=_positive, default=8, metavar="N", help="slices per model call (default 8)"
+        "--batch",
+        type=_positive,
+        default=DEFAULT_BATCH_SIZE,
+        metavar="N",
+        help=f"slices per model call (default {DEFAULT_BATCH_SIZE})",
     )
     parser.add_argument(
         "--device",
@@ -88,9 +97,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--strength",
         type=_strength,
-        default=1.0,
+        default=DEFAULT_STRENGTH,
         metavar="S",
-        help="blend in [0, 1]: output = (1 - S) * input + S * despeckled (default 1)",
+        help=f"blend in [0, 1]: output = (1 - S) * input + S * despeckled (default {DEFAULT_STRENGTH:g})",
     )
     parser.add_argument(
         "--passes",
@@ -104,7 +113,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--uncertainty",
         metavar="PATH",
         help="denoiser: also write the per-pixel spread of its 8 mirrored passes (input units, the "
-        "input's geometry) to PATH: high where the network invents texture (costs 8 passes)",
+        "input's geometry) to PATH: high where the network invents texture (costs 8 passes; not "
+        "with --server)",
     )
     parser.add_argument(
         "--intensity-range",
@@ -206,8 +216,7 @@ def _check_options(args: argparse.Namespace, dimension: int) -> None:
             with ``--server`` (the server answers with the despeckled image only), an uncertainty
             path that collides with OUTPUT or the input, or ``--axis`` other than 0 on a 2D image.
     """
-    from usdespeckle.io import check_output_path
-    from usdespeckle.io_checks import same_file
+    from usdespeckle.runtime.io_checks import check_output_path, same_file
 
     if (
         args.method != "denoiser"
@@ -245,8 +254,9 @@ def _checked_input(args: argparse.Namespace):
         ValueError, OSError: as the library's checks; a RuntimeError of the runtime becomes a
             ValueError saying the model file is corrupt.
     """
-    from usdespeckle.inference import load_denoiser
-    from usdespeckle.io import check_output_path, read_image
+    from usdespeckle.runtime.inference import load_denoiser
+    from usdespeckle.runtime.io import read_image
+    from usdespeckle.runtime.io_checks import check_output_path
 
     check_output_path(args.output, force=args.force, source=args.input)
     image = read_image(args.input, max_voxels=args.max_voxels)
@@ -275,11 +285,16 @@ def main(args: argparse.Namespace) -> int:
     collisions with the input and existing files, and the format against the image's dimension.
     """
     if args.server:
+        if args.uncertainty:  # the server's task answers with one image: refuse before any work
+            raise UserError(
+                "--uncertainty is computed on this machine only: drop --server to get it, or drop "
+                "--uncertainty to despeckle on the server"
+            )
         if args.intensity_range is not None:
             raise UserError("--intensity-range is not sent to a server; leave it out with --server")
         return _main_via_server(args)
-    from usdespeckle.inference import despeckle_image, resolve_backend
-    from usdespeckle.io import write_image
+    from usdespeckle.runtime.inference import despeckle_image, resolve_backend
+    from usdespeckle.runtime.io import write_image
 
     try:
         args.backend = resolve_backend(args.backend)
@@ -334,9 +349,9 @@ def _main_via_server(args: argparse.Namespace) -> int:
     import numpy as np
     import SimpleITK as sitk
 
-    from usdespeckle.client import ServerError, despeckle_via_server, uploadable
-    from usdespeckle.io import write_image
-    from usdespeckle.io_headers import check_input_file
+    from usdespeckle.runtime.client import ServerError, despeckle_via_server, uploadable
+    from usdespeckle.runtime.io import write_image
+    from usdespeckle.runtime.io_headers import check_input_file
 
     try:
         image = _checked_input(args)  # the local run's checks: output, voxel limit, headers, options

@@ -8,8 +8,8 @@ import signal
 import sys
 from collections.abc import Callable
 
-from usdespeckle.errors import UserError
-from usdespeckle.options import (
+from usdespeckle.runtime.errors import UserError
+from usdespeckle.runtime.options import (
     BACKENDS,
     DEFAULT_DEVICE,
     DEFAULT_METHOD,
@@ -72,7 +72,7 @@ def _number(kind: type, low: float, high: float | None = None) -> Callable[[str]
 
 
 def _device_name(text: str) -> str:
-    from usdespeckle.stream import check_device_name
+    from usdespeckle.runtime.stream import check_device_name
 
     try:
         return check_device_name(text)
@@ -212,7 +212,7 @@ def main(args: argparse.Namespace) -> int:
         ) from None
     logging.basicConfig(level=logging.INFO, format="usdespeckle stream: %(message)s", stream=sys.stderr)
     if args.progress == "none":
-        logging.getLogger("usdespeckle.stream").setLevel(logging.WARNING)
+        logging.getLogger("usdespeckle.runtime.stream").setLevel(logging.WARNING)
     previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt)  # Slicer's Stop: a clean exit
     try:
         if args.replay:
@@ -225,7 +225,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from usdespeckle.stream import replay
+    from usdespeckle.runtime.stream import replay
 
     port = STREAM_SOURCE_PORT if args.serve is None else args.serve
     try:
@@ -242,7 +242,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _relay(args: argparse.Namespace) -> int:
-    from usdespeckle.stream import Relay, StreamSettings
+    from usdespeckle.runtime.stream import Relay, StreamSettings
 
     settings = StreamSettings(
         method=args.method,

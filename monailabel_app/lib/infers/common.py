@@ -20,7 +20,8 @@ from typing import Any
 import SimpleITK as sitk
 from fastapi import HTTPException
 
-from usdespeckle.io import MAX_VOXELS, read_image, write_image
+from usdespeckle.runtime.io import read_image, write_image
+from usdespeckle.runtime.options import MAX_VOXELS
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The ``despeckle`` infer task: the shipped denoiser (or a classical filter) on an ultrasound image.
 
 The result is a float32 image, not a label map, with the input's size, spacing, origin and
-direction; :func:`usdespeckle.inference.despeckle_image` does all the work.
+direction; :func:`usdespeckle.runtime.inference.despeckle_image` does all the work.
 """
 
 from __future__ import annotations
@@ -24,13 +24,18 @@ from lib.infers.common import (
     run_timed,
     write_result,
 )
-from usdespeckle.inference import despeckle_image
-from usdespeckle.io import MAX_VOXELS
-from usdespeckle.options import (
+from usdespeckle.runtime.inference import despeckle_image
+from usdespeckle.runtime.options import (
+    AXES,
+    DEFAULT_AXIS,
+    DEFAULT_BATCH_SIZE,
     DEFAULT_DEVICE,
     DEFAULT_METHOD,
     DEFAULT_PASSES,
+    DEFAULT_STRENGTH,
     DEVICES,
+    MAX_BATCH_SIZE,
+    MAX_VOXELS,
     METHODS,
     MODEL_BACKENDS,
     PASSES,
@@ -38,8 +43,9 @@ from usdespeckle.options import (
 
 logger = logging.getLogger(__name__)
 
-#: The server's default runtime (``--conf backend``): TorchScript, which the training environment
-#: the app runs in always has. A request may name either of ``options.MODEL_BACKENDS``.
+#: The server's default runtime (``--conf backend``), overriding options.DEFAULT_BACKEND ("auto",
+#: which would change with what is installed): TorchScript, which the training environment the app
+#: runs in always has. A request may name either of ``options.MODEL_BACKENDS``.
 SERVER_BACKEND = "torch"
 
 
@@ -53,7 +59,7 @@ class DespeckleInferTask(InferTask):
     ``device`` (``"cpu"`` or ``"cuda"``), ``passes`` (mirrorings of each slice the denoiser
     averages: 1, the default and the shipped setting, 2, 4 or 8, with either backend; time grows
     with passes), ``result_extension`` (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``). The choices are
-    the library's (``usdespeckle.options``).
+    the library's (``usdespeckle.runtime.options``).
 
     Args:
         bundle_root: the MONAI bundle folder holding the denoiser; None uses the library's default
@@ -79,9 +85,9 @@ class DespeckleInferTask(InferTask):
             description="Ultrasound despeckling (pix2pix denoiser); returns a float32 image with the input's geometry",
             config={
                 "method": DEFAULT_METHOD,
-                "axis": 0,
-                "strength": 1.0,
-                "batch_size": 8,
+                "axis": DEFAULT_AXIS,
+                "strength": DEFAULT_STRENGTH,
+                "batch_size": DEFAULT_BATCH_SIZE,
                 "backend": backend,
                 "device": device,
                 "passes": DEFAULT_PASSES,
@@ -110,9 +116,9 @@ class DespeckleInferTask(InferTask):
         params = copy.deepcopy(self._config)
         params.update(request)
         method = get_choice(params, "method", DEFAULT_METHOD, METHODS)
-        axis = get_int(params, "axis", 0, 0, 2)
-        strength = get_float(params, "strength", 1.0, 0.0, 1.0)
-        batch_size = get_int(params, "batch_size", 8, 1, 256)
+        axis = get_int(params, "axis", DEFAULT_AXIS, min(AXES), max(AXES))
+        strength = get_float(params, "strength", DEFAULT_STRENGTH, 0.0, 1.0)
+        batch_size = get_int(params, "batch_size", DEFAULT_BATCH_SIZE, 1, MAX_BATCH_SIZE)
         backend = get_choice(params, "backend", self._config["backend"], MODEL_BACKENDS)
         device = get_choice(params, "device", self._config["device"], DEVICES)
         passes = get_int(params, "passes", DEFAULT_PASSES, min(PASSES), max(PASSES))

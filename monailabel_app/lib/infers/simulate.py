@@ -1,7 +1,7 @@
 """The ``simulate`` infer task: the trained simulator turns an MRI volume into a synthetic B-mode.
 
-The library does the work (:mod:`usdespeckle.simulator`): :func:`~usdespeckle.simulator.load_simulator`
-checks and loads the bundle's simulator, :func:`~usdespeckle.simulator.simulate_array` turns each
+The library does the work (:mod:`usdespeckle.gan.simulator`): :func:`~usdespeckle.gan.simulator.load_simulator`
+checks and loads the bundle's simulator, :func:`~usdespeckle.gan.simulator.simulate_array` turns each
 slice into its low-level map and the map into a B-mode image in [0, 1]. The result is a float32 image
 with the input's geometry.
 """
@@ -28,10 +28,17 @@ from lib.infers.common import (
     scrub_paths,
     write_result,
 )
-from usdespeckle.bundle_utils import default_bundle_root
-from usdespeckle.io import MAX_VOXELS
-from usdespeckle.options import DEFAULT_DEVICE, DEVICES
-from usdespeckle.simulator import SIMULATOR_FILES, load_simulator, simulate_array, simulator_file
+from usdespeckle.gan.simulator import SIMULATOR_FILES, load_simulator, simulate_array, simulator_file
+from usdespeckle.runtime.bundle_utils import default_bundle_root
+from usdespeckle.runtime.options import (
+    AXES,
+    DEFAULT_AXIS,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_DEVICE,
+    DEVICES,
+    MAX_BATCH_SIZE,
+    MAX_VOXELS,
+)
 
 __all__ = ["SimulateInferTask", "load_simulator"]  # load_simulator: the library's, for the app's users
 
@@ -64,7 +71,12 @@ class SimulateInferTask(InferTask):
             labels=None,
             dimension=3,
             description="MRI to synthetic ultrasound B-mode (pix2pix simulator on the low-level map); float32 in [0, 1]",
-            config={"axis": 0, "batch_size": 8, "device": device, "result_extension": ".nii.gz"},
+            config={
+                "axis": DEFAULT_AXIS,
+                "batch_size": DEFAULT_BATCH_SIZE,
+                "device": device,
+                "result_extension": ".nii.gz",
+            },
         )
         self.bundle_root = Path(bundle_root) if bundle_root else None
         self.datastore_root = datastore_root
@@ -97,8 +109,8 @@ class SimulateInferTask(InferTask):
         """
         params = copy.deepcopy(self._config)
         params.update(request)
-        axis = get_int(params, "axis", 0, 0, 2)
-        batch_size = get_int(params, "batch_size", 8, 1, 256)
+        axis = get_int(params, "axis", DEFAULT_AXIS, min(AXES), max(AXES))
+        batch_size = get_int(params, "batch_size", DEFAULT_BATCH_SIZE, 1, MAX_BATCH_SIZE)
         device = get_choice(params, "device", DEFAULT_DEVICE, DEVICES)
         extension = get_choice(params, "result_extension", ".nii.gz", RESULT_EXTENSIONS)
 
