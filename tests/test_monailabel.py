@@ -26,7 +26,7 @@ import pytest
 import SimpleITK as sitk
 from bundles import make_server_bundle
 
-from usdespeckle import client  # the same client the CLI and Slicer use
+from usdespeckle.runtime import client  # the same client the CLI and Slicer use
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(os.environ.get("MONAILABEL_VENV", ROOT / ".venv-monailabel"))
