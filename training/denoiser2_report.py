@@ -110,6 +110,31 @@ def table(logs: dict[str, list[dict]], references: dict[str, dict[str, float]]) 
     return "\n".join(rows)
 
 
+HEADER = """# Denoiser 2.0: equal-budget ablation and learning curves (validation data)
+
+Made by `python training/denoiser2_report.py` from `runs/denoiser2/*/log.jsonl` (training:
+`bash training/denoiser_ablation.sh`, then `training/train_denoiser.py`). Every run trains with L1
+on endless on-the-fly 128-pixel crops (`usdespeckle.data.pair_stream`: photographs, MRI, dead
+leaves and shapes through the acquisition chain, the Rayleigh model and Gamma speckle; batch 16,
+Adam 5e-4, fp32: this machine's processor has no AVX-512 BF16, and bf16 autocast ran about 10x
+slower than fp32). Budgets are CPU minutes of the training process, so runs are compared at equal
+compute although other work shared the 2 cores.
+
+Validation: 24 fixed pairs of the validation photographs and MRI slabs (PSNR against the target,
+plain and after the affine fit, per speckle kind) and 3 real validation frames (cine frames 84 and
+90, the obstetric scan: echogenicity fidelity). The reference rows run at their default settings.
+
+Ablation (10 CPU minutes each, the same pairs): BasicUNet with 32 channels at the top
+(`basicunet`, 1.85 M parameters) reached the best mean PSNR, ahead of the 16-channel BasicUNet
+(`basicunet_small`, faster per step, 1.8 M) and the paper's pix2pix U-Net at ngf 32 (`pix2pix32`,
+7.6 M); it was continued (`main_basicunet`). That run's validation swung by 3-4 dB between
+validations while its training loss fell steadily, which points at batch-norm running statistics;
+its target (the display of the mean echo level) also turned dim tissue black on real frames, so
+the target became the expected display of the speckled image and the run went on from its weights
+(`main2_basicunet`), scored against that target.
+
+"""
+
 #: The validation target each run was scored against (the pair stream's target changed between them:
 #: first the display of the mean echo level, then the expected display of the speckled image).
 TARGETS = {
@@ -139,7 +164,7 @@ def main() -> None:
             + table(group, references)
             + f"\n\n![learning curves](figures/{figure_path.name})\n"
         )
-    text = "\n".join(sections)
+    text = HEADER + "\n".join(sections)
     print(text)
     atomic_write(args.out, text)
 
