@@ -17,9 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from usdespeckle.data.pair_stream import SPECKLES
-from usdespeckle.gan.denoiser_training import real_validation_frames, validation_pairs
-from usdespeckle.metrics import psnr, psnr_affine
-from usdespeckle.metrics.real import echogenicity_fidelity
+from usdespeckle.gan.denoiser_training import real_validation_frames, score, validation_pairs
 from usdespeckle.runtime.atomic import atomic_write
 
 REFERENCES = ("input", "denoiser 1.0.0", "obnlm", "tv")
@@ -43,22 +41,7 @@ def reference_scores(cache: Path) -> dict[str, dict[str, float]]:
     if cache.is_file():
         return json.loads(cache.read_text(encoding="utf-8"))
     pairs, real = validation_pairs(), real_validation_frames()
-    result = {}
-    for name in REFERENCES:
-        method = _method(name)
-        scores: dict[str, list[float]] = {}
-        for speckled, target, kind in pairs:
-            out = np.asarray(method(speckled), dtype=np.float64)
-            speckle = kind.split("/")[1]
-            scores.setdefault(f"psnr_{speckle}", []).append(psnr(out, target))
-            scores.setdefault(f"psnr_aff_{speckle}", []).append(psnr_affine(out, target))
-        for image, mask, _ in real:
-            out = np.asarray(method(image), dtype=np.float64)
-            scores.setdefault("real_fidelity", []).append(echogenicity_fidelity(out, image, mask).correlation)
-        row = {k: float(np.mean(v)) for k, v in scores.items()}
-        row["psnr_mean"] = float(np.mean([row[f"psnr_{s}"] for s in SPECKLES]))
-        result[name] = row
-        print(name, json.dumps({k: round(v, 3) for k, v in row.items()}), flush=True)
+    result = {name: score(_method(name), pairs, real) for name in REFERENCES}
     atomic_write(cache, json.dumps(result, indent=2))
     return result
 

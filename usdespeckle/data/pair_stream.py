@@ -41,15 +41,17 @@ from usdespeckle.data.sources import (
     random_shapes_map,
 )
 from usdespeckle.simulation.acquisition import (
+    QUANTILE_PROBABILITIES,
     SPECKLE_INTENSITY_QUANTILES,
     AcquisitionRanges,
     simulate_acquisition,
 )
 from usdespeckle.simulation.deadleaves import dead_leaves
-from usdespeckle.simulation.speckle import rayleigh_envelope
+from usdespeckle.simulation.speckle import gamma_speckle, rayleigh_envelope
 
 __all__ = ["CONTENTS", "SPECKLES", "PairMix", "PairStream", "speckle_pair"]
 
+RAYLEIGH_SCALE = (5.0, 255.0)  # Rayleigh scale (grey levels) for clean 0 and 1, the method's model
 CONTENTS = ("photo", "mri", "dead_leaves", "shapes")
 SPECKLES = ("acquisition", "rayleigh", "gamma")
 
@@ -100,20 +102,21 @@ def _rayleigh_pair(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The method's Rayleigh model; the target is the mean envelope through the same compression."""
     decimation = int(rng.choice(mix.rayleigh_decimation))
-    envelope = rayleigh_envelope(clean, rng, decimation=decimation).astype(np.float64)
+    envelope = rayleigh_envelope(clean, rng, scale_range=RAYLEIGH_SCALE, decimation=decimation)
     if rng.random() < mix.rayleigh_paper_prob:
         gain, offset = rng.uniform(10.0, 50.0), rng.uniform(-50.0, 50.0)
     else:
         gain = rng.uniform(40.0, 70.0)
         offset = -rng.uniform(1.7, 2.1) * gain
-    sigma = 5.0 + 250.0 * np.clip(clean, 0.0, 1.0)  # rayleigh_envelope's default scale_range
+    low, high = RAYLEIGH_SCALE
+    sigma = low + (high - low) * np.clip(clean, 0.0, 1.0)  # the envelope's scale, as drawn above
 
     def compress(linear: np.ndarray) -> np.ndarray:
         return np.clip(gain * np.log1p(linear) + offset, 0.0, 255.0) / 255.0
 
     # the expected display: a unit-scale Rayleigh variable is sqrt(2 E), E ~ Exp(1)
     rayleigh = np.sqrt(2.0 * SPECKLE_INTENSITY_QUANTILES)
-    return compress(envelope), compress(sigma[..., None] * rayleigh).mean(axis=-1)
+    return compress(envelope.astype(np.float64)), compress(sigma[..., None] * rayleigh).mean(axis=-1)
 
 
 def speckle_pair(
@@ -143,8 +146,8 @@ def speckle_pair(
         looks = math.exp(rng.uniform(math.log(mix.looks[0]), math.log(mix.looks[1])))
         level = rng.uniform(0.5, 1.0)  # amplitude images rarely fill the whole range
         amplitude = clean * level
-        speckled = np.clip(amplitude * np.sqrt(rng.gamma(looks, 1.0 / looks, size=clean.shape)), 0.0, 1.0)
-        quantiles = scipy.stats.gamma.ppf((np.arange(32) + 0.5) / 32, looks, scale=1.0 / looks)
+        speckled = gamma_speckle(amplitude, looks, rng)
+        quantiles = scipy.stats.gamma.ppf(QUANTILE_PROBABILITIES, looks, scale=1.0 / looks)
         target = np.clip(amplitude[..., None] * np.sqrt(quantiles), 0.0, 1.0).mean(axis=-1)
     else:
         raise ValueError(f"unknown speckle kind {kind!r}; choose one of {SPECKLES}.")

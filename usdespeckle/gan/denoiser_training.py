@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,8 +34,17 @@ from usdespeckle.data.real_bmode import CINE_FILE, extract_frames
 from usdespeckle.metrics import psnr, psnr_affine
 from usdespeckle.metrics.real import echogenicity_fidelity
 from usdespeckle.runtime.atomic import atomic_write
+from usdespeckle.runtime.slicewise import pad_to_multiple
 
-__all__ = ["TrainSettings", "real_validation_frames", "run_network", "train", "validate", "validation_pairs"]
+__all__ = [
+    "TrainSettings",
+    "real_validation_frames",
+    "run_network",
+    "score",
+    "train",
+    "validate",
+    "validation_pairs",
+]
 
 REAL_VALIDATION = ((CINE_FILE, (84, 90)), ("OBXXXX1A_2frame.dcm", (0,)))
 
@@ -73,14 +83,11 @@ class TrainSettings:
 
 def run_network(network: torch.nn.Module, image: np.ndarray) -> np.ndarray:
     """(H, W) in [0, 1] -> (H, W) in [0, 1], reflection-padded to the network's divisor and cropped back."""
-    divisor = int(getattr(network, "divisor", 16))
-    h, w = image.shape
-    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
-    if (-h) % divisor or (-w) % divisor:
-        x = F.pad(x, (0, (-w) % divisor, 0, (-h) % divisor), mode="reflect")
+    padded, (rows, cols) = pad_to_multiple(np.asarray(image, dtype=np.float32)[None], network.divisor)
+    x = torch.from_numpy(np.ascontiguousarray(padded))[:, None]
     with torch.inference_mode():
         y = network(x.contiguous(memory_format=torch.channels_last))
-    return np.clip(y[0, 0, :h, :w].float().numpy(), 0.0, 1.0)
+    return np.clip(y[0, 0].numpy()[rows, cols], 0.0, 1.0)
 
 
 def validation_pairs(
@@ -102,24 +109,37 @@ def real_validation_frames() -> list[tuple[np.ndarray, np.ndarray, str]]:
     return frames
 
 
-def validate(network: torch.nn.Module, pairs: list, real: list) -> dict[str, float]:
-    """PSNR (plain and after the affine fit, dB) per speckle kind, and real-frame fidelity (correlation)."""
-    was_training = network.training
-    network.eval()
+def score(despeckle: Callable[[np.ndarray], np.ndarray], pairs: list, real: list) -> dict[str, float]:
+    """PSNR (plain and after the affine fit, dB) per speckle kind, and real-frame fidelity (correlation).
+
+    Args:
+        despeckle: (H, W) in [0, 1] -> (H, W) in [0, 1]: a network (:func:`run_network`) or a filter.
+        pairs: :func:`validation_pairs`.
+        real: :func:`real_validation_frames`.
+    """
     scores: dict[str, list[float]] = {}
     for speckled, target, kind in pairs:
-        out = run_network(network, speckled)
+        out = np.asarray(despeckle(speckled), dtype=np.float64)
         speckle = kind.split("/")[1]
         scores.setdefault(f"psnr_{speckle}", []).append(psnr(out, target))
         scores.setdefault(f"psnr_aff_{speckle}", []).append(psnr_affine(out, target))
         scores.setdefault("psnr_input", []).append(psnr(speckled, target))
     for image, mask, _ in real:
-        out = run_network(network, image)
+        out = np.asarray(despeckle(image), dtype=np.float64)
         scores.setdefault("real_fidelity", []).append(echogenicity_fidelity(out, image, mask).correlation)
-    network.train(was_training)
     result = {k: float(np.mean(v)) for k, v in scores.items()}
     result["psnr_mean"] = float(np.mean([result[f"psnr_{s}"] for s in SPECKLES if f"psnr_{s}" in result]))
     return result
+
+
+def validate(network: torch.nn.Module, pairs: list, real: list) -> dict[str, float]:
+    """:func:`score` of the network in eval mode (its training mode is restored after)."""
+    was_training = network.training
+    network.eval()
+    try:
+        return score(lambda image: run_network(network, image), pairs, real)
+    finally:
+        network.train(was_training)
 
 
 class _Run:

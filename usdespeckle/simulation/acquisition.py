@@ -41,6 +41,7 @@ from monai.utils import convert_to_numpy
 from usdespeckle.simulation.physics import echogenicity_to_amplitude, log_compress
 
 __all__ = [
+    "QUANTILE_PROBABILITIES",
     "SPECKLE_INTENSITY_QUANTILES",
     "AcquisitionRanges",
     "RandAcquisitiond",
@@ -131,7 +132,8 @@ def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
 
 #: Quantiles of Exp(1): the intensity of fully developed speckle over its mean, at 32 evenly spaced
 #: probabilities. Averaging a display mapping over them gives its expected value under speckle.
-SPECKLE_INTENSITY_QUANTILES = -np.log1p(-(np.arange(32) + 0.5) / 32)
+QUANTILE_PROBABILITIES = (np.arange(32) + 0.5) / 32
+SPECKLE_INTENSITY_QUANTILES = -np.log1p(-QUANTILE_PROBABILITIES)
 
 
 def expected_display(unclipped: np.ndarray, dynamic_range_db: float) -> np.ndarray:
